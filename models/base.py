@@ -1,0 +1,224 @@
+"""The backend interface: what the daemon needs from a model runtime, and nothing more.
+
+The daemon never calls llama.cpp or mlx-vlm directly. It talks to one `Backend`, which owns ONE decoder
+sequence and lets the daemon
+
+  * append prompt segments to that sequence (text through the tokenizer, images and audio through the
+    model's own encoders),
+  * snapshot the sequence at a segment boundary and restore it later (the shared prompt cache),
+  * read the next-token logits and append a sampled token (generation; sampling is the daemon's job).
+
+Why segments: a prompt is a chain of segments, and the prompt cache is keyed on the content hashes of that
+chain, never on token ids (media positions carry placeholder ids that say nothing about the pixels or the
+sound). Why whole-sequence snapshots: restoring a snapshot taken exactly at a boundary is correct for
+attention, sliding-window and recurrent/hybrid decoders alike, where trimming a sequence is not.
+
+Errors: a backend raises `InputError` (bad media, unsupported modality) or `ContextOverflow` (the sequence
+would not fit) BEFORE touching the C library with anything that could abort it, and leaves the sequence as it
+was before the failing call.
+"""
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Union
+
+import numpy as np
+
+Modality = Literal["text", "image", "audio"]
+
+# The rate every AudioSegment is sampled at unless the backend reports otherwise (ModelInfo.audio_sample_rate).
+DEFAULT_AUDIO_SAMPLE_RATE = 16_000
+
+
+class InputError(ValueError):
+    """The input cannot be used by this model: the daemon answers INVALID_ARGUMENT / FAILED_PRECONDITION."""
+
+    def __init__(self, message: str, *, unsupported: bool = False) -> None:
+        super().__init__(message)
+        #: True when the input is fine but the model lacks the capability (FAILED_PRECONDITION).
+        self.unsupported = unsupported
+
+
+class ContextOverflow(InputError):
+    """The sequence would exceed the model's context: the daemon answers OUT_OF_RANGE."""
+
+    def __init__(self, needed: int, available: int) -> None:
+        super().__init__(f"the prompt needs {needed} tokens but only {available} fit the model's context")
+        self.needed = needed
+        self.available = available
+
+
+class ModelLoadError(RuntimeError):
+    """The model files are missing, not model files, or do not fit together (a clear start-up message)."""
+
+
+def _digest(kind: str, *chunks: bytes) -> str:
+    h = hashlib.blake2b(digest_size=16, person=b"omnid-segment")
+    h.update(kind.encode())
+    for chunk in chunks:
+        h.update(len(chunk).to_bytes(8, "little"))
+        h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, eq=False)
+class TextSegment:
+    """Text, tokenized on its own (no BOS added): the chat template's pieces are text segments too."""
+
+    text: str
+    kind: Literal["text"] = field(default="text", init=False)
+
+    def digest(self) -> str:
+        return _digest("text", self.text.encode("utf-8"))
+
+
+@dataclass(frozen=True, eq=False)
+class ImageSegment:
+    """An RGB image, uint8 array of shape (height, width, 3), already decoded and size-checked."""
+
+    rgb: np.ndarray
+    kind: Literal["image"] = field(default="image", init=False)
+
+    def __post_init__(self) -> None:
+        if self.rgb.dtype != np.uint8 or self.rgb.ndim != 3 or self.rgb.shape[2] != 3:
+            raise InputError(f"an image must be uint8 HxWx3, got {self.rgb.dtype} {self.rgb.shape}")
+
+    def digest(self) -> str:
+        h, w, _ = self.rgb.shape
+        return _digest("image", f"{w}x{h}".encode(), np.ascontiguousarray(self.rgb).tobytes())
+
+
+@dataclass(frozen=True, eq=False)
+class AudioSegment:
+    """Mono float32 PCM in [-1, 1] at `sample_rate` (the backend's ModelInfo.audio_sample_rate)."""
+
+    pcm: np.ndarray
+    sample_rate: int = DEFAULT_AUDIO_SAMPLE_RATE
+    kind: Literal["audio"] = field(default="audio", init=False)
+
+    def __post_init__(self) -> None:
+        if self.pcm.dtype != np.float32 or self.pcm.ndim != 1:
+            raise InputError(f"audio must be mono float32, got {self.pcm.dtype} {self.pcm.shape}")
+
+    @property
+    def seconds(self) -> float:
+        return len(self.pcm) / self.sample_rate
+
+    def digest(self) -> str:
+        return _digest("audio", str(self.sample_rate).encode(), np.ascontiguousarray(self.pcm).tobytes())
+
+
+Segment = Union[TextSegment, ImageSegment, AudioSegment]
+
+
+@dataclass(frozen=True)
+class ChatFrame:
+    """The model's chat template cut into fixed text pieces around one system text and one user turn.
+
+    A prompt is laid out as  head + [system_open + system + system_close] + user_open + parts... + user_close
+    (user_close ends with the assistant's opening, so generation starts right after it). Rendering the template
+    once with sentinel strings and cutting at them keeps every piece fixed, so the cache key of a prefix does
+    not depend on what follows it.
+    """
+
+    head: str
+    system_open: str
+    system_close: str
+    user_open: str
+    user_close: str
+    template_digest: str
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the daemon reports and plans with (Status, capability checks, audio clip sizes)."""
+
+    name: str
+    path: str
+    backend: Literal["llama.cpp", "mlx"]
+    capabilities: frozenset[Modality]
+    context_length: int
+    #: Identifies the weights AND the settings that change logits; cache entries from another fingerprint are refused.
+    fingerprint: str
+    mmproj_path: str = ""
+    audio_sample_rate: int = DEFAULT_AUDIO_SAMPLE_RATE
+    #: Longest audio clip the encoder takes in one piece, in seconds (None = no limit of its own).
+    max_audio_clip_seconds: float | None = None
+    #: Longest image side the vision encoder is fed; larger images are downscaled by the daemon.
+    max_image_side: int = 1024
+    #: Audio encoder tokens per second of sound (for planning; 0 when unknown).
+    audio_tokens_per_second: float = 0.0
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The decoder sequence's state at a segment boundary, as opaque bytes the same backend can restore."""
+
+    n_tokens: int
+    payload: bytes
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.payload)
+
+
+class Backend(ABC):
+    """One loaded model with one decoder sequence. Not thread-safe: the daemon's scheduler is its only caller."""
+
+    info: ModelInfo
+
+    @abstractmethod
+    def chat_frame(self) -> ChatFrame:
+        """The model's chat template as fixed pieces (see ChatFrame)."""
+
+    @property
+    @abstractmethod
+    def n_tokens(self) -> int:
+        """Tokens in the sequence now."""
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Empty the sequence."""
+
+    @abstractmethod
+    def count_tokens(self, segment: Segment) -> int:
+        """Tokens the segment would add, without evaluating it (exact for text, the encoder's count for media)."""
+
+    @abstractmethod
+    def append(self, segment: Segment, should_stop: Callable[[], bool] | None = None) -> int:
+        """Evaluate the segment at the end of the sequence and return how many tokens it added.
+
+        Raises InputError / ContextOverflow before evaluating anything when the segment cannot be used, leaving
+        the sequence unchanged. `should_stop` is polled between batches of a long prefill; when it returns
+        True the backend stops early and the sequence is left in an unspecified state (the caller resets).
+        """
+
+    @abstractmethod
+    def logits(self) -> np.ndarray:
+        """Next-token logits (float32, shape (n_vocab,)) after the last appended segment or token."""
+
+    @abstractmethod
+    def append_token(self, token: int) -> None:
+        """Append one sampled token to the sequence (one decode step)."""
+
+    @abstractmethod
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes a token stands for (may be part of a UTF-8 character)."""
+
+    @abstractmethod
+    def is_end_of_generation(self, token: int) -> bool:
+        """True for end-of-sequence / end-of-turn tokens."""
+
+    @abstractmethod
+    def snapshot(self) -> Snapshot:
+        """The sequence's state now, restorable by `restore` in this or a later process of the same model."""
+
+    @abstractmethod
+    def restore(self, snapshot: Snapshot) -> None:
+        """Replace the sequence by a snapshot's state (raises InputError if the payload is unusable)."""
+
+    def close(self) -> None:
+        """Free the model (the daemon calls it once, at shutdown)."""
