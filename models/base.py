@@ -118,9 +118,10 @@ class ChatFrame:
     """The model's chat template cut into fixed text pieces around one system text and one user turn.
 
     A prompt is laid out as  head + [system_open + system + system_close] + user_open + parts... + user_close
-    (user_close ends with the assistant's opening, so generation starts right after it). Rendering the template
-    once with sentinel strings and cutting at them keeps every piece fixed, so the cache key of a prefix does
-    not depend on what follows it.
+    (user_close ends with the assistant's opening, so generation starts right after it). A conversation that
+    goes on in the same sequence (a meeting transcribed clip by clip) appends assistant_close + user_open +
+    parts... + user_close after the generated answer. Rendering the template with sentinel strings and
+    cutting at them keeps every piece fixed, so the cache key of a prefix does not depend on what follows it.
     """
 
     head: str
@@ -128,6 +129,7 @@ class ChatFrame:
     system_close: str
     user_open: str
     user_close: str
+    assistant_close: str
     template_digest: str
 
 
