@@ -1,0 +1,281 @@
+"""A tiny random-weight omni model in GGUF: a `llama` text decoder plus ONE Nemotron-layout mmproj.
+
+Why: the llama.cpp backend, the prompt cache and the pipelines must be tested through the REAL inference path
+(llama.cpp + libmtmd) without downloading a 30B model. The files written here load exactly like NVIDIA Nemotron 3
+Nano Omni does in llama.cpp: a text GGUF and one projector file holding a RADIO-style vision encoder
+(clip.vision.projector_type=nemotron_v2_vl) and a Parakeet conformer audio encoder (clip.audio.projector_type=
+parakeet). Writing both takes a few hundredths of a second.
+
+The weights are random but scaled (~1/sqrt(fan_in)) so activations neither vanish nor explode: next-token logits
+differ measurably when the image or the sound differs, which is what tests assert on (never on wording).
+Tensor names and shapes follow the vendored tools/mtmd/clip.cpp, clip-impl.h and models/{nemotron-v2-vl,
+parakeet}.cpp of llama-cpp-python 0.3.36. numpy shapes are ggml `ne` reversed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+#: Text decoder size (the projector's output width must equal N_EMBD).
+N_EMBD = 64
+N_HEAD = 4
+N_LAYER = 2
+N_FF = 128
+
+#: Vision encoder: a 64x64 image in 8x8 patches -> 64 patches -> 2x2 merge -> 16 LLM tokens per image.
+V_EMBD, V_HEAD, V_FF, V_LAYERS = 32, 2, 64, 1
+IMAGE_SIZE, PATCH_SIZE, MERGE = 64, 8, 2
+V_REGISTERS = 2
+PROJ_HIDDEN = 96
+
+#: Audio encoder (Parakeet): 16 mel bins, 3 stride-2 convs (subsampling 8) -> 12.5 LLM tokens per second.
+A_EMBD, A_HEAD, A_FF, A_LAYERS = 32, 2, 64, 1
+N_MEL, A_CHANNELS, A_CONV_KERNEL = 16, 8, 5
+N_FFT, WINDOW_LEN = 512, 400
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_NORMAL_WORDS = (
+    "the a an and of to in is it you that was for on are with as I his they be at one have this from or had by "
+    "hello world what image sound describe say hear see color red green blue yes no please thank user assistant "
+    "system"
+).split()
+
+
+@dataclass(frozen=True)
+class TestModelPaths:
+    """Where `write_test_model` put the files (mmproj is None when neither encoder was asked for)."""
+
+    __test__ = False  # not a pytest test class despite the name
+
+    text: Path
+    mmproj: Path | None
+
+
+def write_test_model(
+    directory: Path,
+    *,
+    vision: bool = True,
+    audio: bool = True,
+    seed: int = 0,
+    n_ctx_train: int = 32768,
+) -> TestModelPaths:
+    """Write the text GGUF and (if any encoder is asked for) one mmproj GGUF into `directory`.
+
+    Deterministic for a given seed and arguments, so two calls give byte-identical files (fingerprints match).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    text_path = directory / "tiny-omni-text.gguf"
+    _write_text_model(text_path, np.random.default_rng(seed), n_ctx_train)
+    if not (vision or audio):
+        return TestModelPaths(text=text_path, mmproj=None)
+    suffix = "vision-audio" if vision and audio else ("vision" if vision else "audio")
+    mmproj_path = directory / f"mmproj-tiny-omni-{suffix}.gguf"
+    _write_mmproj(mmproj_path, np.random.default_rng(seed + 1), vision=vision, audio=audio)
+    return TestModelPaths(text=text_path, mmproj=mmproj_path)
+
+
+# --------------------------------------------------------------------------------------------------- text model
+
+
+def _vocab() -> tuple[list[str], list[float], list[int]]:
+    """A SentencePiece-style vocab: specials, 256 byte-fallback tokens, some pieces, ChatML control tokens."""
+    tokens = ["<unk>", "<s>", "</s>"]
+    types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
+    tokens += [f"<0x{b:02X}>" for b in range(256)]
+    types += [gguf.TokenType.BYTE] * 256
+    pieces = ["\u2581"] + [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    pieces += [chr(c) for c in range(ord("A"), ord("Z") + 1)] + list("0123456789.,!?:;'\"-\n")
+    pieces += ["\u2581" + w for w in _NORMAL_WORDS]
+    tokens += pieces
+    types += [gguf.TokenType.NORMAL] * len(pieces)
+    tokens += ["<|im_start|>", "<|im_end|>"]
+    types += [gguf.TokenType.CONTROL] * 2
+    # Longer pieces score higher so the SentencePiece merge prefers whole words over letters.
+    scores = [0.0] * 259 + [-10.0 + len(p) for p in pieces] + [0.0, 0.0]
+    return tokens, scores, [int(t) for t in types]
+
+
+def _normal(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, gain: float = 1.0) -> np.ndarray:
+    """Random weights scaled to keep activations around unit size (random weights must not wash media out)."""
+    return (rng.standard_normal(shape) * gain / np.sqrt(fan_in)).astype(np.float32)
+
+
+def _write_text_model(path: Path, rng: np.random.Generator, n_ctx_train: int) -> None:
+    tokens, scores, types = _vocab()
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("tiny-omni-test")
+    w.add_context_length(n_ctx_train)
+    w.add_embedding_length(N_EMBD)
+    w.add_block_count(N_LAYER)
+    w.add_feed_forward_length(N_FF)
+    w.add_head_count(N_HEAD)
+    w.add_head_count_kv(N_HEAD)
+    w.add_rope_dimension_count(N_EMBD // N_HEAD)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_unk_token_id(0)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(tokens.index("<|im_end|>"))
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+    w.add_chat_template(CHAT_TEMPLATE)
+
+    f16 = np.float16
+    w.add_tensor("token_embd.weight", rng.standard_normal((len(tokens), N_EMBD)).astype(f16))
+    for i in range(N_LAYER):
+        p = f"blk.{i}"
+        w.add_tensor(f"{p}.attn_norm.weight", np.ones(N_EMBD, np.float32))
+        for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            w.add_tensor(f"{p}.{name}.weight", _normal(rng, (N_EMBD, N_EMBD), N_EMBD).astype(f16))
+        w.add_tensor(f"{p}.ffn_norm.weight", np.ones(N_EMBD, np.float32))
+        w.add_tensor(f"{p}.ffn_gate.weight", _normal(rng, (N_FF, N_EMBD), N_EMBD).astype(f16))
+        w.add_tensor(f"{p}.ffn_up.weight", _normal(rng, (N_FF, N_EMBD), N_EMBD).astype(f16))
+        w.add_tensor(f"{p}.ffn_down.weight", _normal(rng, (N_EMBD, N_FF), N_FF).astype(f16))
+    w.add_tensor("output_norm.weight", np.ones(N_EMBD, np.float32))
+    _finish(w)
+
+
+def _finish(w: gguf.GGUFWriter) -> None:
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+# ------------------------------------------------------------------------------------------------------- mmproj
+
+
+def _write_mmproj(path: Path, rng: np.random.Generator, *, vision: bool, audio: bool) -> None:
+    w = gguf.GGUFWriter(str(path), "clip")
+    w.add_name("tiny-omni-test-mmproj")
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_bool("clip.has_vision_encoder", vision)
+    w.add_bool("clip.has_audio_encoder", audio)
+    if vision:
+        _add_vision(w, rng)
+    if audio:
+        _add_audio(w, rng, with_dummy_vision_mlp=not vision)
+    _finish(w)
+
+
+def _add_encoder_hparams(w: gguf.GGUFWriter, prefix: str, n_embd: int, n_ff: int, n_layer: int, n_head: int) -> None:
+    w.add_uint32(f"clip.{prefix}.embedding_length", n_embd)
+    w.add_uint32(f"clip.{prefix}.feed_forward_length", n_ff)
+    w.add_uint32(f"clip.{prefix}.block_count", n_layer)
+    w.add_uint32(f"clip.{prefix}.attention.head_count", n_head)
+    w.add_uint32(f"clip.{prefix}.projection_dim", N_EMBD)
+    w.add_float32(f"clip.{prefix}.attention.layer_norm_epsilon", 1e-5)
+
+
+def _add_norm(w: gguf.GGUFWriter, name: str, width: int) -> None:
+    w.add_tensor(f"{name}.weight", np.ones(width, np.float32))
+    w.add_tensor(f"{name}.bias", np.zeros(width, np.float32))
+
+
+def _add_vision(w: gguf.GGUFWriter, rng: np.random.Generator) -> None:
+    """RADIO-style ViT with registers, then pixel-shuffle 2x2 + RMSNorm + relu^2 MLP (nemotron_v2_vl)."""
+    w.add_string("clip.vision.projector_type", "nemotron_v2_vl")
+    _add_encoder_hparams(w, "vision", V_EMBD, V_FF, V_LAYERS, V_HEAD)
+    w.add_uint32("clip.vision.image_size", IMAGE_SIZE)
+    w.add_uint32("clip.vision.patch_size", PATCH_SIZE)
+    w.add_uint32("clip.vision.projector.scale_factor", MERGE)
+    w.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
+    w.add_array("clip.vision.image_std", [0.25, 0.25, 0.25])
+    w.add_bool("clip.use_gelu", True)
+
+    n_patches = (IMAGE_SIZE // PATCH_SIZE) ** 2
+    patch_in = 3 * PATCH_SIZE * PATCH_SIZE
+    w.add_tensor("v.patch_embd.weight", _normal(rng, (V_EMBD, 3, PATCH_SIZE, PATCH_SIZE), patch_in, 2.0))
+    w.add_tensor("v.patch_embd.bias", np.zeros(V_EMBD, np.float32))
+    w.add_tensor("v.position_embd.weight", _normal(rng, (n_patches, V_EMBD), 1, 0.1))
+    w.add_tensor("v.class_embd", _normal(rng, (V_REGISTERS, V_EMBD), 1, 0.5))
+    for i in range(V_LAYERS):
+        p = f"v.blk.{i}"
+        _add_norm(w, f"{p}.ln1", V_EMBD)
+        _add_norm(w, f"{p}.ln2", V_EMBD)
+        for name in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            w.add_tensor(f"{p}.{name}.weight", _normal(rng, (V_EMBD, V_EMBD), V_EMBD))
+            w.add_tensor(f"{p}.{name}.bias", np.zeros(V_EMBD, np.float32))
+        w.add_tensor(f"{p}.ffn_up.weight", _normal(rng, (V_FF, V_EMBD), V_EMBD))
+        w.add_tensor(f"{p}.ffn_down.weight", _normal(rng, (V_EMBD, V_FF), V_FF))
+    merged = V_EMBD * MERGE * MERGE
+    w.add_tensor("mm.model.mlp.0.weight", np.ones(merged, np.float32))
+    w.add_tensor("mm.model.mlp.1.weight", _normal(rng, (PROJ_HIDDEN, merged), merged, 2.0))
+    w.add_tensor("mm.model.mlp.3.weight", _normal(rng, (N_EMBD, PROJ_HIDDEN), PROJ_HIDDEN, 2.0))
+
+
+def _mel_filters() -> np.ndarray:
+    """Triangular mel-like filters, (N_MEL, N_FFT/2+1) flattened as the parakeet preprocessor reads them."""
+    n_bins = N_FFT // 2 + 1
+    edges = np.geomspace(2, n_bins - 1, N_MEL + 2)
+    bins = np.arange(n_bins, dtype=np.float64)
+    filters = np.zeros((N_MEL, n_bins))
+    for m in range(N_MEL):
+        lo, mid, hi = edges[m], edges[m + 1], edges[m + 2]
+        filters[m] = np.clip(np.minimum((bins - lo) / (mid - lo), (hi - bins) / (hi - mid)), 0, None)
+    return filters.astype(np.float32).reshape(-1)
+
+
+def _add_audio(w: gguf.GGUFWriter, rng: np.random.Generator, *, with_dummy_vision_mlp: bool) -> None:
+    """Parakeet: conv pre-encoder (subsampling 8), conformer blocks, RMSNorm + relu^2 MLP projection."""
+    w.add_string("clip.audio.projector_type", "parakeet")
+    _add_encoder_hparams(w, "audio", A_EMBD, A_FF, A_LAYERS, A_HEAD)
+    w.add_uint32("clip.audio.num_mel_bins", N_MEL)
+    w.add_uint32("clip.audio.subsampling_factor", 8)
+    w.add_uint32("clip.audio.conv_kernel_size", A_CONV_KERNEL)
+
+    w.add_tensor("a.mel_filters", _mel_filters())
+    w.add_tensor("a.window", np.hanning(WINDOW_LEN).astype(np.float32))
+    c = A_CHANNELS
+    w.add_tensor("a.conv1d.0.weight", _normal(rng, (c, 1, 3, 3), 9))
+    w.add_tensor("a.conv1d.0.bias", np.zeros((c, 1, 1), np.float32))
+    for i in (2, 5):  # depthwise 3x3, stride 2
+        w.add_tensor(f"a.conv1d.{i}.weight", _normal(rng, (c, 1, 3, 3), 9))
+        w.add_tensor(f"a.conv1d.{i}.bias", np.zeros((c, 1, 1), np.float32))
+    for i in (3, 6):  # pointwise 1x1
+        w.add_tensor(f"a.conv1d.{i}.weight", _normal(rng, (c, c, 1, 1), c, 1.5))
+        w.add_tensor(f"a.conv1d.{i}.bias", np.full((c, 1, 1), 0.1, np.float32))
+    freq_out = N_MEL // 8
+    w.add_tensor("a.pre_encode.out.weight", _normal(rng, (A_EMBD, freq_out * c), freq_out * c, 2.0))
+    w.add_tensor("a.pre_encode.out.bias", np.zeros(A_EMBD, np.float32))
+
+    d_head = A_EMBD // A_HEAD
+    for i in range(A_LAYERS):
+        p = f"a.blk.{i}"
+        for norm in ("ffn_norm", "ln1", "norm_conv", "conv_norm", "ffn_norm_1", "ln2"):
+            _add_norm(w, f"{p}.{norm}", A_EMBD)
+        w.add_tensor(f"{p}.ffn_up.weight", _normal(rng, (A_FF, A_EMBD), A_EMBD))
+        w.add_tensor(f"{p}.ffn_down.weight", _normal(rng, (A_EMBD, A_FF), A_FF))
+        w.add_tensor(f"{p}.ffn_up_1.weight", _normal(rng, (A_FF, A_EMBD), A_EMBD))
+        w.add_tensor(f"{p}.ffn_down_1.weight", _normal(rng, (A_EMBD, A_FF), A_FF))
+        for name in ("attn_q", "attn_k", "attn_v", "attn_out", "linear_pos"):
+            w.add_tensor(f"{p}.{name}.weight", _normal(rng, (A_EMBD, A_EMBD), A_EMBD))
+        w.add_tensor(f"{p}.pos_bias_u", _normal(rng, (A_HEAD, d_head), 1, 0.1))
+        w.add_tensor(f"{p}.pos_bias_v", _normal(rng, (A_HEAD, d_head), 1, 0.1))
+        w.add_tensor(f"{p}.conv_pw1.weight", _normal(rng, (2 * A_EMBD, A_EMBD), A_EMBD))
+        w.add_tensor(f"{p}.conv_dw.weight", _normal(rng, (A_EMBD, A_CONV_KERNEL), A_CONV_KERNEL))
+        w.add_tensor(f"{p}.conv_norm_mean", np.zeros(A_EMBD, np.float32))
+        w.add_tensor(f"{p}.conv_norm_var", np.ones(A_EMBD, np.float32))
+        w.add_tensor(f"{p}.conv_pw2.weight", _normal(rng, (A_EMBD, A_EMBD), A_EMBD))
+    w.add_tensor("mm.a.norm_pre.weight", np.ones(A_EMBD, np.float32))
+    w.add_tensor("mm.a.mlp.1.weight", _normal(rng, (PROJ_HIDDEN, A_EMBD), A_EMBD, 2.0))
+    w.add_tensor("mm.a.mlp.2.weight", _normal(rng, (N_EMBD, PROJ_HIDDEN), PROJ_HIDDEN, 2.0))
+    if with_dummy_vision_mlp:
+        # An audio-only parakeet file still needs these (measured: loading fails without them).
+        w.add_tensor("mm.model.mlp.0.weight", np.ones(4, np.float32))
+        w.add_tensor("mm.model.mlp.1.weight", np.zeros((4, 4), np.float32))
+        w.add_tensor("mm.model.mlp.3.weight", np.zeros((N_EMBD, 4), np.float32))
