@@ -1,0 +1,74 @@
+"""The daemon's settings and where it keeps things on disk.
+
+Everything stays on this machine, under the user's own directories:
+  socket        $XDG_RUNTIME_DIR/omnid/omnid.sock (or /tmp/omnid-$UID/omnid.sock), in a 0700 directory
+  data          $XDG_DATA_HOME/omnid (~/.local/share/omnid): documents, meetings, screen history (SQLite)
+  cache         $XDG_CACHE_HOME/omnid (~/.cache/omnid): the prompt cache's disk tier, the default model
+Clients find the socket the same way (or through OMNID_SOCKET), so `omnid serve` and `omni ask` agree
+without flags.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def runtime_dir() -> Path:
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(base) / "omnid" if base else Path(f"/tmp/omnid-{os.getuid()}")
+
+
+def default_socket_path() -> Path:
+    return Path(os.environ["OMNID_SOCKET"]) if os.environ.get("OMNID_SOCKET") else runtime_dir() / "omnid.sock"
+
+
+def data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "omnid"
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "omnid"
+
+
+def private_dir(path: Path) -> Path:
+    """Create a directory only the user can enter (and tighten it if it exists)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+    return path
+
+
+def default_ram_budget() -> int:
+    """A quarter of the memory available now, between 256 MiB and 16 GiB."""
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        available = int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        try:
+            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+        except (ValueError, OSError):
+            available = 4 << 30
+    return max(256 << 20, min(16 << 30, available // 4))
+
+
+@dataclass
+class DaemonConfig:
+    model: str = ""                      # empty: the embedded default model
+    mmproj: str = ""
+    backend: str = "auto"                # "auto", "llama.cpp", "mlx"
+    context_length: int = 32768
+    threads: int | None = None
+    socket_path: Path = field(default_factory=default_socket_path)
+    tcp: str = ""                        # "127.0.0.1:PORT", loopback only, token required
+    token_file: Path | None = None
+    max_queue: int = 16
+    default_max_tokens: int = 512
+    cache_ram_bytes: int = field(default_factory=default_ram_budget)
+    cache_disk_dir: Path | None = field(default_factory=lambda: cache_dir() / "prompt-cache")
+    cache_disk_bytes: int = 8 << 30
+    data_dir: Path = field(default_factory=data_dir)
+    #: Folders whose files a client may name by path (IngestDocument, Transcribe); the data dir is not implied.
+    allow_read: list[Path] = field(default_factory=list)

@@ -1,0 +1,118 @@
+"""What every group of RPCs shares: running a job for a call, turning errors into gRPC statuses.
+
+The service is assembled from one mixin per area (core, documents, meetings, screen; see server.py). Each
+mixin only converts messages and submits jobs to the scheduler; the mixins find each other's helpers
+through this base class (e.g. `resolve_part` asks the documents mixin for a DocumentRef part).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, Iterator, NoReturn
+
+import grpc
+
+from omnid.daemon.config import DaemonConfig
+from omnid.daemon.scheduler import Job, QueueFull, Scheduler, ShuttingDown
+from omnid.daemon.session import Cancelled
+from omnid.models.base import ContextOverflow, InputError, ModelInfo
+
+log = logging.getLogger(__name__)
+
+
+class NotFound(LookupError):
+    """An unknown document, meeting, cache entry or device: NOT_FOUND."""
+
+
+class PermissionDenied(PermissionError):
+    """A path outside what the daemon may read: PERMISSION_DENIED."""
+
+
+def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status and message a client sees for an exception raised while serving it."""
+    if isinstance(exc, ContextOverflow):
+        return grpc.StatusCode.OUT_OF_RANGE, str(exc)
+    if isinstance(exc, InputError):
+        code = grpc.StatusCode.FAILED_PRECONDITION if exc.unsupported else grpc.StatusCode.INVALID_ARGUMENT
+        return code, str(exc)
+    if isinstance(exc, QueueFull):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
+    if isinstance(exc, ShuttingDown):
+        return grpc.StatusCode.UNAVAILABLE, str(exc)
+    if isinstance(exc, Cancelled):
+        return grpc.StatusCode.CANCELLED, "cancelled"
+    if isinstance(exc, NotFound):
+        return grpc.StatusCode.NOT_FOUND, str(exc)
+    if isinstance(exc, PermissionDenied):
+        return grpc.StatusCode.PERMISSION_DENIED, str(exc)
+    if isinstance(exc, (ValueError, TypeError)):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+
+
+def abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
+    code, message = status_for(exc)
+    if code == grpc.StatusCode.INTERNAL:
+        log.error("internal error serving a call", exc_info=exc)
+    context.abort(code, message)
+    raise AssertionError("unreachable")  # context.abort raises
+
+
+class RpcBase:
+    """State and helpers shared by the RPC mixins."""
+
+    def __init__(self, scheduler: Scheduler, config: DaemonConfig, endpoint: str) -> None:
+        self.scheduler = scheduler
+        self.config = config
+        self.endpoint = endpoint
+        self.setup()
+
+    def setup(self) -> None:
+        """Mixins that hold state (a store, a watcher) open it here: `super().setup()` first."""
+
+    def close(self) -> None:
+        """Mixins release what setup() opened here, then call `super().close()`."""
+
+    @property
+    def info(self) -> ModelInfo:
+        assert self.scheduler.backend is not None
+        return self.scheduler.backend.info
+
+    def stream_job(self, job: Job, context: grpc.ServicerContext, name: str) -> Iterator[Any]:
+        """Submit a job for this call and yield its events; a client that goes away cancels the job.
+
+        Errors (from submitting or from the job) end the call with the matching status.
+        """
+        try:
+            handle = self.scheduler.submit(job, name)
+        except Exception as exc:
+            abort(context, exc)
+        context.add_callback(handle.cancel)
+        try:
+            yield from handle.events()
+        except Exception as exc:
+            abort(context, exc)
+        finally:
+            handle.cancel()  # the generator was closed early (client gone): free the decoder now
+
+    def unary_job(self, job: Job, context: grpc.ServicerContext, name: str) -> list[Any]:
+        """Run a job for a unary call and return everything it emitted."""
+        return list(self.stream_job(job, context, name))
+
+    def call(self, context: grpc.ServicerContext, fn: Callable[[], Any]) -> Any:
+        """Run work in the handler thread (validation, decoding, SQLite), mapping its errors to statuses."""
+        try:
+            return fn()
+        except Exception as exc:
+            abort(context, exc)
+
+    def readable_path(self, path: str) -> Path:
+        """A client-named path, if it lies under one of the folders the daemon was allowed to read."""
+        resolved = Path(path).expanduser().resolve()
+        for root in self.config.allow_read:
+            if resolved.is_relative_to(Path(root).expanduser().resolve()):
+                if not resolved.is_file():
+                    raise NotFound(f"no such file: {resolved}")
+                return resolved
+        allowed = ", ".join(str(p) for p in self.config.allow_read) or "none (start omnid with --allow-read DIR)"
+        raise PermissionDenied(f"the daemon may not read {resolved}; allowed folders: {allowed}")
