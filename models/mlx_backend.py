@@ -1,0 +1,406 @@
+"""The mlx-vlm backend: one omni model (Nemotron-H Nano Omni style) and ONE decoder sequence on MLX.
+
+Why not mlx-vlm's generate / PromptCacheState: its prompt cache matches token ids only, so a different image
+behind the same placeholder ids silently reuses the WRONG state. Here the sequence is a list of the language
+model's own cache objects (make_prompt_cache(model.language_model)); every segment is turned into input
+embeddings by mlx-vlm's processor and encoders and run through the language model with that cache, so the
+daemon can snapshot the whole sequence at a segment boundary and key the snapshot on content hashes. Whole-state
+snapshots are also the only correct reuse for the hybrid Mamba + attention decoder, whose recurrent state cannot
+be trimmed back.
+
+mlx and mlx-vlm are imported lazily so the rest of omnid works without the [mlx] extra.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .base import (
+    AudioSegment,
+    Backend,
+    ChatFrame,
+    ContextOverflow,
+    ImageSegment,
+    InputError,
+    Modality,
+    ModelInfo,
+    ModelLoadError,
+    Segment,
+    Snapshot,
+    TextSegment,
+)
+
+_INSTALL_HINT = "install with: pip install 'omnid[mlx]'"
+# Tokens per forward pass of a long prefill: bounds peak memory and sets how often should_stop is polled.
+_PREFILL_BATCH = 512
+_SNAPSHOT_MAGIC = b"OMNIDMLX\x01"
+_DIGEST_SIZE = 16
+_MIB = 1 << 20
+# Smallest image side the vision processor resizes sensibly; below it the "image" carries no content.
+_MIN_IMAGE_SIDE = 2
+
+
+def _import_mlx() -> tuple[Any, Any]:
+    """mlx.core and mlx_vlm, or a ModelLoadError that tells the user which extra to install."""
+    try:
+        import mlx.core as mx
+        import mlx_vlm
+    except ImportError as exc:  # missing package, or mlx without its Linux [cpu] runtime
+        raise ModelLoadError(f"the MLX backend needs mlx and mlx-vlm ({exc}); {_INSTALL_HINT}") from exc
+    return mx, mlx_vlm
+
+
+def _looks_like_hub_id(model: str) -> bool:
+    """'owner/name' goes through mlx-vlm's hub download; anything path-like is a local folder that must exist."""
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", model) is not None and not model.startswith(".")
+
+
+def _fingerprint(folder: Path, extra: str) -> str:
+    """Identify the weights cheaply: config.json, plus size and first/last MiB of every weight file.
+
+    Hashing whole multi-GB weight files would cost seconds at every start; the edges and sizes change whenever
+    the weights do in practice. `extra` carries versions that change the numerics of cached states.
+    """
+    h = hashlib.blake2b(digest_size=16, person=b"omnid-mlx-fp")
+    h.update(extra.encode())
+    h.update((folder / "config.json").read_bytes())
+    for weights in sorted(folder.glob("*.safetensors")):
+        size = weights.stat().st_size
+        h.update(weights.name.encode() + size.to_bytes(8, "little"))
+        with weights.open("rb") as f:
+            h.update(f.read(_MIB))
+            f.seek(max(0, size - _MIB))
+            h.update(f.read(_MIB))
+    return h.hexdigest()
+
+
+def _eos_ids(folder: Path, config: dict, tokenizer: Any) -> frozenset[int]:
+    """Every id the model's files declare as end of generation (config, text config, generation config, tokenizer)."""
+    sources: list[Any] = [config.get("eos_token_id"), config.get("text_config", {}).get("eos_token_id"),
+                          getattr(tokenizer, "eos_token_id", None)]
+    generation_config = folder / "generation_config.json"
+    if generation_config.exists():
+        sources.append(json.loads(generation_config.read_text()).get("eos_token_id"))
+    ids: set[int] = set()
+    for source in sources:
+        if isinstance(source, int):
+            ids.add(source)
+        elif isinstance(source, list):
+            ids.update(i for i in source if isinstance(i, int))
+    return frozenset(ids)
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2 byte-level BPE's character -> byte table (the inverse of its bytes_to_unicode)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    chars = list(printable)
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars)}
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A segment turned into placeholder-expanded token ids plus the encoder inputs mlx-vlm expects."""
+
+    input_ids: Any  # mx.array, shape (1, n)
+    encoder_kwargs: dict[str, Any]
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.input_ids.shape[1])
+
+
+class MlxBackend(Backend):
+    """A loaded mlx-vlm omni model with one decoder sequence (see module docstring). Single-threaded."""
+
+    def __init__(self, model: str | Path, *, n_ctx: int = 8192, verbose: bool = False) -> None:
+        self._mx, mlx_vlm = _import_mlx()
+        from mlx_vlm.models.cache import make_prompt_cache
+        from mlx_vlm.utils import get_model_path
+
+        self._make_cache = make_prompt_cache
+        self._verbose = verbose
+        folder = self._resolve(str(model), get_model_path)
+        try:
+            self._model, self._processor = mlx_vlm.load(str(folder))
+        except Exception as exc:  # mlx-vlm raises FileNotFoundError, ValueError, KeyError... for bad folders
+            raise ModelLoadError(f"mlx-vlm could not load {folder}: {exc}") from exc
+        self._lm = self._model.language_model
+        self._tokenizer = getattr(self._processor, "tokenizer", self._processor)
+        config = json.loads((folder / "config.json").read_text())
+        self._sound_config = getattr(self._model.config, "sound_config", None)
+        self._eos = _eos_ids(folder, config, self._tokenizer)
+        self._byte_level = "ByteLevel" in self._tokenizer.backend_tokenizer.to_str()
+        self._special_ids = frozenset(self._tokenizer.all_special_ids) | frozenset(
+            i for i, added in self._tokenizer.added_tokens_decoder.items() if added.special)
+        self.info = self._make_info(str(model), folder, n_ctx, mlx_vlm)
+        self._piece_bytes: dict[int, bytes] = {}
+        self._cache: list[Any] = []
+        self._n = 0
+        self._last_logits: Any = None
+        self.reset()
+
+    # ----- loading -----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _resolve(model: str, get_model_path: Callable[[str], Path]) -> Path:
+        """A local folder as is; a hub id through mlx-vlm's own download code (which users of real models need)."""
+        path = Path(model).expanduser()
+        if path.is_dir():
+            if not (path / "config.json").exists():
+                raise ModelLoadError(f"{path} is not an mlx-vlm model folder (no config.json)")
+            return path
+        if path.exists() or not _looks_like_hub_id(model):
+            raise ModelLoadError(f"model folder {path} does not exist")
+        try:
+            return Path(get_model_path(model))
+        except Exception as exc:  # network, auth and not-found errors from huggingface_hub
+            raise ModelLoadError(f"could not fetch {model!r} from the model hub: {exc}") from exc
+
+    def _make_info(self, name: str, folder: Path, n_ctx: int, mlx_vlm: Any) -> ModelInfo:
+        config = self._model.config
+        capabilities: set[Modality] = {"text"}
+        if getattr(config, "vision_config", None) is not None and hasattr(self._model, "vision_model"):
+            capabilities.add("image")
+        sample_rate = getattr(self._processor, "audio_sampling_rate", 16_000)
+        max_clip: float | None = None
+        tokens_per_second = 0.0
+        if self._sound_config is not None and getattr(self._model, "sound_encoder", None) is not None:
+            capabilities.add("audio")
+            sound = self._sound_config
+            frames_per_token = sound.subsampling_factor * sound.hop_length
+            # The encoder rejects more than max_position_embeddings subsampled frames; stay one frame under it.
+            max_clip = (sound.max_position_embeddings * sound.subsampling_factor - 1) * sound.hop_length / sample_rate
+            tokens_per_second = sample_rate / frames_per_token
+        versions = f"mlx={self._mx.__version__};mlx_vlm={getattr(mlx_vlm, '__version__', '?')}"
+        return ModelInfo(
+            name=name, path=str(folder), backend="mlx", capabilities=frozenset(capabilities),
+            context_length=n_ctx, fingerprint=_fingerprint(folder, versions),
+            audio_sample_rate=sample_rate, max_audio_clip_seconds=max_clip,
+            audio_tokens_per_second=tokens_per_second, note=f"mlx-vlm {config.model_type}",
+        )
+
+    # ----- chat template -----------------------------------------------------------------------------------
+
+    def chat_frame(self) -> ChatFrame:
+        from .chat_frame import frame_from_renderer
+
+        template = getattr(self._tokenizer, "chat_template", None) or ""
+        if not template:
+            raise ModelLoadError(f"{self.info.path} has no chat template; media placeholders would be dropped")
+
+        def render(messages: list[dict], add_generation_prompt: bool) -> str:
+            return self._tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+        try:
+            return frame_from_renderer(render, template)
+        except ValueError as exc:  # a template that cannot be cut into fixed pieces is a model problem
+            raise ModelLoadError(f"the chat template of {self.info.path} cannot be used: {exc}") from exc
+
+    # ----- the sequence ------------------------------------------------------------------------------------
+
+    @property
+    def n_tokens(self) -> int:
+        return self._n
+
+    def reset(self) -> None:
+        self._cache = self._make_cache(self._lm)
+        self._n = 0
+        self._last_logits = None
+
+    def count_tokens(self, segment: Segment) -> int:
+        return self._prepare(segment).n_tokens
+
+    def append(self, segment: Segment, should_stop: Callable[[], bool] | None = None) -> int:
+        prepared = self._prepare(segment)
+        self._check_fits(prepared.n_tokens)
+        try:
+            embeddings = self._model.get_input_embeddings(prepared.input_ids, **prepared.encoder_kwargs).inputs_embeds
+            self._mx.eval(embeddings)
+        except ValueError as exc:  # the encoders' own size checks (e.g. placeholder/feature count mismatch)
+            raise InputError(f"the model's {segment.kind} encoder rejected the input: {exc}") from exc
+        self._forward(prepared.input_ids, embeddings, should_stop)
+        return prepared.n_tokens
+
+    def append_token(self, token: int) -> None:
+        if not 0 <= token < self._lm.args.vocab_size:
+            raise InputError(f"token {token} is outside the vocabulary")
+        self._check_fits(1)
+        ids = self._mx.array([[token]], dtype=self._mx.int32)
+        self._forward(ids, self._lm.get_input_embeddings(ids), None)
+
+    def logits(self) -> np.ndarray:
+        if self._last_logits is None:
+            raise InputError("the sequence is empty: append a segment before asking for logits")
+        return np.array(self._last_logits.astype(self._mx.float32), copy=True)
+
+    def _check_fits(self, n_new: int) -> None:
+        if self._n + n_new > self.info.context_length:
+            raise ContextOverflow(self._n + n_new, self.info.context_length)
+
+    def _forward(self, input_ids: Any, embeddings: Any, should_stop: Callable[[], bool] | None) -> None:
+        """Run the decoder over the embeddings in batches, growing the cache and keeping the last logits."""
+        total = embeddings.shape[1]
+        for start in range(0, total, _PREFILL_BATCH):
+            if should_stop is not None and start > 0 and should_stop():
+                return
+            end = min(start + _PREFILL_BATCH, total)
+            out = self._lm(input_ids[:, start:end], inputs_embeds=embeddings[:, start:end], cache=self._cache)
+            self._last_logits = out.logits[0, -1]
+            self._mx.eval(self._last_logits, [a for c in self._cache for a in c.state if a is not None])
+            self._n += end - start
+
+    # ----- segments -> token ids + encoder inputs ---------------------------------------------------------
+
+    def _prepare(self, segment: Segment) -> _Prepared:
+        if isinstance(segment, TextSegment):
+            ids = self._tokenizer.encode(segment.text, add_special_tokens=False)
+            if not ids:
+                raise InputError("an empty text segment adds nothing to the sequence")
+            return _Prepared(self._mx.array([ids], dtype=self._mx.int32), {})
+        if isinstance(segment, ImageSegment):
+            return self._prepare_image(segment)
+        if isinstance(segment, AudioSegment):
+            return self._prepare_audio(segment)
+        raise InputError(f"unknown segment type {type(segment).__name__}")
+
+    def _require(self, modality: Modality) -> None:
+        if modality not in self.info.capabilities:
+            raise InputError(f"{self.info.name} has no {modality} encoder", unsupported=True)
+
+    def _prepare_image(self, segment: ImageSegment) -> _Prepared:
+        from PIL import Image
+
+        self._require("image")
+        height, width, _ = segment.rgb.shape
+        if min(height, width) < _MIN_IMAGE_SIDE:
+            raise InputError(f"a {width}x{height} image is too small to encode")
+        inputs = self._processor(text=[self._processor.image_token], images=[Image.fromarray(segment.rgb)],
+                                 add_special_tokens=False)
+        return _Prepared(inputs["input_ids"].astype(self._mx.int32), {"pixel_values": inputs["pixel_values"]})
+
+    def _prepare_audio(self, segment: AudioSegment) -> _Prepared:
+        self._require("audio")
+        if segment.sample_rate != self.info.audio_sample_rate:
+            raise InputError(f"audio at {segment.sample_rate} Hz; this model takes {self.info.audio_sample_rate} Hz")
+        if len(segment.pcm) < self._sound_config.win_length:
+            raise InputError(f"an audio clip of {len(segment.pcm)} samples is too short to encode")
+        if not np.isfinite(segment.pcm).all():
+            raise InputError("audio samples must be finite")
+        limit = self.info.max_audio_clip_seconds
+        if limit is not None and segment.seconds > limit:
+            raise InputError(f"audio clips are limited to {limit:.2f} s by the encoder; got {segment.seconds:.2f} s")
+        inputs = self._processor(text=[self._processor.audio_token], audio=[segment.pcm], add_special_tokens=False)
+        return _Prepared(inputs["input_ids"].astype(self._mx.int32), {"sound_clips": inputs["sound_clips"]})
+
+    # ----- tokens ------------------------------------------------------------------------------------------
+
+    def token_bytes(self, token: int) -> bytes:
+        if token not in self._piece_bytes:
+            self._piece_bytes[token] = self._token_bytes(token)
+        return self._piece_bytes[token]
+
+    def _token_bytes(self, token: int) -> bytes:
+        """Raw bytes of a token: byte-level BPE pieces mapped back to bytes, SentencePiece <0xNN> and '▁' handled.
+
+        Special (control) tokens have no text: they yield b"", as llama.cpp does without special rendering.
+        """
+        if token in self._special_ids:
+            return b""
+        piece = self._tokenizer.convert_ids_to_tokens(token)
+        if piece is None:
+            raise InputError(f"token {token} is outside the vocabulary")
+        byte = re.fullmatch(r"<0x([0-9A-Fa-f]{2})>", piece)
+        if byte:
+            return bytes([int(byte.group(1), 16)])
+        table = _BYTE_DECODER
+        if self._byte_level and all(ch in table for ch in piece):
+            return bytes(table[ch] for ch in piece)
+        return piece.replace("\u2581", " ").encode("utf-8")
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return token in self._eos
+
+    # ----- snapshots ---------------------------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        """Every cache object's state/meta_state and the last logits, as safetensors bytes behind a checksum."""
+        arrays: dict[str, Any] = {}
+        layout = []
+        for i, cache in enumerate(self._cache):
+            present = []
+            for j, array in enumerate(cache.state):
+                if array is not None:
+                    arrays[f"c{i}.{j}"] = array
+                present.append(array is not None)
+            layout.append({"cls": type(cache).__name__, "present": present, "meta": list(_as_tuple(cache.meta_state))})
+        if self._last_logits is not None:
+            arrays["logits"] = self._last_logits
+        header = {"fingerprint": self.info.fingerprint, "n_tokens": self._n, "layout": layout}
+        buffer = io.BytesIO()
+        self._mx.save_safetensors(buffer, arrays, metadata={"omnid": json.dumps(header)})
+        body = buffer.getvalue()
+        digest = hashlib.blake2b(body, digest_size=_DIGEST_SIZE).digest()
+        return Snapshot(n_tokens=self._n, payload=_SNAPSHOT_MAGIC + digest + body)
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Rebuild the cache objects from a snapshot; the sequence is untouched unless the whole payload is good."""
+        arrays, header = self._read_payload(snapshot.payload)
+        if header.get("fingerprint") != self.info.fingerprint:
+            raise InputError("the snapshot was taken with other model weights or library versions")
+        caches = self._make_cache(self._lm)
+        layout = header.get("layout", [])
+        if len(layout) != len(caches) or header.get("n_tokens") != snapshot.n_tokens:
+            raise InputError("the snapshot does not match this model's cache layout")
+        try:
+            for i, (cache, entry) in enumerate(zip(caches, layout)):
+                if entry["cls"] != type(cache).__name__:
+                    raise InputError("the snapshot does not match this model's cache layout")
+                cache.state = [arrays[f"c{i}.{j}"] if present else None for j, present in enumerate(entry["present"])]
+                if entry["meta"]:
+                    cache.meta_state = tuple(entry["meta"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"the snapshot payload is unusable: {exc}") from exc
+        self._cache, self._n, self._last_logits = caches, snapshot.n_tokens, arrays.get("logits")
+
+    def _read_payload(self, payload: bytes) -> tuple[dict[str, Any], dict]:
+        """Check magic and checksum BEFORE handing bytes to MLX's parser, which must never see garbage."""
+        head = len(_SNAPSHOT_MAGIC)
+        body = payload[head + _DIGEST_SIZE:]
+        if not payload.startswith(_SNAPSHOT_MAGIC) or \
+                hashlib.blake2b(body, digest_size=_DIGEST_SIZE).digest() != payload[head:head + _DIGEST_SIZE]:
+            raise InputError("the snapshot payload is corrupt or not an MLX snapshot")
+        try:
+            arrays, metadata = self._mx.load(io.BytesIO(body), format="safetensors", return_metadata=True)
+            return arrays, json.loads(metadata["omnid"])
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise InputError(f"the snapshot payload is unusable: {exc}") from exc
+
+    def close(self) -> None:
+        self._cache = []
+        self._last_logits = None
+        del self._model, self._lm
+        self._mx.clear_cache()
+
+
+def _as_tuple(meta_state: Any) -> tuple[str, ...]:
+    """Cache meta_state is "" (nothing) or a tuple of strings, depending on the cache class."""
+    if not meta_state:
+        return ()
+    return (meta_state,) if isinstance(meta_state, str) else tuple(str(m) for m in meta_state)
+
+
+_BYTE_DECODER = _byte_decoder()
