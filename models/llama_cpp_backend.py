@@ -1,0 +1,572 @@
+"""The llama.cpp backend: one GGUF text model (+ optional mmproj) behind the `Backend` interface.
+
+Why the low-level API: llama-cpp-python's chat handlers take images only and clear the KV cache on every request,
+and `Llama.save_state` copies the whole n_batch x n_vocab scores array. The daemon needs audio, a prompt cache
+keyed on segment hashes and cheap per-sequence snapshots, so this module uses `Llama` only to load the model,
+the context and the tokenizer, and drives everything else itself: its own llama_batch + llama_decode for text,
+libmtmd (`llama_cpp.mtmd_cpp`) for images and audio, and llama_state_seq_* for snapshots of sequence 0.
+
+Rule: anything that could GGML_ABORT (SIGABRT, the whole daemon gone) is validated in Python first: file kinds
+before loading, media sizes before tokenizing, context room before evaluating, snapshot payloads before
+restoring.
+
+Not thread-safe (see Backend): one caller at a time.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import struct
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .base import (
+    AudioSegment,
+    Backend,
+    ChatFrame,
+    ContextOverflow,
+    ImageSegment,
+    InputError,
+    ModelInfo,
+    ModelLoadError,
+    Segment,
+    Snapshot,
+    TextSegment,
+)
+from .chat_frame import fallback_template, frame_from_renderer, jinja_renderer
+
+# Shortest audio clip accepted. The parakeet preprocessor normalises each mel bin by its standard deviation over
+# n_samples // 160 frames, divided by (frames - 1): below 2 frames it yields NaN logits; mtmd itself asserts on
+# one sample. 0.05 s = 5 frames keeps a margin for every audio projector in this llama.cpp version.
+MIN_AUDIO_SECONDS = 0.05
+# Whisper-style encoders pad every clip to 30 s; longer clips are split by mtmd, so the daemon plans with 30 s.
+_WHISPER_STYLE_AUDIO = {"qwen2a", "qwen3a", "ultravox", "voxtral", "glma", "musicflamingo", "meralion", "whisper"}
+# Vision projectors whose preprocessor resizes every image to clip.vision.image_size (larger input is wasted).
+_FIXED_SIZE_VISION = {"nemotron_v2_vl", "gemma3", "mlp", "mlp_norm", "ldp", "ldpv2"}
+
+_GGUF_MAGIC = b"GGUF"
+_SNAPSHOT_MAGIC = b"OMNIDLC1"
+# magic, fingerprint (32 hex chars), n_tokens, n_pos, n_vocab, has_logits, state length
+_SNAPSHOT_HEADER = struct.Struct("<8s32sqqqBq")
+_CHECKSUM_SIZE = 16
+_EDGE_BYTES = 1 << 20
+
+
+def _llama() -> Any:
+    """Import llama_cpp lazily: the package imports without the llama extra installed (mlx-only machines)."""
+    try:
+        import llama_cpp
+        import llama_cpp.mtmd_cpp
+    except ImportError as exc:  # pragma: no cover - depends on the installation
+        raise ModelLoadError(f"llama-cpp-python is not installed ({exc}); install omnid[llama]") from exc
+    return llama_cpp
+
+
+def _silent_log_callback() -> Any:
+    """One process-wide no-op log callback. The C side keeps the pointer forever, so it must never be freed."""
+    global _SILENT_LOG
+    if _SILENT_LOG is None:
+        llama_cpp = _llama()
+        _SILENT_LOG = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
+    return _SILENT_LOG
+
+
+_SILENT_LOG: Any = None
+
+
+# ------------------------------------------------------------------------------------------ file validation
+
+
+def _read_gguf_fields(path: Path) -> dict[str, Any]:
+    """Scalar/string metadata of a GGUF file (arrays skipped), or ModelLoadError for a file that is not one."""
+    if not path.is_file():
+        raise ModelLoadError(f"model file not found: {path}")
+    with path.open("rb") as f:
+        if f.read(4) != _GGUF_MAGIC:
+            raise ModelLoadError(f"not a GGUF file (bad magic): {path}")
+    from gguf import GGUFReader, GGUFValueType
+
+    try:
+        reader = GGUFReader(str(path), "r")
+    except Exception as exc:  # the gguf package raises assorted errors on truncated files
+        raise ModelLoadError(f"unreadable GGUF file {path}: {exc}") from exc
+    fields: dict[str, Any] = {}
+    for name, field in reader.fields.items():
+        if not field.types or field.types[0] == GGUFValueType.ARRAY:
+            continue
+        value = field.parts[field.data[0]]
+        fields[name] = bytes(value).decode("utf-8", "replace") if field.types[0] == GGUFValueType.STRING else value[0]
+    fields["__tensor_shapes__"] = {t.name: tuple(int(x) for x in t.shape) for t in reader.tensors}
+    return fields
+
+
+def _projector_width(fields: dict[str, Any]) -> int | None:
+    """The width the projector feeds the text model, when the file says so cheaply."""
+    shapes = fields["__tensor_shapes__"]
+    for tensor in ("mm.model.mlp.3.weight", "mm.a.mlp.2.weight", "mm.2.weight"):
+        if tensor in shapes and len(shapes[tensor]) == 2:
+            return shapes[tensor][1]  # gguf reader shape is ggml ne: (n_in, n_out)
+    for key in ("clip.vision.projection_dim", "clip.audio.projection_dim"):
+        if key in fields:
+            return int(fields[key])
+    return None
+
+
+def _validate_files(model: Path, mmproj: Path | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    text_fields = _read_gguf_fields(model)
+    arch = str(text_fields.get("general.architecture", ""))
+    if arch == "clip":
+        raise ModelLoadError(f"{model} is a multimodal projector (mmproj) file: pass it as mmproj_path, not as the model")
+    if not arch:
+        raise ModelLoadError(f"{model} has no general.architecture: not a llama.cpp model file")
+    if mmproj is None:
+        return text_fields, None
+    proj_fields = _read_gguf_fields(mmproj)
+    if proj_fields.get("general.architecture") != "clip":
+        raise ModelLoadError(f"{mmproj} is a text model ({proj_fields.get('general.architecture')}), not an mmproj file")
+    n_embd = text_fields.get(f"{arch}.embedding_length")
+    width = _projector_width(proj_fields)
+    if n_embd is not None and width is not None and int(n_embd) != width:
+        raise ModelLoadError(f"{mmproj} projects to width {width} but {model} has n_embd {int(n_embd)}: not a pair")
+    return text_fields, proj_fields
+
+
+def _fingerprint(paths: list[Path], settings: str) -> str:
+    """Identify the weights (sizes + first and last MiB of each file) and the logit-affecting settings."""
+    h = hashlib.blake2b(digest_size=16, person=b"omnid-llamacpp")
+    for path in paths:
+        size = path.stat().st_size
+        h.update(size.to_bytes(8, "little"))
+        with path.open("rb") as f:
+            h.update(f.read(_EDGE_BYTES))
+            f.seek(max(0, size - _EDGE_BYTES))
+            h.update(f.read(_EDGE_BYTES))
+    h.update(settings.encode())
+    return h.hexdigest()
+
+
+def _physical_cores() -> int:
+    """Physical cores (llama.cpp gets slower on hyper-threads); logical / 2 when the topology is unknown."""
+    cores: set[tuple[str, str]] = set()
+    package = ""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "physical id":
+                    package = value.strip()
+                elif key.strip() == "core id":
+                    cores.add((package, value.strip()))
+    except OSError:
+        pass
+    return len(cores) or max(1, (os.cpu_count() or 2) // 2)
+
+
+# ------------------------------------------------------------------------------------------------- backend
+
+
+class _MediaChunks:
+    """mtmd input chunks for one media segment, freed with the object (cached between count and append)."""
+
+    def __init__(self, mtmd: Any, handle: Any) -> None:
+        self._mtmd = mtmd
+        self.handle = handle
+        self.chunks = [mtmd.mtmd_input_chunks_get(handle, i) for i in range(mtmd.mtmd_input_chunks_size(handle))]
+        self.n_tokens = sum(mtmd.mtmd_input_chunk_get_n_tokens(c) for c in self.chunks)
+
+    def free(self) -> None:
+        if self.handle is not None:
+            self._mtmd.mtmd_input_chunks_free(self.handle)
+            self.handle = None
+
+
+class LlamaCppBackend(Backend):
+    """A GGUF model (+ mmproj) through llama.cpp, with one decoder sequence (seq 0)."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        mmproj_path: str | Path | None = None,
+        *,
+        n_ctx: int = 8192,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        flash_attn: bool = False,
+        verbose: bool = False,
+    ) -> None:
+        model_path = Path(model_path)
+        mmproj = Path(mmproj_path) if mmproj_path else None
+        text_fields, proj_fields = _validate_files(model_path, mmproj)
+        self._lc = _llama()
+        self._mtmd_api = self._lc.mtmd_cpp
+        if not verbose:
+            self._lc.llama_log_set(_silent_log_callback(), None)
+            self._mtmd_api.mtmd_log_set(_silent_log_callback(), None)
+            self._mtmd_api.mtmd_helper_log_set(_silent_log_callback(), None)
+        threads = n_threads or _physical_cores()
+        gpu = bool(self._lc.llama_supports_gpu_offload())
+        self._n_batch = n_batch
+        self._llm = self._load_llama(model_path, n_ctx, threads, n_batch, flash_attn, gpu, verbose)
+        self._ctx = self._llm._ctx.ctx
+        self._n_ctx = int(self._lc.llama_n_ctx(self._ctx))
+        self._vocab = self._lc.llama_model_get_vocab(self._llm._model.model)
+        self._n_vocab = int(self._lc.llama_vocab_n_tokens(self._vocab))
+        self._mtmd = self._load_mtmd(mmproj, threads, flash_attn, gpu) if mmproj else None
+        self._batch = self._lc.llama_batch_init(n_batch, 0, 1)
+        self._n_tokens = 0
+        self._n_pos = 0
+        self._logits: np.ndarray | None = None
+        self._media_cache: tuple[str, _MediaChunks] | None = None
+        self._arch = str(text_fields["general.architecture"])
+        self._frame: ChatFrame | None = None
+        self.info = self._make_info(model_path, mmproj, text_fields, proj_fields, flash_attn, gpu)
+
+    # ---- loading
+
+    def _load_llama(
+        self, path: Path, n_ctx: int, threads: int, n_batch: int, flash_attn: bool, gpu: bool, verbose: bool
+    ) -> Any:
+        try:
+            return self._lc.Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_batch=n_batch,
+                n_ubatch=n_batch,  # non-causal projectors need a whole image in one ubatch
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_gpu_layers=-1 if gpu else 0,
+                flash_attn=flash_attn,
+                verbose=verbose,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"llama.cpp could not load {path}: {exc}") from exc
+
+    def _load_mtmd(self, mmproj: Path, threads: int, flash_attn: bool, gpu: bool) -> Any:
+        api = self._mtmd_api
+        params = api.mtmd_context_params_default()
+        params.use_gpu = gpu
+        params.n_threads = threads
+        params.print_timings = False
+        params.flash_attn_type = self._lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else 0
+        ctx = api.mtmd_init_from_file(str(mmproj).encode(), self._llm._model.model, params)
+        if not ctx:
+            raise ModelLoadError(f"libmtmd could not load the projector {mmproj} with this model (run verbose for why)")
+        return ctx
+
+    def _make_info(
+        self,
+        model: Path,
+        mmproj: Path | None,
+        text_fields: dict[str, Any],
+        proj_fields: dict[str, Any] | None,
+        flash_attn: bool,
+        gpu: bool,
+    ) -> ModelInfo:
+        api = self._mtmd_api
+        caps: set[str] = {"text"}
+        vision = bool(self._mtmd and api.mtmd_support_vision(self._mtmd))
+        audio = bool(self._mtmd and api.mtmd_support_audio(self._mtmd))
+        caps |= {"image"} if vision else set()
+        caps |= {"audio"} if audio else set()
+        proj_fields = proj_fields or {}
+        a_type = str(proj_fields.get("clip.audio.projector_type", proj_fields.get("clip.projector_type", "")))
+        v_type = str(proj_fields.get("clip.vision.projector_type", proj_fields.get("clip.projector_type", "")))
+        rate = int(api.mtmd_get_audio_sample_rate(self._mtmd)) if audio else 16_000
+        image_size = int(proj_fields.get("clip.vision.image_size", 0))
+        max_side = image_size if vision and v_type in _FIXED_SIZE_VISION and image_size > 0 else 1024
+        settings = f"flash_attn={flash_attn};gpu={gpu};n_batch={self._n_batch}"
+        note = f"llama.cpp {self._arch}" + (f"; vision {v_type}" if vision else "") + (f"; audio {a_type}" if audio else "")
+        return ModelInfo(
+            name=str(text_fields.get("general.name") or model.stem),
+            path=str(model),
+            backend="llama.cpp",
+            capabilities=frozenset(caps),  # type: ignore[arg-type]
+            context_length=self._n_ctx,
+            fingerprint=_fingerprint([model] + ([mmproj] if mmproj else []), settings),
+            mmproj_path=str(mmproj or ""),
+            audio_sample_rate=rate,
+            max_audio_clip_seconds=30.0 if a_type in _WHISPER_STYLE_AUDIO else None,
+            max_image_side=max_side,
+            audio_tokens_per_second=self._measure_audio_rate(rate) if audio else 0.0,
+            note=note,
+        )
+
+    def _measure_audio_rate(self, rate: int) -> float:
+        """Encoder tokens per second of sound, from the encoder's own count for a 30 s clip (no evaluation)."""
+        chunks = self._tokenize_media(AudioSegment(np.zeros(30 * rate, np.float32), rate))
+        try:
+            return chunks.n_tokens / 30.0
+        finally:
+            chunks.free()
+
+    # ---- Backend API
+
+    def chat_frame(self) -> ChatFrame:
+        if self._frame is None:
+            self._frame = self._build_frame()
+        return self._frame
+
+    def _build_frame(self) -> ChatFrame:
+        template = self._llm.metadata.get("tokenizer.chat_template") or fallback_template(self._arch)
+        bos = self._special_text(self._lc.llama_vocab_bos(self._vocab))
+        eos = self._special_text(self._lc.llama_vocab_eos(self._vocab))
+        try:
+            return frame_from_renderer(jinja_renderer(template, bos, eos), template)
+        except ValueError:
+            # A template too dynamic to cut into fixed pieces: use the family's plain format instead.
+            fallback = fallback_template(self._arch)
+            return frame_from_renderer(jinja_renderer(fallback, bos, eos), fallback)
+
+    def _special_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self._piece(token, special=True).decode("utf-8", "replace")
+
+    @property
+    def n_tokens(self) -> int:
+        return self._n_tokens
+
+    def reset(self) -> None:
+        self._lc.llama_memory_clear(self._lc.llama_get_memory(self._ctx), True)
+        self._n_tokens = 0
+        self._n_pos = 0
+        self._logits = None
+
+    def count_tokens(self, segment: Segment) -> int:
+        if isinstance(segment, TextSegment):
+            return len(self._tokenize_text(segment.text))
+        return self._media_chunks(segment).n_tokens
+
+    def append(self, segment: Segment, should_stop: Callable[[], bool] | None = None) -> int:
+        stop = should_stop or (lambda: False)
+        if isinstance(segment, TextSegment):
+            tokens = self._tokenize_text(segment.text)
+            self._check_room(len(tokens))
+            self._decode_tokens(tokens, stop)
+            return len(tokens)
+        chunks = self._media_chunks(segment)
+        self._check_room(chunks.n_tokens)
+        self._media_cache = None  # evaluated once: the cache entry now belongs to this call
+        try:
+            self._eval_media(chunks, stop)
+        finally:
+            chunks.free()
+        return chunks.n_tokens
+
+    def logits(self) -> np.ndarray:
+        if self._logits is None:
+            raise RuntimeError("no next-token logits: the sequence is empty or ends with an image/audio segment")
+        return self._logits.copy()
+
+    def append_token(self, token: int) -> None:
+        self._check_token(token)
+        self._check_room(1)
+        self._decode_tokens([token], lambda: False)
+
+    def token_bytes(self, token: int) -> bytes:
+        self._check_token(token)
+        return self._piece(token, special=False)
+
+    def is_end_of_generation(self, token: int) -> bool:
+        self._check_token(token)
+        return bool(self._lc.llama_vocab_is_eog(self._vocab, token))
+
+    def snapshot(self) -> Snapshot:
+        size = int(self._lc.llama_state_seq_get_size(self._ctx, 0))
+        buf = (ctypes.c_uint8 * size)()
+        written = int(self._lc.llama_state_seq_get_data(self._ctx, buf, size, 0))
+        if written != size:
+            raise RuntimeError(f"llama_state_seq_get_data wrote {written} of {size} bytes")
+        logits = b"" if self._logits is None else self._logits.astype(np.float32).tobytes()
+        header = _SNAPSHOT_HEADER.pack(
+            _SNAPSHOT_MAGIC, self.info.fingerprint.encode(), self._n_tokens, self._n_pos, self._n_vocab,
+            1 if logits else 0, size,
+        )
+        body = header + logits + bytes(buf)
+        return Snapshot(n_tokens=self._n_tokens, payload=body + _checksum(body))
+
+    def restore(self, snapshot: Snapshot) -> None:
+        n_tokens, n_pos, logits, state = self._parse_snapshot(snapshot.payload)
+        self.reset()
+        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        read = int(self._lc.llama_state_seq_set_data(self._ctx, buf, len(state), 0))
+        if read != len(state):
+            self.reset()
+            raise InputError("llama.cpp rejected the snapshot's sequence state")
+        self._n_tokens, self._n_pos, self._logits = n_tokens, n_pos, logits
+
+    def close(self) -> None:
+        if self._media_cache is not None:
+            self._media_cache[1].free()
+            self._media_cache = None
+        if self._mtmd is not None:
+            self._mtmd_api.mtmd_free(self._mtmd)
+            self._mtmd = None
+        if self._batch is not None:
+            self._lc.llama_batch_free(self._batch)
+            self._batch = None
+        self._llm.close()
+
+    # ---- text
+
+    def _tokenize_text(self, text: str) -> list[int]:
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def _check_room(self, n_new: int) -> None:
+        if self._n_tokens + n_new > self._n_ctx:
+            raise ContextOverflow(self._n_tokens + n_new, self._n_ctx)
+
+    def _check_token(self, token: int) -> None:
+        if not 0 <= token < self._n_vocab:
+            raise InputError(f"token {token} is outside the vocabulary (0..{self._n_vocab - 1})")
+
+    def _decode_tokens(self, tokens: list[int], stop: Callable[[], bool]) -> None:
+        """Decode in n_batch pieces, logits only for the very last token; poll `stop` between pieces."""
+        batch = self._batch
+        for start in range(0, len(tokens), self._n_batch):
+            if start and stop():
+                self._logits = None
+                return
+            piece = tokens[start : start + self._n_batch]
+            last_piece = start + len(piece) == len(tokens)
+            batch.n_tokens = len(piece)
+            for i, token in enumerate(piece):
+                batch.token[i] = token
+                batch.pos[i] = self._n_pos + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = last_piece and i == len(piece) - 1
+            rc = self._lc.llama_decode(self._ctx, batch)
+            if rc != 0:
+                raise RuntimeError(f"llama_decode failed with status {rc}")
+            self._n_tokens += len(piece)
+            self._n_pos += len(piece)
+        if tokens:
+            self._logits = self._read_logits()
+
+    def _read_logits(self) -> np.ndarray:
+        ptr = self._lc.llama_get_logits_ith(self._ctx, -1)
+        if not ptr:
+            raise RuntimeError("llama.cpp returned no logits for the last position")
+        return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).copy()
+
+    def _piece(self, token: int, *, special: bool) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = self._lc.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._lc.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        return buf.raw[:n]
+
+    # ---- media
+
+    def _media_chunks(self, segment: ImageSegment | AudioSegment) -> _MediaChunks:
+        """Tokenized media for `segment`, reusing the last count_tokens result for the same content."""
+        digest = segment.digest()
+        if self._media_cache is not None and self._media_cache[0] == digest:
+            return self._media_cache[1]
+        self._check_media(segment)
+        chunks = self._tokenize_media(segment)
+        if self._media_cache is not None:
+            self._media_cache[1].free()
+        self._media_cache = (digest, chunks)
+        return chunks
+
+    def _check_media(self, segment: ImageSegment | AudioSegment) -> None:
+        modality = segment.kind
+        if modality not in self.info.capabilities:
+            raise InputError(f"this model has no {modality} encoder", unsupported=True)
+        if isinstance(segment, ImageSegment):
+            h, w, _ = segment.rgb.shape
+            if h == 0 or w == 0:
+                raise InputError(f"the image is empty ({w}x{h})")
+            return
+        if segment.sample_rate != self.info.audio_sample_rate:
+            raise InputError(f"audio must be sampled at {self.info.audio_sample_rate} Hz, got {segment.sample_rate}")
+        if segment.seconds < MIN_AUDIO_SECONDS:
+            raise InputError(f"the audio clip is too short ({segment.seconds:.3f} s < {MIN_AUDIO_SECONDS} s)")
+        if not np.isfinite(segment.pcm).all():
+            raise InputError("the audio contains NaN or infinite samples")
+
+    def _tokenize_media(self, segment: ImageSegment | AudioSegment) -> _MediaChunks:
+        """mtmd_tokenize one already-checked media segment (the text is just the media marker)."""
+        api = self._mtmd_api
+        if isinstance(segment, ImageSegment):
+            rgb = np.ascontiguousarray(segment.rgb)
+            h, w, _ = rgb.shape
+            bitmap = api.mtmd_bitmap_init(w, h, rgb.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)))
+        else:
+            pcm = np.ascontiguousarray(segment.pcm, dtype=np.float32)
+            bitmap = api.mtmd_bitmap_init_from_audio(len(pcm), pcm.ctypes.data_as(ctypes.POINTER(ctypes.c_float)))
+        if not bitmap:
+            raise InputError(f"libmtmd could not take this {segment.kind}")
+        handle = api.mtmd_input_chunks_init()
+        try:
+            marker = api.mtmd_default_marker()
+            text = api.mtmd_input_text()
+            text.text, text.text_len, text.add_special, text.parse_special = marker, len(marker), False, True
+            bitmaps = (api.mtmd_bitmap_p_ctypes * 1)(bitmap)
+            rc = api.mtmd_tokenize(self._mtmd, handle, ctypes.byref(text), bitmaps, 1)
+        finally:
+            api.mtmd_bitmap_free(bitmap)
+        if rc != 0:
+            api.mtmd_input_chunks_free(handle)
+            raise InputError(f"libmtmd could not tokenize this {segment.kind} (status {rc})")
+        chunks = _MediaChunks(api, handle)
+        self._check_non_causal_fits(chunks)
+        return chunks
+
+    def _check_non_causal_fits(self, chunks: _MediaChunks) -> None:
+        """Non-causal projectors (gemma3...) abort unless a whole image fits one ubatch (= n_batch here)."""
+        for chunk in chunks.chunks:
+            n = self._mtmd_api.mtmd_input_chunk_get_n_tokens(chunk)
+            if self._mtmd_api.mtmd_decode_use_non_causal(self._mtmd, chunk) and n > self._n_batch:
+                chunks.free()
+                raise InputError(f"this image needs {n} tokens in one batch but n_batch is {self._n_batch}")
+
+    def _eval_media(self, chunks: _MediaChunks, stop: Callable[[], bool]) -> None:
+        api = self._mtmd_api
+        for i, chunk in enumerate(chunks.chunks):
+            if i and stop():
+                self._logits = None
+                return
+            is_last = i == len(chunks.chunks) - 1
+            is_text = api.mtmd_input_chunk_get_type(chunk) == api.MTMD_INPUT_CHUNK_TYPE_TEXT
+            new_pos = self._lc.llama_pos(0)
+            rc = api.mtmd_helper_eval_chunk_single(
+                self._mtmd, self._ctx, chunk, self._n_pos, 0, self._n_batch, is_last, ctypes.byref(new_pos)
+            )
+            if rc != 0:
+                raise RuntimeError(f"libmtmd failed to evaluate a media chunk (status {rc})")
+            self._n_tokens += api.mtmd_input_chunk_get_n_tokens(chunk)
+            self._n_pos = int(new_pos.value)
+            # Media embeddings are decoded without logits; only a trailing text chunk (e.g. an end marker) has them.
+            self._logits = self._read_logits() if is_last and is_text else None
+
+    # ---- snapshots
+
+    def _parse_snapshot(self, payload: bytes) -> tuple[int, int, np.ndarray | None, bytes]:
+        """Check a payload completely before any of it reaches llama.cpp (a bad state could abort it)."""
+        if len(payload) < _SNAPSHOT_HEADER.size + _CHECKSUM_SIZE:
+            raise InputError("snapshot payload is too short")
+        body, checksum = payload[:-_CHECKSUM_SIZE], payload[-_CHECKSUM_SIZE:]
+        if _checksum(body) != checksum:
+            raise InputError("snapshot payload is corrupt (checksum mismatch)")
+        magic, fingerprint, n_tokens, n_pos, n_vocab, has_logits, size = _SNAPSHOT_HEADER.unpack_from(body)
+        if magic != _SNAPSHOT_MAGIC or fingerprint.decode("ascii", "replace") != self.info.fingerprint:
+            raise InputError("snapshot was taken with another model or other settings")
+        n_logit_bytes = n_vocab * 4 if has_logits else 0
+        if n_vocab != self._n_vocab or len(body) != _SNAPSHOT_HEADER.size + n_logit_bytes + size:
+            raise InputError("snapshot payload has inconsistent sizes")
+        if not 0 <= n_tokens <= self.info.context_length:
+            raise InputError("snapshot holds more tokens than this context")
+        offset = _SNAPSHOT_HEADER.size
+        logits = np.frombuffer(body, np.float32, n_vocab, offset).copy() if has_logits else None
+        return n_tokens, n_pos, logits, body[offset + n_logit_bytes :]
+
+
+def _checksum(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=_CHECKSUM_SIZE, person=b"omnid-snapshot").digest()
