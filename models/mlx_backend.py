@@ -15,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -37,6 +39,7 @@ from .base import (
     TextSegment,
 )
 
+_log = logging.getLogger(__name__)
 _INSTALL_HINT = "install with: pip install 'omnid[mlx]'"
 # Tokens per forward pass of a long prefill: bounds peak memory and sets how often should_stop is polled.
 _PREFILL_BATCH = 512
@@ -131,13 +134,16 @@ class MlxBackend(Backend):
         from mlx_vlm.utils import get_model_path
 
         self._make_cache = make_prompt_cache
-        self._verbose = verbose
+        # verbose: load and per-segment timings at INFO (the daemon's --verbose), otherwise at DEBUG.
+        self._log_level = logging.INFO if verbose else logging.DEBUG
+        started = time.perf_counter()
         folder = self._resolve(str(model), get_model_path)
         try:
             self._model, self._processor = mlx_vlm.load(str(folder))
         except Exception as exc:  # mlx-vlm raises FileNotFoundError, ValueError, KeyError... for bad folders
             raise ModelLoadError(f"mlx-vlm could not load {folder}: {exc}") from exc
         self._lm = self._model.language_model
+        self._vocab_size = int(self._model.config.text_config.vocab_size)
         self._tokenizer = getattr(self._processor, "tokenizer", self._processor)
         config = json.loads((folder / "config.json").read_text())
         self._sound_config = getattr(self._model.config, "sound_config", None)
@@ -151,6 +157,8 @@ class MlxBackend(Backend):
         self._n = 0
         self._last_logits: Any = None
         self.reset()
+        _log.log(self._log_level, "loaded %s in %.2f s: %s", folder, time.perf_counter() - started,
+                 sorted(self.info.capabilities))
 
     # ----- loading -----------------------------------------------------------------------------------------
 
@@ -225,7 +233,10 @@ class MlxBackend(Backend):
         return self._prepare(segment).n_tokens
 
     def append(self, segment: Segment, should_stop: Callable[[], bool] | None = None) -> int:
+        started = time.perf_counter()
         prepared = self._prepare(segment)
+        if prepared.n_tokens == 0:  # a chat-frame piece that is "" for this template
+            return 0
         self._check_fits(prepared.n_tokens)
         try:
             embeddings = self._model.get_input_embeddings(prepared.input_ids, **prepared.encoder_kwargs).inputs_embeds
@@ -233,10 +244,12 @@ class MlxBackend(Backend):
         except ValueError as exc:  # the encoders' own size checks (e.g. placeholder/feature count mismatch)
             raise InputError(f"the model's {segment.kind} encoder rejected the input: {exc}") from exc
         self._forward(prepared.input_ids, embeddings, should_stop)
+        _log.log(self._log_level, "%s segment: %d tokens in %.1f ms", segment.kind, prepared.n_tokens,
+                 (time.perf_counter() - started) * 1e3)
         return prepared.n_tokens
 
     def append_token(self, token: int) -> None:
-        if not 0 <= token < self._lm.args.vocab_size:
+        if not 0 <= token < self._vocab_size:
             raise InputError(f"token {token} is outside the vocabulary")
         self._check_fits(1)
         ids = self._mx.array([[token]], dtype=self._mx.int32)
@@ -268,8 +281,6 @@ class MlxBackend(Backend):
     def _prepare(self, segment: Segment) -> _Prepared:
         if isinstance(segment, TextSegment):
             ids = self._tokenizer.encode(segment.text, add_special_tokens=False)
-            if not ids:
-                raise InputError("an empty text segment adds nothing to the sequence")
             return _Prepared(self._mx.array([ids], dtype=self._mx.int32), {})
         if isinstance(segment, ImageSegment):
             return self._prepare_image(segment)

@@ -7,6 +7,8 @@ Assertions are on logits (greedy text from random weights means nothing) and nev
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("MLX_DISABLE_COMPILE", "1")  # no g++ kernel compile (5-8 s) on the shared CI cores
 
@@ -95,7 +97,7 @@ def test_text_logits(backend: MlxBackend) -> None:
     expected = backend.count_tokens(PREFIX)
     assert backend.append(PREFIX) == expected == backend.n_tokens
     logits = backend.logits()
-    assert logits.shape == (backend._lm.args.vocab_size,) and logits.dtype == np.float32
+    assert logits.shape == (backend._vocab_size,) and logits.dtype == np.float32
     assert np.isfinite(logits).all()
 
 
@@ -213,6 +215,23 @@ def test_missing_folder_is_a_load_error(tmp_path) -> None:
         MlxBackend(tmp_path)  # a folder, but no model in it
 
 
+def test_missing_mlx_is_a_load_error_naming_the_extra(model_dir, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "mlx_vlm", None)  # makes `import mlx_vlm` raise ImportError
+    with pytest.raises(ModelLoadError):
+        MlxBackend(model_dir)
+
+
+def test_importing_the_backend_module_does_not_import_mlx() -> None:
+    code = "import sys, omnid.models.mlx_backend; sys.exit('mlx' in sys.modules or 'mlx_vlm' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_should_stop_ends_a_long_prefill_between_batches(backend: MlxBackend) -> None:
+    calls = []
+    backend.append(TextSegment("x" * 1200), should_stop=lambda: calls.append(1) or True)
+    assert calls and 0 < backend.n_tokens < 1200
+
+
 def test_model_without_audio_refuses_audio_as_unsupported(tmp_path) -> None:
     vision_only = MlxBackend(write_mlx_test_model(tmp_path / "vision-only", with_audio=False))
     assert "audio" not in vision_only.info.capabilities
@@ -238,13 +257,19 @@ def test_audio_over_the_encoder_limit_is_refused(backend: MlxBackend) -> None:
     AudioSegment(np.zeros(10, np.float32)),
     AudioSegment(np.full(16_000, np.nan, np.float32)),
     AudioSegment(np.zeros(16_000, np.float32), sample_rate=44_100),
-    TextSegment(""),
-], ids=["thin-image", "empty-image", "short-audio", "nan-audio", "wrong-rate", "empty-text"])
+], ids=["thin-image", "empty-image", "short-audio", "nan-audio", "wrong-rate"])
 def test_degenerate_inputs_are_input_errors(backend: MlxBackend, segment) -> None:
     with pytest.raises(InputError) as raised:
         backend.append(segment)
     assert not raised.value.unsupported
     assert backend.n_tokens == 0
+
+
+def test_empty_text_adds_nothing(backend: MlxBackend) -> None:
+    before = _run(backend, PREFIX)
+    assert backend.count_tokens(TextSegment("")) == backend.append(TextSegment("")) == 0
+    assert backend.n_tokens == backend.count_tokens(PREFIX)
+    np.testing.assert_array_equal(backend.logits(), before)
 
 
 def test_tokens_bytes_and_end_of_generation(backend: MlxBackend) -> None:
