@@ -257,7 +257,7 @@ class MlxBackend(Backend):
 
     def logits(self) -> np.ndarray:
         if self._last_logits is None:
-            raise InputError("the sequence is empty: append a segment before asking for logits")
+            raise RuntimeError("no next-token logits: the sequence is empty")  # a caller bug, not bad input
         return np.array(self._last_logits.astype(self._mx.float32), copy=True)
 
     def _check_fits(self, n_new: int) -> None:
