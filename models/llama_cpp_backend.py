@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import mmap
 import os
 import struct
 from pathlib import Path
@@ -80,27 +81,80 @@ _SILENT_LOG: Any = None
 # ------------------------------------------------------------------------------------------ file validation
 
 
+# GGUF value types -> struct formats of the fixed-size ones (8 = string, 9 = array).
+_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+
+class _GGUFHeader:
+    """A minimal GGUF metadata reader: scalars, strings and tensor shapes, arrays skipped.
+
+    Why not gguf.GGUFReader: it decodes every array, which takes ~10 s for a 262k-token vocabulary; this reads the
+    same header in a fraction of a second and never touches tensor data.
+    """
+
+    def __init__(self, data: bytes | mmap.mmap) -> None:
+        self._data = data
+        self._pos = 0
+
+    def _unpack(self, fmt: str) -> Any:
+        value = struct.unpack_from("<" + fmt, self._data, self._pos)[0]
+        self._pos += struct.calcsize("<" + fmt)
+        return value
+
+    def _string(self) -> str:
+        n = self._unpack("Q")
+        raw = bytes(self._data[self._pos : self._pos + n])
+        if len(raw) != n:
+            raise ValueError("truncated string")
+        self._pos += n
+        return raw.decode("utf-8", "replace")
+
+    def _value(self, kind: int) -> Any:
+        if kind in _GGUF_SCALARS:
+            return self._unpack(_GGUF_SCALARS[kind])
+        if kind == 8:
+            return self._string()
+        if kind == 9:
+            elem, count = self._unpack("I"), self._unpack("Q")
+            if elem in _GGUF_SCALARS:
+                self._pos += count * struct.calcsize("<" + _GGUF_SCALARS[elem])
+            else:
+                for _ in range(count):
+                    self._value(elem)
+            return None
+        raise ValueError(f"unknown GGUF value type {kind}")
+
+    def read(self) -> dict[str, Any]:
+        magic, _version, n_tensors, n_kv = struct.unpack_from("<4sIQQ", self._data, 0)
+        self._pos = 24
+        fields: dict[str, Any] = {}
+        for _ in range(n_kv):
+            key = self._string()
+            value = self._value(self._unpack("I"))
+            if value is not None:
+                fields[key] = value
+        shapes = {}
+        for _ in range(n_tensors):
+            name = self._string()
+            n_dims = self._unpack("I")
+            shapes[name] = tuple(self._unpack("Q") for _ in range(n_dims))
+            self._pos += 12  # type (u32) + offset (u64)
+        fields["__tensor_shapes__"] = shapes
+        return fields
+
+
 def _read_gguf_fields(path: Path) -> dict[str, Any]:
-    """Scalar/string metadata of a GGUF file (arrays skipped), or ModelLoadError for a file that is not one."""
+    """Scalar/string metadata and tensor shapes (ggml ne order) of a GGUF file, or ModelLoadError."""
     if not path.is_file():
         raise ModelLoadError(f"model file not found: {path}")
     with path.open("rb") as f:
         if f.read(4) != _GGUF_MAGIC:
             raise ModelLoadError(f"not a GGUF file (bad magic): {path}")
-    from gguf import GGUFReader, GGUFValueType
-
-    try:
-        reader = GGUFReader(str(path), "r")
-    except Exception as exc:  # the gguf package raises assorted errors on truncated files
-        raise ModelLoadError(f"unreadable GGUF file {path}: {exc}") from exc
-    fields: dict[str, Any] = {}
-    for name, field in reader.fields.items():
-        if not field.types or field.types[0] == GGUFValueType.ARRAY:
-            continue
-        value = field.parts[field.data[0]]
-        fields[name] = bytes(value).decode("utf-8", "replace") if field.types[0] == GGUFValueType.STRING else value[0]
-    fields["__tensor_shapes__"] = {t.name: tuple(int(x) for x in t.shape) for t in reader.tensors}
-    return fields
+        try:
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                return _GGUFHeader(mapped).read()
+        except (ValueError, struct.error, UnicodeError, OverflowError) as exc:
+            raise ModelLoadError(f"unreadable GGUF file {path}: {exc}") from exc
 
 
 def _projector_width(fields: dict[str, Any]) -> int | None:
@@ -108,7 +162,7 @@ def _projector_width(fields: dict[str, Any]) -> int | None:
     shapes = fields["__tensor_shapes__"]
     for tensor in ("mm.model.mlp.3.weight", "mm.a.mlp.2.weight", "mm.2.weight"):
         if tensor in shapes and len(shapes[tensor]) == 2:
-            return shapes[tensor][1]  # gguf reader shape is ggml ne: (n_in, n_out)
+            return shapes[tensor][1]  # ggml ne order: (n_in, n_out)
     for key in ("clip.vision.projection_dim", "clip.audio.projection_dim"):
         if key in fields:
             return int(fields[key])
