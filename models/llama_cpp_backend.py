@@ -223,7 +223,7 @@ def _physical_cores() -> int:
 
 
 class _MediaChunks:
-    """mtmd input chunks for one media segment, freed with the object (cached between count and append)."""
+    """mtmd input chunks for one media segment (cached between count_tokens and append); call free() once done."""
 
     def __init__(self, mtmd: Any, handle: Any) -> None:
         self._mtmd = mtmd
