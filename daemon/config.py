@@ -72,3 +72,5 @@ class DaemonConfig:
     data_dir: Path = field(default_factory=data_dir)
     #: Folders whose files a client may name by path (IngestDocument, Transcribe); the data dir is not implied.
     allow_read: list[Path] = field(default_factory=list)
+    #: IngestDocument refuses PDFs with more pages (RESOURCE_EXHAUSTED).
+    max_document_pages: int = 500
