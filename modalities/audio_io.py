@@ -7,6 +7,8 @@ decodes WAV, FLAC, OGG and MP3 in memory.
 from __future__ import annotations
 
 import io
+import os
+from typing import Iterator
 
 import numpy as np
 import soundfile
@@ -74,3 +76,66 @@ def audio_segment(samples: np.ndarray, rate: int, target_rate: int) -> AudioSegm
 def _check_rate(rate: int) -> None:
     if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
         raise InputError(f"unsupported sample rate {rate} Hz (supported: {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz)")
+
+
+#: Frames read from a file per block when streaming it (1 s at 48 kHz): memory stays bounded by the clip
+#: being cut, never by the length of the recording.
+STREAM_BLOCK_FRAMES = 48_000
+
+
+class AudioStream:
+    """An audio file (a path or encoded bytes) read block by block as mono float32, with its rate and length.
+
+    A 20-minute 48 kHz stereo file is 460 MB as float32: transcription reads it in blocks and cuts clips as
+    it goes instead of decoding it whole. Opening validates the header (format, rate, length) at once so a
+    bad file is refused before any decoder work is queued.
+    """
+
+    def __init__(self, source: bytes | str | os.PathLike[str]) -> None:
+        if isinstance(source, (bytes, bytearray)) and not source:
+            raise InputError("the audio is empty")
+        try:
+            self._file = soundfile.SoundFile(io.BytesIO(source) if isinstance(source, (bytes, bytearray))
+                                             else os.fspath(source))
+        except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+            raise InputError(f"the audio could not be decoded (WAV, FLAC, OGG and MP3 are supported): {exc}") from None
+        self.rate = int(self._file.samplerate)
+        self.channels = int(self._file.channels)
+        try:
+            _check_rate(self.rate)
+            if not 1 <= self.channels <= MAX_CHANNELS:
+                raise InputError(f"audio must have 1..{MAX_CHANNELS} channels, got {self.channels}")
+            # MP3/OGG report an estimate (or 0 for some streams); the blocks are the truth.
+            self.frames = max(0, int(self._file.frames))
+        except InputError:
+            self._file.close()
+            raise
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.rate
+
+    def blocks(self, block_frames: int = STREAM_BLOCK_FRAMES) -> Iterator[np.ndarray]:
+        """Mono float32 blocks until the end of the file; a file cut short or corrupt mid-way is an InputError."""
+        try:
+            while True:
+                try:
+                    block = self._file.read(block_frames, dtype="float32", always_2d=True)
+                except (soundfile.LibsndfileError, RuntimeError, ValueError) as exc:
+                    raise InputError(f"the audio is corrupt after {self._file.tell() / self.rate:.1f} s: {exc}") from None
+                if len(block) == 0:
+                    return
+                if not np.all(np.isfinite(block)):
+                    raise InputError("the audio contains NaN or infinite samples")
+                yield to_mono(block)
+        finally:
+            self._file.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def pcm_blocks(samples: np.ndarray, block_frames: int = STREAM_BLOCK_FRAMES) -> Iterator[np.ndarray]:
+    """An in-memory mono signal as the same kind of block stream an AudioStream gives."""
+    for start in range(0, len(samples), block_frames):
+        yield samples[start:start + block_frames]
