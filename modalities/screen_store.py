@@ -1,0 +1,137 @@
+"""The screen history: what the model saw, searchable, on this machine only, within a size budget.
+
+One SQLite file under the daemon's data dir holds one row per observation (time, monitor, app, window title,
+the model's text) and an FTS5 index over the text, app and title. No pixels are ever stored: the history is
+words. The budget is in bytes (users asked for budgets in bytes rather than days): after each insert that
+takes the database's used pages over the budget, the oldest observations are deleted until it fits again;
+SQLite reuses the freed pages, so the file stops growing at about the budget.
+"""
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_BUDGET_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class Observation:
+    id: str
+    time_unix: float
+    monitor: int
+    app: str
+    window: str
+    text: str
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS observations (
+    rowid INTEGER PRIMARY KEY,
+    id TEXT UNIQUE NOT NULL,
+    time_unix REAL NOT NULL,
+    monitor INTEGER NOT NULL,
+    app TEXT NOT NULL,
+    window TEXT NOT NULL,
+    text TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS observations_time ON observations(time_unix);
+CREATE VIRTUAL TABLE IF NOT EXISTS observations_fts USING fts5(
+    text, app, window, content='observations', content_rowid='rowid', tokenize='unicode61'
+);
+CREATE TRIGGER IF NOT EXISTS observations_ai AFTER INSERT ON observations BEGIN
+    INSERT INTO observations_fts(rowid, text, app, window) VALUES (new.rowid, new.text, new.app, new.window);
+END;
+CREATE TRIGGER IF NOT EXISTS observations_ad AFTER DELETE ON observations BEGIN
+    INSERT INTO observations_fts(observations_fts, rowid, text, app, window)
+        VALUES ('delete', old.rowid, old.text, old.app, old.window);
+END;
+"""
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def fts_query(text: str, any_word: bool = False) -> str:
+    """A user's words as a safe FTS5 query: each word quoted (no operators), all words (or any) must match."""
+    words = _WORD.findall(text)
+    return (" OR " if any_word else " ").join(f'"{w}"' for w in words)
+
+
+class ScreenStore:
+    """Thread-safe (one lock around one connection): the watcher writes, RPC handlers read."""
+
+    def __init__(self, path: Path, budget_bytes: int = DEFAULT_BUDGET_BYTES) -> None:
+        if budget_bytes < 64 * 1024:
+            raise ValueError("the screen history budget must be at least 64 KiB")
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = path
+        self.budget_bytes = budget_bytes
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+        path.chmod(0o600)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def add(self, time_unix: float, monitor: int, app: str, window: str, text: str) -> Observation:
+        obs = Observation(uuid.uuid4().hex[:16], time_unix, monitor, app, window, text)
+        with self._lock:
+            self._db.execute("INSERT INTO observations(id, time_unix, monitor, app, window, text) "
+                             "VALUES (?, ?, ?, ?, ?, ?)",
+                             (obs.id, obs.time_unix, obs.monitor, obs.app, obs.window, obs.text))
+            self._enforce_budget()
+        return obs
+
+    def used_bytes(self) -> int:
+        with self._lock:
+            return self._used_bytes()
+
+    def count(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT count(*) FROM observations").fetchone()[0]
+
+    def search(self, query: str = "", limit: int = 20, since: float = 0.0, until: float = 0.0,
+               any_word: bool = False) -> list[Observation]:
+        """Observations matching the words of `query` (all of them; any with any_word), newest first.
+
+        An empty query lists the newest observations in the time range.
+        """
+        limit = max(1, min(limit or 20, 1000))
+        until = until or time.time() + 1e9
+        match = fts_query(query, any_word)
+        with self._lock:
+            if match:
+                rows = self._db.execute(
+                    "SELECT o.id, o.time_unix, o.monitor, o.app, o.window, o.text FROM observations_fts f "
+                    "JOIN observations o ON o.rowid = f.rowid WHERE observations_fts MATCH ? "
+                    "AND o.time_unix >= ? AND o.time_unix <= ? ORDER BY o.time_unix DESC LIMIT ?",
+                    (match, since, until, limit)).fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT id, time_unix, monitor, app, window, text FROM observations "
+                    "WHERE time_unix >= ? AND time_unix <= ? ORDER BY time_unix DESC LIMIT ?",
+                    (since, until, limit)).fetchall()
+        return [Observation(*row) for row in rows]
+
+    def _used_bytes(self) -> int:
+        page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
+        pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+        free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+        return (pages - free) * page_size
+
+    def _enforce_budget(self) -> None:
+        """Delete the oldest observations (a tenth at a time) until the used pages fit the budget."""
+        while self._used_bytes() > self.budget_bytes:
+            total = self._db.execute("SELECT count(*) FROM observations").fetchone()[0]
+            if total <= 1:
+                return
+            self._db.execute("DELETE FROM observations WHERE rowid IN "
+                             "(SELECT rowid FROM observations ORDER BY time_unix LIMIT ?)", (max(1, total // 10),))
+            self._db.execute("INSERT INTO observations_fts(observations_fts) VALUES ('optimize')")
