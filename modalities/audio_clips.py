@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -187,3 +188,11 @@ def merge_overlap(previous: str, new: str, overlap_fraction: float, min_run: int
         run = nxt
     cut = best_end_new if best_len >= min_run else min(expected, len(new_words))
     return " ".join(new_words[cut:])
+
+
+def cut_stream(blocks: Iterable[np.ndarray], rate: int, max_seconds: float) -> Iterator[Clip]:
+    """Clips from a stream of mono blocks (a file being read, a microphone being recorded), as they complete."""
+    cutter = ClipCutter(rate, max_seconds)
+    for block in blocks:
+        yield from cutter.feed(block)
+    yield from cutter.finish()

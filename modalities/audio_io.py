@@ -105,8 +105,12 @@ class AudioStream:
             _check_rate(self.rate)
             if not 1 <= self.channels <= MAX_CHANNELS:
                 raise InputError(f"audio must have 1..{MAX_CHANNELS} channels, got {self.channels}")
-            # MP3/OGG report an estimate (or 0 for some streams); the blocks are the truth.
+            #: "WAV", "FLAC", "MP3", "OGG"...: the container, to keep an upload under the right extension.
+            self.format = str(self._file.format)
+            # MP3/OGG report an estimate; the blocks are the truth, but a header that says "no frames" is final.
             self.frames = max(0, int(self._file.frames))
+            if self.frames == 0:
+                raise InputError("the audio has no samples")
         except InputError:
             self._file.close()
             raise

@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, TypeVar
 
+from omnid.daemon.prompt_cache import PromptCache
 from omnid.daemon.sampling import SamplingParams
 from omnid.daemon.session import DecoderSession, GenerationResult, PrefillStats, Prompt
 from omnid.modalities.audio_clips import Clip, merge_overlap, overlap_clip, padded
@@ -147,7 +148,7 @@ def transcribe_clip(session: DecoderSession, transcript: Transcript, clip: Clip)
         prompt = transcript._chain + Prompt((TextSegment(transcript._answer),)) + session.continue_prompt(turn)
     prompt = Prompt(prompt.segments, prompt.cache_points | {len(prompt.segments)})
     stats = session.prefill(prompt)
-    _drop_snapshot(session, transcript)
+    _drop_snapshot(session.cache, transcript)
     transcript._last_key = stats.prefix_key
     result = session.generate(s.max_tokens_per_clip, s.sampling)
 
@@ -179,10 +180,11 @@ def summarise(session: DecoderSession, transcript: Transcript, on_delta: Callabl
     return transcript.summary
 
 
-def finish(session: DecoderSession, transcript: Transcript) -> None:
-    """Forget the meeting's last snapshot: nothing will continue from it."""
+def finish(cache: PromptCache, transcript: Transcript) -> None:
+    """Forget the meeting's last snapshot: nothing will continue from it (the cache is thread-safe, so this
+    needs no decoder job)."""
     _close_window(transcript)
-    _drop_snapshot(session, transcript)
+    _drop_snapshot(cache, transcript)
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
@@ -229,8 +231,8 @@ def _close_window(transcript: Transcript) -> None:
     transcript._window_prompt = transcript._evaluated_in_window = 0
 
 
-def _drop_snapshot(session: DecoderSession, transcript: Transcript) -> None:
+def _drop_snapshot(cache: PromptCache, transcript: Transcript) -> None:
     if transcript._last_key:
-        session.cache.drop(transcript._last_key)
+        cache.drop(transcript._last_key)
         transcript._last_key = ""
 

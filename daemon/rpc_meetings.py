@@ -1,0 +1,294 @@
+"""Audio and meeting RPCs: Transcribe, RecordMeeting, ControlMeeting, ListAudioDevices, ListMeetings, GetMeeting.
+
+The work is split so the shared decoder is never held for a whole meeting: reading, resampling and cutting the
+audio (and capturing it, for a live meeting) happen in the RPC's handler thread, and each clip is its own
+scheduler job (see modalities/meetings.py for how the meeting's context survives between jobs). Other clients'
+requests run between two clips of a 20-minute transcription.
+
+Nothing lost: a file's transcript is stored segment by segment as it is produced; uploaded audio is kept
+next to it (the path a client named is stored as is); a live meeting's audio is spooled to disk as captured.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, TypeVar
+
+import grpc
+
+from omnid.daemon.config import private_dir
+from omnid.daemon.rpc_base import NotFound, RpcBase, abort, sampling_from
+from omnid.daemon.scheduler import QueueFull
+from omnid.daemon.session import DecoderSession
+from omnid.modalities import meetings
+from omnid.modalities.audio_clips import clip_seconds, cut_stream
+from omnid.modalities.audio_io import AudioStream, pcm_blocks, pcm_from_f32le
+from omnid.modalities.meeting_store import MeetingRow, MeetingStore
+from omnid.modalities.recorder import Recorder, WavSpool, input_devices
+from omnid.models.base import InputError
+from omnid.proto import omnid_pb2 as pb
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Clip lengths asked for (bounded by the encoder and the token budget): 30 s like whisper for files; 15 s live,
+#: so a segment appears within ~15 s of being said.
+FILE_CLIP_SECONDS = 30.0
+LIVE_CLIP_SECONDS = 15.0
+MAX_CLIP_TOKENS = 1024
+#: How long a clip's job may wait for room in a full queue before the meeting gives up.
+QUEUE_FULL_PATIENCE_SECONDS = 60.0
+
+
+@dataclass
+class _Live:
+    """The meeting being recorded now (one microphone, one live meeting at a time)."""
+
+    meeting_id: str
+    recorder: Recorder
+
+
+class MeetingRpcs(RpcBase):
+    def setup(self) -> None:
+        super().setup()
+        self.meetings_dir = private_dir(Path(self.config.data_dir) / "meetings")
+        self.audio_dir = private_dir(self.meetings_dir / "audio")
+        self.meeting_store = MeetingStore(self.meetings_dir)
+        self._live: _Live | None = None
+        self._live_lock = threading.Lock()
+
+    def close(self) -> None:
+        live = self._live
+        if live is not None:
+            live.recorder.stop()
+            live.recorder.wait(5.0)
+        self.meeting_store.close()
+        super().close()
+
+    # -- Transcribe ------------------------------------------------------------------------------------------
+
+    def Transcribe(self, request: pb.TranscribeRequest, context: grpc.ServicerContext) -> Iterator[pb.TranscriptEvent]:
+        source = request.audio.WhichOneof("source")
+        if request.path and source:
+            self.call(context, lambda: _raise(InputError("give either a path or audio, not both")))
+        self.call(context, lambda: self._require_audio())
+        settings = self.call(context, lambda: self._settings(request.summary, request.language, None))
+        max_clip = self.call(context, lambda: self._clip_seconds(FILE_CLIP_SECONDS))
+        if request.path:
+            path = self.call(context, lambda: self.readable_path(request.path))
+            stream = self.call(context, lambda: AudioStream(path))
+            meeting_id = self.meeting_store.create(request.title or path.name, str(path), "transcribing")
+            audio_path, rate, total, blocks = str(path), stream.rate, stream.seconds, stream.blocks()
+        elif source == "encoded":
+            stream = self.call(context, lambda: AudioStream(request.audio.encoded))
+            meeting_id = self.meeting_store.create(request.title or "upload", "", "transcribing")
+            audio_path = self._keep(meeting_id, stream.format.lower(), lambda p: p.write_bytes(request.audio.encoded))
+            rate, total, blocks = stream.rate, stream.seconds, stream.blocks()
+        elif source == "pcm":
+            pcm = request.audio.pcm
+            samples = self.call(context, lambda: pcm_from_f32le(pcm.f32le, pcm.sample_rate, pcm.channels))
+            if not len(samples):
+                self.call(context, lambda: _raise(InputError("the audio has no samples")))
+            meeting_id = self.meeting_store.create(request.title or "upload", "", "transcribing")
+            audio_path = self._keep(meeting_id, "wav", lambda p: _write_wav(p, samples, pcm.sample_rate))
+            rate, total, blocks = pcm.sample_rate, len(samples) / pcm.sample_rate, pcm_blocks(samples)
+        else:
+            self.call(context, lambda: _raise(InputError("no audio: set path, audio.encoded or audio.pcm")))
+        yield from self._serve(context, meeting_id, audio_path, cut_stream(blocks, rate, max_clip), settings,
+                               lambda: ("transcribing", total))
+
+    # -- live meetings ---------------------------------------------------------------------------------------
+
+    def RecordMeeting(self, request: pb.RecordMeetingRequest,
+                      context: grpc.ServicerContext) -> Iterator[pb.TranscriptEvent]:
+        self.call(context, lambda: self._require_audio())
+        settings = self.call(context, lambda: self._settings(request.summary, "", None))
+        max_clip = self.call(context, lambda: self._clip_seconds(LIVE_CLIP_SECONDS))
+        with self._live_lock:
+            if self._live is not None:
+                self.call(context, lambda: _raise(InputError(
+                    f"meeting {self._live.meeting_id} is already being recorded; stop it first", unsupported=True)))
+            meeting_id = self.meeting_store.create(request.title or time.strftime("Meeting %Y-%m-%d %H:%M"),
+                                                   "", "recording")
+            spool = self.audio_dir / f"{meeting_id}.wav"
+            try:
+                recorder = self.call(context, lambda: Recorder(spool, request.device, self.info.audio_sample_rate,
+                                                               request.max_seconds))
+            except BaseException:
+                self.meeting_store.update(meeting_id, state="failed")
+                raise
+            self.meeting_store.update(meeting_id, audio_path=str(spool))
+            live = self._live = _Live(meeting_id, recorder)
+        # A client that goes away stops the recording: the spool is closed and complete.
+        context.add_callback(recorder.stop)
+        try:
+            yield from self._serve(context, meeting_id, str(spool),
+                                   cut_stream(recorder.blocks(), recorder.rate, max_clip), settings,
+                                   lambda: (recorder.state, 0.0))
+        finally:
+            recorder.stop()
+            recorder.wait(5.0)
+            with self._live_lock:
+                if self._live is live:
+                    self._live = None
+
+    def ControlMeeting(self, request: pb.MeetingControlRequest, context: grpc.ServicerContext) -> pb.MeetingState:
+        return self.call(context, lambda: self._control(request.meeting_id, request.action))
+
+    def _control(self, meeting_id: str, action: str) -> pb.MeetingState:
+        if action not in ("pause", "resume", "stop", "status", ""):
+            raise InputError(f"unknown action {action!r} (pause, resume, stop, status)")
+        live = self._live
+        if live is not None and meeting_id in ("", live.meeting_id):
+            r = live.recorder
+            {"pause": r.pause, "resume": r.resume, "stop": r.stop}.get(action, lambda: None)()
+            return pb.MeetingState(meeting_id=live.meeting_id, state=r.state, recorded_seconds=r.recorded_seconds,
+                                   audio_path=str(r.spool.path))
+        if not meeting_id:
+            if action in ("status", ""):
+                return pb.MeetingState(state="none")
+            raise NotFound("no meeting is being recorded")
+        found = self.meeting_store.get(meeting_id)
+        if found is None:
+            raise NotFound(f"no meeting {meeting_id!r}")
+        if action in ("pause", "resume"):
+            raise InputError(f"meeting {meeting_id} is not being recorded (it is {found[0].state})")
+        row = found[0]
+        return pb.MeetingState(meeting_id=row.id, state="stopped", recorded_seconds=row.duration,
+                               audio_path=row.audio_path)
+
+    def ListAudioDevices(self, request: pb.ListAudioDevicesRequest,
+                         context: grpc.ServicerContext) -> pb.ListAudioDevicesReply:
+        devices = self.call(context, input_devices)
+        return pb.ListAudioDevicesReply(devices=[
+            pb.AudioDevice(index=d.index, name=d.name, max_input_channels=d.max_input_channels,
+                           default_sample_rate=d.default_sample_rate, is_default=d.is_default) for d in devices])
+
+    # -- stored meetings -------------------------------------------------------------------------------------
+
+    def ListMeetings(self, request: pb.ListMeetingsRequest, context: grpc.ServicerContext) -> pb.ListMeetingsReply:
+        limit = request.limit or 50
+        rows = self.call(context, lambda: self.meeting_store.search(request.query, limit) if request.query.strip()
+                         else self.meeting_store.list(limit))
+        return pb.ListMeetingsReply(meetings=[_summary(r) for r in rows])
+
+    def GetMeeting(self, request: pb.GetMeetingRequest, context: grpc.ServicerContext) -> pb.TranscriptFinal:
+        def get() -> pb.TranscriptFinal:
+            found = self.meeting_store.get(request.meeting_id)
+            if found is None:
+                raise NotFound(f"no meeting {request.meeting_id!r}")
+            row, segments = found
+            usage = pb.Usage(**json.loads(row.usage_json)) if row.usage_json else pb.Usage()
+            return pb.TranscriptFinal(meeting_id=row.id, segments=[_segment(s) for s in segments],
+                                      text=" ".join(s.text for s in segments if s.text), summary=row.summary,
+                                      usage=usage, audio_path=row.audio_path, duration_seconds=row.duration)
+        return self.call(context, get)
+
+    # -- the shared loop -------------------------------------------------------------------------------------
+
+    def _serve(self, context: grpc.ServicerContext, meeting_id: str, audio_path: str, clips: Iterator,
+               settings: meetings.TranscribeSettings,
+               progress: Callable[[], tuple[str, float]]) -> Iterator[pb.TranscriptEvent]:
+        """Transcribe clips one decoder job each, storing and streaming each segment, then the final message."""
+        t0 = time.perf_counter()
+        transcript = meetings.Transcript(settings)
+        queue_ms = [0.0]
+        run = self._runner(context, queue_ms)
+        try:
+            for i, segment in enumerate(meetings.transcribe(clips, run, transcript)):
+                self.meeting_store.add_segment(meeting_id, i, segment)
+                yield pb.TranscriptEvent(segment=_segment(segment))
+                state, total = progress()
+                yield pb.TranscriptEvent(progress=pb.TranscriptProgress(
+                    audio_seconds_done=segment.end, audio_seconds_total=total, state=state))
+            if settings.summary:
+                run(lambda session: meetings.summarise(session, transcript))
+        except Exception as exc:
+            self.meeting_store.update(meeting_id, state="failed")
+            abort(context, exc)
+        finally:
+            assert self.scheduler.cache is not None
+            meetings.finish(self.scheduler.cache, transcript)
+        usage = _usage(transcript.usage, queue_ms[0], (time.perf_counter() - t0) * 1000)
+        self.meeting_store.update(meeting_id, state="done", duration=transcript.end, summary=transcript.summary,
+                                  usage_json=json.dumps({f.name: getattr(usage, f.name)
+                                                         for f in usage.DESCRIPTOR.fields}))
+        yield pb.TranscriptEvent(done=pb.TranscriptFinal(
+            meeting_id=meeting_id, segments=[_segment(s) for s in transcript.segments], text=transcript.text,
+            summary=transcript.summary, usage=usage, audio_path=audio_path, duration_seconds=transcript.end))
+
+    def _runner(self, context: grpc.ServicerContext, queue_ms: list[float]) -> meetings.RunOnDecoder:
+        """Run a function as its own decoder job; waits (a while) for room in a full queue instead of failing
+        a meeting that is half transcribed."""
+        def run(fn: Callable[[DecoderSession], T]) -> T:
+            deadline = time.monotonic() + QUEUE_FULL_PATIENCE_SECONDS
+            while True:
+                try:
+                    handle = self.scheduler.submit(lambda session, emit: emit(fn(session)), "meeting-clip")
+                    break
+                except QueueFull:
+                    if time.monotonic() > deadline or not context.is_active():
+                        raise
+                    time.sleep(0.2)
+            context.add_callback(handle.cancel)
+            try:
+                result = list(handle.events())[-1]
+            finally:
+                handle.cancel()
+            queue_ms[0] += handle.queue_ms
+            return result
+        return run
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+
+    def _require_audio(self) -> None:
+        if "audio" not in self.info.capabilities:
+            raise InputError(f"the model {self.info.name!r} has no audio encoder, so it cannot transcribe",
+                             unsupported=True)
+
+    def _settings(self, summary: bool, language: str, sampling: pb.Sampling | None) -> meetings.TranscribeSettings:
+        return meetings.TranscribeSettings(summary=summary, language=language,
+                                           summary_max_tokens=self.config.default_max_tokens,
+                                           sampling=sampling_from(sampling or pb.Sampling()))
+
+    def _clip_seconds(self, target: float) -> float:
+        return clip_seconds(target, self.info.max_audio_clip_seconds, self.info.audio_tokens_per_second,
+                            MAX_CLIP_TOKENS)
+
+    def _keep(self, meeting_id: str, extension: str, write: Callable[[Path], object]) -> str:
+        """Uploaded audio is kept next to its transcript (a path the client named is stored as is)."""
+        path = self.audio_dir / f"{meeting_id}.{extension}"
+        write(path)
+        self.meeting_store.update(meeting_id, audio_path=str(path))
+        return str(path)
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
+
+
+def _write_wav(path: Path, samples, rate: int) -> None:
+    spool = WavSpool(path, rate)
+    spool.write(samples)
+    spool.close()
+
+
+def _segment(s: meetings.TranscriptSegment) -> pb.TranscriptSegment:
+    return pb.TranscriptSegment(start_seconds=s.start, end_seconds=s.end, text=s.text)
+
+
+def _summary(r: MeetingRow) -> pb.MeetingSummary:
+    return pb.MeetingSummary(meeting_id=r.id, title=r.title, created_unix=r.created, duration_seconds=r.duration,
+                             audio_path=r.audio_path, snippet=r.snippet)
+
+
+def _usage(u: meetings.TranscriptUsage, queue_ms: float, total_ms: float) -> pb.Usage:
+    return pb.Usage(prompt_tokens=u.prompt_tokens, cached_tokens=u.cached_tokens,
+                    generated_tokens=u.generated_tokens, time_to_first_token_ms=u.first_token_ms,
+                    decode_tokens_per_second=u.generated_tokens / (u.decode_ms / 1000) if u.decode_ms else 0.0,
+                    queue_ms=queue_ms, prefill_ms=u.prefill_ms, total_ms=total_ms)
+
