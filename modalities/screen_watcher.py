@@ -24,11 +24,11 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Protocol
 
 from omnid.daemon.sampling import SamplingParams
-from omnid.daemon.session import DecoderSession
+from omnid.daemon.session import DecoderSession, Prompt
 from omnid.modalities.images import image_segment
 from omnid.modalities.screen_capture import Frame, Rect, ScreenGrabber
 from omnid.modalities.screen_change import ChangeDetector, fingerprint, grid_step, mask_cells
@@ -105,16 +105,20 @@ def rolling_instruction(prompt: str, previous: str) -> str:
     return f"Previous observation: {previous[:PREVIOUS_CHARS]}\n{DEFAULT_INSTRUCTION}"
 
 
-def frame_job(frame: ChangedFrame, max_tokens: int) -> Callable[[DecoderSession, Callable[[Any], None]], None]:
-    """The decoder job for one frame: emits the model's text (one str) when done.
+def frame_prompt(session: DecoderSession, frame: ChangedFrame) -> Prompt:
+    """System text + the frame + its instruction.
 
     The prompt's only cache point is after the system text: that prefix is shared by every frame, while a
-    snapshot after a one-off screenshot would only evict something useful.
+    snapshot after a one-off screenshot would only evict something useful from the shared cache.
     """
+    prompt = session.build_prompt([frame.image, TextSegment(frame.instruction)], SYSTEM_TEXT)
+    return replace(prompt, cache_points=frozenset(sorted(prompt.cache_points)[:1]))
+
+
+def frame_job(frame: ChangedFrame, max_tokens: int) -> Callable[[DecoderSession, Callable[[Any], None]], None]:
+    """The decoder job for one watched frame: emits the model's text (one str) when done."""
     def job(session: DecoderSession, emit: Callable[[Any], None]) -> None:
-        prompt = session.build_prompt([frame.image, TextSegment(frame.instruction)], SYSTEM_TEXT)
-        prompt = replace(prompt, cache_points=frozenset(sorted(prompt.cache_points)[:1]))
-        session.prefill(prompt)
+        session.prefill(frame_prompt(session, frame))
         result = session.generate(max_tokens, SamplingParams())
         emit(result.text.strip())
     return job

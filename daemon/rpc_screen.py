@@ -1,0 +1,273 @@
+"""The screen RPCs: the watcher's lifetime, its event stream, one-off grabs, the searchable history.
+
+The watcher (modalities/screen_watcher.py) runs on its own thread in the daemon and turns each changed
+frame into one decoder job; this mixin owns it, stores what the model says in the screen history and
+fans observations out to every WatchScreen stream. Grabs for ScreenOnce and for ScreenRef parts of Generate
+are taken in the calling handler's thread with the same exclusions, so no path hands the model a frame that
+skipped them.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Iterator
+
+import grpc
+
+from omnid.daemon.config import private_dir
+from omnid.daemon.rpc_base import NotFound, RpcBase, final_message
+from omnid.daemon.sampling import SamplingParams
+from omnid.daemon.session import DecoderSession
+from omnid.modalities.screen_capture import ScreenGrabber
+from omnid.modalities.screen_store import Observation, ScreenStore
+from omnid.modalities.screen_watcher import (ONCE_INSTRUCTION, ChangedFrame, ScreenWatcher, WatchSettings,
+                                             frame_job, frame_prompt, prepare_frame)
+from omnid.modalities.windows import ExclusionRules, WindowLister
+from omnid.models.base import InputError, Segment, TextSegment
+from omnid.proto import omnid_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+ASK_SYSTEM = (
+    "You answer the user's questions about what their screen showed, using only the timestamped "
+    "observations given (local time). Say when something is not in the observations.")
+ASK_CANDIDATES = 200
+SUBSCRIBER_QUEUE = 256
+_END = object()
+
+
+class _Broadcast:
+    """Fan-out of ScreenEvents to every WatchScreen stream; a slow stream loses its oldest events."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queues: set[queue.Queue] = set()
+
+    def subscribe(self) -> queue.Queue:
+        q: queue.Queue = queue.Queue(SUBSCRIBER_QUEUE)
+        with self._lock:
+            self._queues.add(q)
+        return q
+
+    def unsubscribe(self, q: queue.Queue) -> None:
+        with self._lock:
+            self._queues.discard(q)
+
+    def publish(self, event: object) -> None:
+        with self._lock:
+            targets = list(self._queues)
+        for q in targets:
+            while True:
+                try:
+                    q.put_nowait(event)
+                    break
+                except queue.Full:
+                    try:
+                        q.get_nowait()
+                    except queue.Empty:
+                        pass
+
+
+class ScreenRpcs(RpcBase):
+    def setup(self) -> None:
+        super().setup()
+        self._screen_lock = threading.Lock()
+        self._screen_watcher: ScreenWatcher | None = None
+        self._screen_store_: ScreenStore | None = None
+        self._screen_events = _Broadcast()
+
+    def close(self) -> None:
+        with self._screen_lock:
+            watcher, self._screen_watcher = self._screen_watcher, None
+        if watcher is not None:
+            watcher.stop()
+        self._screen_events.publish(_END)
+        if self._screen_store_ is not None:
+            self._screen_store_.close()
+        super().close()
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+
+    @property
+    def _screen_store(self) -> ScreenStore:
+        """Opened on first use, so a daemon that never watches the screen writes nothing for it."""
+        with self._screen_lock:
+            if self._screen_store_ is None:
+                self._screen_store_ = ScreenStore(private_dir(self.config.data_dir / "screen") / "history.sqlite")
+            return self._screen_store_
+
+    def _require_vision(self) -> None:
+        if "image" not in self.info.capabilities:
+            raise InputError(f"the model {self.info.name!r} has no vision encoder, so it cannot look at the "
+                             "screen (start omnid with a model and its mmproj)", unsupported=True)
+
+    def _grab_for_model(self, monitor: int, instruction: str) -> ChangedFrame:
+        """One frame now, exclusions applied, sized for the vision encoder."""
+        self._require_vision()
+        with ScreenGrabber(monitor) as grabber:
+            frame = grabber.grab()
+        lister = WindowLister()
+        try:
+            windows = lister.windows()
+        finally:
+            lister.close()
+        changed, exclusion = prepare_frame(frame, windows, ExclusionRules(), self.info.max_image_side, instruction)
+        if changed is None:
+            raise InputError(f"excluded windows cover {exclusion.coverage:.0%} of monitor {monitor}; "
+                             "nothing was sent to the model", unsupported=True)
+        return changed
+
+    def _state(self) -> pb.ScreenWatchState:
+        w = self._screen_watcher
+        if w is None:
+            return pb.ScreenWatchState(watching=False, exclusions=ExclusionRules().describe())
+        c = w.counters
+        return pb.ScreenWatchState(
+            watching=w.running, paused=w.paused, interval_seconds=w.settings.interval, monitor=w.settings.monitor,
+            frames_grabbed=c.frames_grabbed, frames_unchanged=c.frames_unchanged,
+            frames_excluded=c.frames_excluded, frames_sent=c.frames_sent, exclusions=w.rules.describe())
+
+    def _observed(self, frame: ChangedFrame, text: str) -> None:
+        obs = self._screen_store.add(frame.time_unix, frame.monitor, frame.app, frame.window, text)
+        self._screen_events.publish(pb.ScreenEvent(observation=_observation(obs)))
+
+    def _watch_stopped(self, reason: str) -> None:
+        if reason != "stopped":
+            log.warning("screen watcher %s", reason)
+        self._screen_events.publish(pb.ScreenEvent(state=self._state()))
+
+    # -- parts of Generate -----------------------------------------------------------------------------------
+
+    def resolve_screen_part(self, ref: pb.ScreenRef) -> list[Segment]:
+        return [self._grab_for_model(ref.monitor, "").image]
+
+    # -- RPCs ------------------------------------------------------------------------------------------------
+
+    def StartScreenWatch(self, request: pb.ScreenWatchRequest, context: grpc.ServicerContext) -> pb.ScreenWatchState:
+        def start() -> pb.ScreenWatchState:
+            self._require_vision()
+            if request.change_threshold < 0 or request.change_threshold > 1:
+                raise ValueError("change_threshold is a fraction between 0 and 1")
+            settings = WatchSettings(interval=request.interval_seconds or 1.0, monitor=request.monitor,
+                                     prompt=request.prompt, threshold=request.change_threshold,
+                                     max_image_side=self.info.max_image_side)
+            rules = ExclusionRules().with_names(request.exclude)
+            store = self._screen_store  # open it now: a broken data dir fails the start, not each frame
+
+            def submit(frame: ChangedFrame):
+                return self.scheduler.submit(frame_job(frame, settings.max_tokens), "screen-frame")
+
+            watcher = ScreenWatcher(settings, rules, submit, self._observed, self._watch_stopped)
+            with self._screen_lock:
+                old, self._screen_watcher = self._screen_watcher, watcher
+            if old is not None:  # a new start replaces the old settings
+                old.stop()
+            watcher.start()
+            log.info("screen watcher started: monitor %d every %.2f s; history in %s",
+                     settings.monitor, settings.interval, store.path)
+            state = self._state()
+            self._screen_events.publish(pb.ScreenEvent(state=state))
+            return state
+        return self.call(context, start)
+
+    def StopScreenWatch(self, request: pb.ScreenControlRequest, context: grpc.ServicerContext) -> pb.ScreenWatchState:
+        with self._screen_lock:
+            watcher = self._screen_watcher
+        if watcher is not None:
+            watcher.stop()
+        state = self._state()
+        state.watching = False
+        return state
+
+    def ControlScreenWatch(self, request: pb.ScreenControlRequest,
+                           context: grpc.ServicerContext) -> pb.ScreenWatchState:
+        def control() -> pb.ScreenWatchState:
+            action = request.action.strip().lower()
+            if action not in ("pause", "resume", "status"):
+                raise ValueError(f"unknown action {request.action!r}: use pause, resume or status")
+            watcher = self._screen_watcher
+            if action != "status":
+                if watcher is None or not watcher.running:
+                    raise InputError("the screen is not being watched (start with `omni screen watch`)",
+                                     unsupported=True)
+                watcher.pause() if action == "pause" else watcher.resume()
+                self._screen_events.publish(pb.ScreenEvent(state=self._state()))
+            return self._state()
+        return self.call(context, control)
+
+    def WatchScreen(self, request: pb.WatchScreenRequest, context: grpc.ServicerContext) -> Iterator[pb.ScreenEvent]:
+        q = self._screen_events.subscribe()
+        try:
+            yield pb.ScreenEvent(state=self._state())
+            while context.is_active():
+                try:
+                    event = q.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                if event is _END:
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "the daemon is shutting down")
+                yield event
+        finally:
+            self._screen_events.unsubscribe(q)
+
+    def ScreenOnce(self, request: pb.ScreenOnceRequest, context: grpc.ServicerContext) -> Iterator[pb.GenerateEvent]:
+        frame = self.call(context, lambda: self._grab_for_model(request.monitor, request.prompt or ONCE_INSTRUCTION))
+        max_tokens = request.max_tokens or self.config.default_max_tokens
+
+        def job(session: DecoderSession, emit) -> None:
+            stats = session.prefill(frame_prompt(session, frame))
+            result = session.generate(max_tokens, SamplingParams(), lambda d: emit(pb.GenerateEvent(delta=d)))
+            emit(pb.GenerateEvent(done=final_message(session, stats, result)))
+
+        yield from self.stream_job(job, context, "screen-once")
+
+    def SearchScreen(self, request: pb.SearchScreenRequest, context: grpc.ServicerContext) -> pb.SearchScreenReply:
+        found = self.call(context, lambda: self._screen_store.search(
+            request.query, request.limit or 20, request.since_unix, request.until_unix))
+        return pb.SearchScreenReply(observations=[_observation(o) for o in found])
+
+    def AskScreen(self, request: pb.AskScreenRequest, context: grpc.ServicerContext) -> Iterator[pb.GenerateEvent]:
+        def gather() -> list[Observation]:
+            if not request.question.strip():
+                raise ValueError("the question is empty")
+            store = self._screen_store
+            since, until = request.since_unix, request.until_unix
+            found = {o.id: o for o in store.search("", ASK_CANDIDATES, since, until)}
+            found.update({o.id: o for o in store.search(request.question, ASK_CANDIDATES, since, until,
+                                                        any_word=True)})
+            if not found:
+                raise NotFound("no screen observations in that time range (watch with `omni screen watch`)")
+            return sorted(found.values(), key=lambda o: o.time_unix)
+        observations = self.call(context, gather)
+        max_tokens = request.max_tokens or self.config.default_max_tokens
+        question = request.question.strip()
+
+        def job(session: DecoderSession, emit) -> None:
+            lines = [_line(o) for o in observations]
+            asked = TextSegment(f"Now: {_clock(time.time())}\nQuestion: {question}")
+            room = session.free_tokens - max_tokens - session.count_tokens(asked) - 256
+            history = TextSegment("Observations:\n" + "\n".join(lines))
+            while len(lines) > 1 and session.count_tokens(history) > room:  # keep the newest that fit
+                lines = lines[max(1, len(lines) // 10):]
+                history = TextSegment("Observations:\n" + "\n".join(lines))
+            stats = session.prefill(session.build_prompt([history, asked], ASK_SYSTEM))
+            result = session.generate(max_tokens, SamplingParams(), lambda d: emit(pb.GenerateEvent(delta=d)))
+            emit(pb.GenerateEvent(done=final_message(session, stats, result)))
+
+        yield from self.stream_job(job, context, "ask-screen")
+
+
+def _observation(o: Observation) -> pb.ScreenObservation:
+    return pb.ScreenObservation(time_unix=o.time_unix, monitor=o.monitor, app=o.app, window=o.window,
+                                text=o.text, id=o.id)
+
+
+def _clock(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _line(o: Observation) -> str:
+    where = " - ".join(p for p in (o.app, o.window) if p)
+    return f"[{_clock(o.time_unix)}]{' ' + where if where else ''}: {o.text or '(no description)'}"
