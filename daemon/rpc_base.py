@@ -7,14 +7,17 @@ through this base class (e.g. `resolve_part` asks the documents mixin for a Docu
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, NoReturn
 
 import grpc
 
 from omnid.daemon.config import DaemonConfig
+from omnid.daemon.sampling import SamplingParams
 from omnid.daemon.scheduler import Job, QueueFull, Scheduler, ShuttingDown
-from omnid.daemon.session import Cancelled
+from omnid.daemon.session import Cancelled, DecoderSession, GenerationResult, PrefillStats
+from omnid.proto import omnid_pb2 as pb
 from omnid.models.base import ContextOverflow, InputError, ModelInfo
 
 log = logging.getLogger(__name__)
@@ -58,6 +61,65 @@ def abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
     raise AssertionError("unreachable")  # context.abort raises
 
 
+class DeltaBuffer:
+    """Collects a job's text deltas and emits them at most once per `interval` seconds.
+
+    The first delta goes out at once (time to first token is untouched); after that a decoder slower than
+    the interval still sends every token as it comes, while a faster one sends a few tokens per message
+    instead of waking the gRPC thread for each (on a fast small model that wake-up cost 20-40% of speed).
+    Call flush() before the final message.
+    """
+
+    def __init__(self, emit: Callable[[Any], None], make_event: Callable[[str], Any], interval: float = 0.002) -> None:
+        self._emit, self._make_event, self._interval = emit, make_event, interval
+        self._pending: list[str] = []
+        self._last = 0.0
+
+    def __call__(self, delta: str) -> None:
+        self._pending.append(delta)
+        now = time.perf_counter()
+        if now - self._last >= self._interval:
+            self._last = now
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            self._emit(self._make_event("".join(self._pending)))
+            self._pending.clear()
+
+
+def merge_deltas(events: list[Any]) -> list[Any]:
+    """Join runs of text deltas (events whose `event` oneof is `delta`) into one message each."""
+    merged: list[Any] = []
+    for event in events:
+        if (merged and _is_delta(event) and _is_delta(merged[-1]) and type(event) is type(merged[-1])):
+            merged[-1] = type(event)(delta=merged[-1].delta + event.delta)
+        else:
+            merged.append(event)
+    return merged
+
+
+def _is_delta(event: Any) -> bool:
+    return hasattr(event, "WhichOneof") and "event" in event.DESCRIPTOR.oneofs_by_name \
+        and event.WhichOneof("event") == "delta"
+
+
+def sampling_from(message: pb.Sampling) -> SamplingParams:
+    """A request's Sampling message as SamplingParams (ValueError -> INVALID_ARGUMENT)."""
+    return SamplingParams(temperature=message.temperature, top_p=message.top_p, top_k=message.top_k,
+                          seed=message.seed, stop=tuple(message.stop))
+
+
+def final_message(session: DecoderSession, stats: PrefillStats, result: GenerationResult) -> pb.Final:
+    """The closing message of every generating stream: the answer and what it cost."""
+    usage = pb.Usage(
+        prompt_tokens=stats.prompt_tokens, cached_tokens=stats.cached_tokens,
+        generated_tokens=result.generated_tokens, time_to_first_token_ms=result.time_to_first_token_ms,
+        decode_tokens_per_second=result.decode_tokens_per_second, queue_ms=session.queue_ms,
+        prefill_ms=stats.prefill_ms, total_ms=session.queue_ms + stats.prefill_ms + result.decode_ms)
+    return pb.Final(text=result.text, usage=usage, stop_reason=result.stop_reason)
+
+
 class RpcBase:
     """State and helpers shared by the RPC mixins."""
 
@@ -89,7 +151,8 @@ class RpcBase:
             abort(context, exc)
         context.add_callback(handle.cancel)
         try:
-            yield from handle.events()
+            for batch in handle.batches():
+                yield from merge_deltas(batch)
         except Exception as exc:
             abort(context, exc)
         finally:

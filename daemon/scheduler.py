@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 
 from omnid.daemon.prompt_cache import PromptCache
 from omnid.daemon.session import Cancelled, DecoderSession
-from omnid.models.base import Backend, InputError
+from omnid.models.base import Backend, ChatFrame, InputError
 
 log = logging.getLogger(__name__)
 
@@ -70,17 +70,25 @@ class JobHandle:
 
     def events(self) -> Iterator[Any]:
         """Events as the job emits them; re-raises the job's error after the last one."""
+        for batch in self.batches():
+            yield from batch
+
+    def batches(self) -> Iterator[list[Any]]:
+        """Like events(), but each item is every event that was waiting: a fast decoder's tokens travel
+        together instead of one message each, and a slow one's still go out one by one, at once."""
         while True:
-            event = self._events.get()
-            if event is _END:
+            batch = [self._events.get()]
+            while not self._events.empty() and batch[-1] is not _END:
+                batch.append(self._events.get_nowait())
+            done = batch[-1] is _END
+            if done:
+                batch.pop()
+            if batch:
+                yield batch
+            if done:
                 break
-            yield event
         if self._error is not None:
             raise self._error
-
-    def result(self) -> list[Any]:
-        """All events, for unary calls."""
-        return list(self.events())
 
 
 class Scheduler:
@@ -99,6 +107,7 @@ class Scheduler:
         self._current: JobHandle | None = None
         self.backend: Backend | None = None
         self.cache: PromptCache | None = None
+        self._frame: ChatFrame | None = None
 
     # -- lifetime --------------------------------------------------------------------------------------------
 
@@ -122,8 +131,9 @@ class Scheduler:
         current = self._current
         if current is not None:
             current.cancel()
-        self._queue.put(None)
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout)
 
     # -- work ------------------------------------------------------------------------------------------------
 
@@ -149,6 +159,7 @@ class Scheduler:
         try:
             self.backend = self._load_backend()
             self.cache = self._make_cache(self.backend)
+            self._frame = self.backend.chat_frame()  # rendered once: every job lays prompts out with it
         except BaseException as exc:  # reported by start(); the thread ends
             self._load_error = exc
             self._loaded.set()
@@ -170,7 +181,8 @@ class Scheduler:
             return
         self._current = handle
         handle.started_at = time.perf_counter()
-        session = DecoderSession(self.backend, self.cache, handle.is_cancelled)
+        session = DecoderSession(self.backend, self.cache, handle.is_cancelled, queue_ms=handle.queue_ms,
+                                 frame=self._frame)
         error: BaseException | None = None
         try:
             handle.job(session, handle.emit)

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 from omnid.daemon.prompt_cache import PromptCache, chain_keys
 from omnid.daemon.sampling import Sampler, SamplingParams
-from omnid.models.base import Backend, InputError, ModelInfo, Segment, TextSegment
+from omnid.models.base import Backend, ChatFrame, InputError, ModelInfo, Segment, TextSegment
 
 
 class Cancelled(Exception):
@@ -60,13 +60,15 @@ class DecoderSession:
     """Exclusive, single-threaded use of the backend for one job."""
 
     def __init__(self, backend: Backend, cache: PromptCache, cancelled: Callable[[], bool],
-                 min_snapshot_tokens: int = 32) -> None:
+                 queue_ms: float = 0.0, frame: ChatFrame | None = None, min_snapshot_tokens: int = 32) -> None:
         self.backend = backend
         self.cache = cache
         self.cancelled = cancelled
         self.info: ModelInfo = backend.info
+        #: How long the job waited for the decoder (reported in Usage).
+        self.queue_ms = queue_ms
         self.started = time.perf_counter()
-        self._frame = backend.chat_frame()
+        self._frame = frame or backend.chat_frame()
         self._root_key = f"{self.info.fingerprint}|{self._frame.template_digest}"
         self._min_snapshot_tokens = min_snapshot_tokens
         # The chain evaluated in the sequence so far and its keys (extend() continues it).
@@ -84,12 +86,16 @@ class DecoderSession:
         open_turn the turn is left open: that is the shape of a Prefill, whose last part is a cache point too.
         """
         f = self._frame
-        segs: list[Segment] = [TextSegment(f.head)] if f.head else []
+        segs: list[Segment] = [TextSegment(f.head)]
         points: set[int] = set()
-        if system:
+        has_system_slot = bool(f.system_open or f.system_close)
+        if system and has_system_slot:
             segs += [TextSegment(f.system_open), TextSegment(system), TextSegment(f.system_close)]
             points.add(len(segs))
         segs.append(TextSegment(f.user_open))
+        if system and not has_system_slot:  # templates without a system role (Gemma): it opens the user turn
+            segs.append(TextSegment(system + "\n\n"))
+            points.add(len(segs))
         for part in parts:
             segs.append(part)
             points.add(len(segs))

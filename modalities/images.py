@@ -36,7 +36,9 @@ def decode_image(data: bytes, max_side: int) -> ImageSegment:
             image.load()
     except InputError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+    except UnidentifiedImageError:
+        raise InputError("the image is not in a format the daemon decodes (PNG, JPEG, WebP, BMP, GIF, TIFF)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as exc:
         raise InputError(f"the image could not be decoded: {exc}") from None
     return image_segment(image, max_side)

@@ -1,0 +1,65 @@
+"""Shared by the benchmarks: the model to run on, and a real daemon subprocess to run it in."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+
+def test_model_args(tmp: Path, model: str = "", mmproj: str = "", backend: str = "auto") -> dict[str, str]:
+    """The named model, or the tiny random-weight test model written into tmp for the chosen backend."""
+    if model:
+        return {"model": model, "mmproj": mmproj, "backend": backend}
+    if backend == "mlx":
+        from omnid.models.mlx_test_model import write_mlx_test_model
+        return {"model": str(write_mlx_test_model(tmp / "mlx-model")), "mmproj": "", "backend": "mlx"}
+    from omnid.models.gguf_test_model import write_test_model
+    paths = write_test_model(tmp / "model")
+    return {"model": str(paths.text), "mmproj": str(paths.mmproj or ""), "backend": "llama.cpp"}
+
+
+@dataclass
+class DaemonProcess:
+    process: subprocess.Popen
+    socket: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def start_daemon(tmp: Path, model_args: dict[str, str], extra: list[str], timeout: float = 120) -> DaemonProcess:
+    """`omnid serve` on a socket in tmp; returns once it answers."""
+    socket = tmp / "run" / "omnid.sock"
+    cmd = [sys.executable, "-m", "omnid.daemon", "serve", "--model", model_args["model"],
+           "--backend", model_args["backend"], "--socket", str(socket), "--data-dir", str(tmp / "data"), *extra]
+    if model_args["mmproj"]:
+        cmd += ["--mmproj", model_args["mmproj"]]
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp / "cache"), "MLX_DISABLE_COMPILE": "1"}
+    process = subprocess.Popen(cmd, env=env)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the daemon exited with {process.returncode}")
+        if socket.exists():
+            channel = grpc.insecure_channel(f"unix:{socket}")
+            try:
+                grpc.channel_ready_future(channel).result(timeout=1)
+                return DaemonProcess(process, socket)
+            except grpc.FutureTimeoutError:
+                pass
+            finally:
+                channel.close()
+        time.sleep(0.1)
+    process.kill()
+    raise TimeoutError("the daemon did not start in time")

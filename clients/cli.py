@@ -1,0 +1,149 @@
+"""`omni`: the command-line client of a running omnid.
+
+    omni ask "What is in this picture?" --image photo.png
+    omni ask "What is said here?" --audio memo.wav --json
+    omni status
+
+Area commands (documents, meetings, screen) are added by `register(commands, client_factory)` functions in
+clients/cli_<area>.py. Errors print one line and exit non-zero: 2 for a gRPC error, 3 without a daemon.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from omnid.clients import cli_documents, cli_meetings
+from omnid.clients.client import DaemonNotRunning, OmniClient, connect, parts_for, usage_dict
+from omnid.proto import omnid_pb2 as pb
+from omnid.clients import cli_screen
+
+ClientFactory = Callable[[], OmniClient]
+
+
+def add_connection_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("connection")
+    group.add_argument("--socket", default=None, help="the daemon's Unix socket (default: OMNID_SOCKET or the runtime dir)")
+    group.add_argument("--tcp", default=None, help="a loopback HOST:PORT instead of the socket")
+    group.add_argument("--token-file", default=None, help="the token for --tcp (or set OMNID_TOKEN)")
+
+
+def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-tokens", type=int, default=0, help="at most this many tokens (default 512)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--top-p", type=float, default=0.0)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
+
+
+def sampling_from_args(args: argparse.Namespace) -> pb.Sampling:
+    return pb.Sampling(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
+                       stop=args.stop)
+
+
+def print_stream(events, as_json: bool, extra: dict | None = None) -> pb.Final:
+    """Print deltas as they come (or one JSON object at the end); returns the final message."""
+    final = pb.Final()
+    for event in events:
+        kind = event.WhichOneof("event")
+        if kind == "delta" and not as_json:
+            print(event.delta, end="", flush=True)
+        elif kind == "done":
+            final = event.done
+    if as_json:
+        print(json.dumps({"text": final.text, "stop_reason": final.stop_reason,
+                          "usage": usage_dict(final.usage), **(extra or {})}))
+    else:
+        print()
+    return final
+
+
+def cmd_ask(args: argparse.Namespace, client_factory: ClientFactory) -> int:
+    parts = parts_for(args.question, args.image, args.audio)
+    with client_factory() as client:
+        events = client.generate(*parts, system=args.system, max_tokens=args.max_tokens,
+                                 sampling=sampling_from_args(args))
+        final = print_stream(events, args.json)
+    if args.verbose and not args.json:
+        u = final.usage
+        print(f"[{u.prompt_tokens} prompt tokens, {u.cached_tokens} cached, {u.generated_tokens} generated, "
+              f"first token {u.time_to_first_token_ms:.0f} ms, {u.decode_tokens_per_second:.1f} tok/s]",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, client_factory: ClientFactory) -> int:
+    with client_factory() as client:
+        status = client.status()
+    if args.json:
+        print(json.dumps(MessageToDict(status, always_print_fields_with_no_presence=True)))
+        return 0
+    c = status.cache
+    print(f"model      {status.model_name} ({status.backend}) {status.model_path}")
+    if status.mmproj_path:
+        print(f"mmproj     {status.mmproj_path}")
+    print(f"can        {', '.join(status.capabilities)}; context {status.context_length} tokens")
+    print(f"endpoint   {status.endpoint}")
+    print(f"memory     {status.memory_rss_bytes / 2**20:.0f} MiB resident; up {status.uptime_seconds:.0f} s")
+    print(f"queue      {status.queue_depth}/{status.queue_capacity} waiting{'; busy' if status.busy else ''}")
+    print(f"cache      {c.hits} hits, {c.misses} misses, {c.tokens_reused} tokens reused, {c.entries} entries, "
+          f"{c.ram_bytes / 2**20:.1f}/{c.ram_budget_bytes / 2**20:.0f} MiB RAM, "
+          f"{c.disk_bytes / 2**20:.1f} MiB disk, {c.evictions} evictions, {c.pinned} pinned")
+    if status.note:
+        print(f"note       {status.note}")
+    return 0
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    parser = argparse.ArgumentParser(prog="omni", description="Ask the local omnid daemon.")
+    add_connection_flags(parser)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ask = commands.add_parser("ask", help="ask about text, images and sounds")
+    ask.add_argument("question")
+    ask.add_argument("--image", action="append", default=[], help="an image file (repeatable)")
+    ask.add_argument("--audio", action="append", default=[], help="a sound file (repeatable)")
+    ask.add_argument("--system", default="", help="a system text")
+    ask.add_argument("--json", action="store_true", help="print one JSON object with the text and usage")
+    ask.add_argument("-v", "--verbose", action="store_true", help="print usage to stderr")
+    add_sampling_flags(ask)
+    ask.set_defaults(handler=cmd_ask)
+
+    status = commands.add_parser("status", help="the model, queue and cache")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=cmd_status)
+    cli_documents.register(commands)
+    cli_meetings.register(commands)
+    cli_screen.register(commands)
+    return parser, commands
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, commands = build_parser()
+    args = parser.parse_args(argv)
+
+    def client_factory() -> OmniClient:
+        return connect(args.socket, args.tcp, args.token_file)
+
+    try:
+        return args.handler(args, client_factory)
+    except DaemonNotRunning as exc:
+        print(f"omni: {exc}", file=sys.stderr)
+        return 3
+    except grpc.RpcError as exc:
+        print(f"omni: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        return 2
+    except (OSError, ValueError) as exc:
+        print(f"omni: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

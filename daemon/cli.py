@@ -1,0 +1,101 @@
+"""`omnid`: run the daemon (`omnid serve`) and make the tiny test model (`omnid make-test-model`)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from pathlib import Path
+
+from omnid.daemon.config import DaemonConfig, default_socket_path
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """'512M', '4G', '1.5GiB', '1000000' -> bytes."""
+    match = _SIZE.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512M, 4G)")
+    number, unit = match.groups()
+    return int(float(number) * 1024 ** " kmgt".index(unit.lower() or " "))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="omnid", description="On-device multimodal assistant daemon.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="load one model and serve it over gRPC",
+                                description="Load one model, keep it warm, and serve it over gRPC.")
+    serve.add_argument("--model", default="", help="a .gguf file (llama.cpp) or an MLX model folder / repo id; "
+                       "default: the embedded text-only gemma-3-270m")
+    serve.add_argument("--mmproj", default="", help="the multimodal projector GGUF (images, audio) for --model")
+    serve.add_argument("--backend", default="auto", choices=["auto", "llama.cpp", "mlx"])
+    serve.add_argument("--ctx", type=int, default=32768, help="context length in tokens (capped by the model)")
+    serve.add_argument("--threads", type=int, default=None, help="CPU threads for the decoder")
+    serve.add_argument("--socket", type=Path, default=None, help=f"Unix socket path (default {default_socket_path()})")
+    serve.add_argument("--tcp", default="", help="also listen on loopback HOST:PORT (needs --token-file)")
+    serve.add_argument("--token-file", type=Path, default=None, help="the TCP token (created if missing)")
+    serve.add_argument("--allow-read", type=Path, action="append", default=[],
+                       help="a folder whose files clients may name by path (repeatable)")
+    serve.add_argument("--max-queue", type=int, default=16, help="requests that may wait for the decoder")
+    serve.add_argument("--cache-ram", type=parse_size, default=None, help="prompt cache RAM budget (e.g. 4G)")
+    serve.add_argument("--cache-disk", default=None, help="prompt cache disk folder, or 'off'")
+    serve.add_argument("--cache-disk-size", type=parse_size, default=None, help="prompt cache disk budget")
+    serve.add_argument("--data-dir", type=Path, default=None, help="where documents, meetings and screen history live")
+    serve.add_argument("-v", "--verbose", action="store_true")
+
+    make = commands.add_parser("make-test-model", help="write a tiny random-weight omni model",
+                               description="Write a tiny random-weight omni model (text + vision + audio) "
+                                           "to run the whole path on without downloading anything.")
+    make.add_argument("directory", type=Path)
+    make.add_argument("--backend", default="llama.cpp", choices=["llama.cpp", "mlx"])
+    make.add_argument("--no-vision", action="store_true")
+    make.add_argument("--no-audio", action="store_true")
+    make.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def config_from(args: argparse.Namespace) -> DaemonConfig:
+    config = DaemonConfig(model=args.model, mmproj=args.mmproj, backend=args.backend, context_length=args.ctx,
+                          threads=args.threads, tcp=args.tcp, token_file=args.token_file,
+                          max_queue=args.max_queue, allow_read=list(args.allow_read))
+    if args.socket:
+        config.socket_path = args.socket
+    if args.cache_ram is not None:
+        config.cache_ram_bytes = args.cache_ram
+    if args.cache_disk is not None:
+        config.cache_disk_dir = None if args.cache_disk == "off" else Path(args.cache_disk)
+    if args.cache_disk_size is not None:
+        config.cache_disk_bytes = args.cache_disk_size
+    if args.data_dir:
+        config.data_dir = args.data_dir
+    return config
+
+
+def make_test_model(args: argparse.Namespace) -> int:
+    if args.backend == "mlx":
+        from omnid.models.mlx_test_model import write_mlx_test_model
+        folder = write_mlx_test_model(args.directory, seed=args.seed)
+        print(f"wrote {folder}\nrun: omnid serve --model {folder}")
+        return 0
+    from omnid.models.gguf_test_model import write_test_model
+    paths = write_test_model(args.directory, vision=not args.no_vision, audio=not args.no_audio, seed=args.seed)
+    mmproj = f" --mmproj {paths.mmproj}" if paths.mmproj else ""
+    print(f"wrote {paths.text}" + (f"\nwrote {paths.mmproj}" if paths.mmproj else ""))
+    print(f"run: omnid serve --model {paths.text}{mmproj}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                        format="omnid: %(message)s", stream=sys.stderr)
+    if args.command == "make-test-model":
+        return make_test_model(args)
+    from omnid.daemon.server import serve
+    return serve(config_from(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

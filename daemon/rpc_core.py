@@ -1,0 +1,146 @@
+"""The core RPCs: Generate, Status, Prefill, Unpin.
+
+Client parts are decoded and checked here, in the gRPC handler's thread, before anything is queued: a bad
+image or a sound for a model without ears is refused at once, and the decoder only ever sees valid segments.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Iterator
+
+import grpc
+import numpy as np
+
+from omnid.daemon.rpc_base import DeltaBuffer, RpcBase, final_message, sampling_from
+from omnid.daemon.session import DecoderSession
+from omnid.modalities.audio_io import audio_segment, decode_audio, pcm_from_f32le
+from omnid.modalities.images import decode_image
+from omnid.models.base import AudioSegment, InputError, Segment, TextSegment
+from omnid.proto import omnid_pb2 as pb
+
+VERSION = "0.1.0"
+
+
+class CoreRpcs(RpcBase):
+    def setup(self) -> None:
+        super().setup()
+        self.started_at = time.monotonic()
+
+    # -- parts -> segments -----------------------------------------------------------------------------------
+
+    def segments_from_parts(self, parts: list[pb.Part]) -> list[Segment]:
+        if not parts:
+            raise InputError("the request has no parts")
+        segments: list[Segment] = []
+        for part in parts:
+            segments += self.resolve_part(part)
+        return segments
+
+    def resolve_part(self, part: pb.Part) -> list[Segment]:
+        """One client part as the segments the decoder takes (a long sound may become several clips)."""
+        kind = part.WhichOneof("kind")
+        if kind == "text":
+            return [TextSegment(part.text)]
+        if kind == "image":
+            self.require("image")
+            return [decode_image(part.image.data, self.info.max_image_side)]
+        if kind == "audio":
+            self.require("audio")
+            return self.audio_clips(part.audio)
+        if kind == "document":
+            return self.resolve_document_part(part.document)
+        if kind == "screen":
+            return self.resolve_screen_part(part.screen)
+        raise InputError("a part has no content (set one of text, image, audio, document, screen)")
+
+    def require(self, capability: str) -> None:
+        if capability not in self.info.capabilities:
+            have = ", ".join(sorted(self.info.capabilities))
+            raise InputError(f"the model {self.info.name!r} has no {capability} encoder (it takes: {have})",
+                             unsupported=True)
+
+    def audio_clips(self, audio: pb.Audio) -> list[Segment]:
+        """Decode, resample to the encoder's rate, and cut to the encoder's longest clip."""
+        if audio.WhichOneof("source") == "pcm":
+            samples = pcm_from_f32le(audio.pcm.f32le, audio.pcm.sample_rate, audio.pcm.channels)
+            rate = audio.pcm.sample_rate
+        elif audio.WhichOneof("source") == "encoded":
+            samples, rate = decode_audio(audio.encoded)
+        else:
+            raise InputError("an audio part has neither encoded bytes nor PCM")
+        whole = audio_segment(samples, rate, self.info.audio_sample_rate)
+        limit = self.info.max_audio_clip_seconds
+        if not limit or whole.seconds <= limit:
+            return [whole]
+        step = int(limit * whole.sample_rate)
+        return [AudioSegment(np.ascontiguousarray(whole.pcm[i:i + step]), whole.sample_rate)
+                for i in range(0, len(whole.pcm), step)]
+
+    def resolve_document_part(self, ref: pb.DocumentRef) -> list[Segment]:
+        """Overridden by the documents mixin."""
+        raise InputError("this daemon does not serve documents", unsupported=True)
+
+    def resolve_screen_part(self, ref: pb.ScreenRef) -> list[Segment]:
+        """Overridden by the screen mixin."""
+        raise InputError("this daemon does not serve screen grabs", unsupported=True)
+
+    # -- RPCs ------------------------------------------------------------------------------------------------
+
+    def Generate(self, request: pb.GenerateRequest, context: grpc.ServicerContext) -> Iterator[pb.GenerateEvent]:
+        segments = self.call(context, lambda: self.segments_from_parts(list(request.parts)))
+        sampling = self.call(context, lambda: sampling_from(request.sampling))
+        max_tokens = request.max_tokens or self.config.default_max_tokens
+        system = request.system or None
+
+        def job(session: DecoderSession, emit) -> None:
+            stats = session.prefill(session.build_prompt(segments, system))
+            deltas = DeltaBuffer(emit, lambda delta: pb.GenerateEvent(delta=delta))
+            result = session.generate(max_tokens, sampling, deltas)
+            deltas.flush()
+            emit(pb.GenerateEvent(done=final_message(session, stats, result)))
+
+        yield from self.stream_job(job, context, "generate")
+
+    def Prefill(self, request: pb.PrefillRequest, context: grpc.ServicerContext) -> pb.PrefillReply:
+        segments = self.call(context, lambda: self.segments_from_parts(list(request.parts)))
+        system = request.system or None
+
+        def job(session: DecoderSession, emit) -> None:
+            stats = session.prefill(session.build_prompt(segments, system, open_turn=True))
+            if not session.cache.contains(stats.prefix_key):
+                session.save_snapshot()
+            if request.pin:
+                session.cache.pin(stats.prefix_key)
+            emit(pb.PrefillReply(prefix_id=stats.prefix_key, prompt_tokens=stats.prompt_tokens,
+                                 cached_tokens=stats.cached_tokens, prefill_ms=stats.prefill_ms))
+
+        return self.unary_job(job, context, "prefill")[-1]
+
+    def Unpin(self, request: pb.UnpinRequest, context: grpc.ServicerContext) -> pb.UnpinReply:
+        assert self.scheduler.cache is not None
+        return pb.UnpinReply(was_pinned=self.scheduler.cache.unpin(request.prefix_id))
+
+    def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusReply:
+        info = self.info
+        assert self.scheduler.cache is not None
+        stats = self.scheduler.cache.stats()
+        return pb.StatusReply(
+            model_name=info.name, model_path=info.path, mmproj_path=info.mmproj_path, backend=info.backend,
+            capabilities=sorted(info.capabilities), context_length=info.context_length,
+            memory_rss_bytes=resident_bytes(), queue_depth=self.scheduler.queue_depth,
+            queue_capacity=self.scheduler.max_queue, busy=self.scheduler.busy,
+            uptime_seconds=time.monotonic() - self.started_at, cache=pb.CacheStats(**vars(stats)),
+            version=VERSION, endpoint=self.endpoint,
+            audio_sample_rate=info.audio_sample_rate if "audio" in info.capabilities else 0,
+            max_audio_clip_seconds=info.max_audio_clip_seconds or 0.0, note=info.note)
+
+
+def resident_bytes() -> int:
+    """Resident memory of this process now (not the peak)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):  # no /proc (macOS): the peak is the best there is
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

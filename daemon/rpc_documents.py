@@ -1,0 +1,309 @@
+"""The document RPCs: IngestDocument, AskDocument, ListDocuments, and DocumentRef parts for Generate.
+
+Work is split by who must do it:
+  * the gRPC handler thread reads the PDF (pypdf, no model: the decoder stays free for other clients) and
+    writes the store;
+  * decoder jobs count tokens per page (only the backend knows them), warm the prompt cache with the document
+    (ingest) and answer questions.
+
+Cache layout: an AskDocument prompt is  [template head, system text, user opening, document segments...,
+question, turn close]  with ONE cache point, at the end of the document. Ingest prefills exactly that prefix,
+so the first question is already warm and every later question, from any client, restores that snapshot and
+evaluates only the question. A document that does not fit is answered from the pages that best match the
+question (modalities/document_prompt.py), and the client is told which (a `pages` event).
+
+Nothing half-ingested: rows are written only after every page was read and counted (document_store.py); a
+bad file, a cancelled ingest or a failed count leaves no row, no folder and no cache entry.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from typing import Iterator
+
+import grpc
+from PIL import Image
+
+from omnid.daemon.rpc_base import NotFound, RpcBase, abort, final_message, sampling_from
+from omnid.daemon.session import DecoderSession, Prompt
+from omnid.modalities.document_prompt import SYSTEM, choose_pages, layout, page_segments, question_segment
+from omnid.modalities.document_store import DocumentStore, StoredDocument, StoredPage
+from omnid.modalities.documents import PdfDocument, TooManyPages
+from omnid.modalities.images import image_segment
+from omnid.models.base import ContextOverflow, InputError, Segment, TextSegment
+from omnid.proto import omnid_pb2 as pb
+
+#: Largest PDF taken (bytes): a scanned 500-page book fits; the gRPC message limit is the same.
+MAX_PDF_BYTES = 256 * 1024 * 1024
+#: Scans are kept at most this large on disk, and downscaled again to what the model's encoder takes.
+STORE_MAX_SIDE = 1536
+#: Tokens kept free for the system text, the template and a question when judging "fits the context".
+PROMPT_RESERVE = 512
+#: Documents kept decoded in memory (their pages and scans), most recently used first.
+LOADED_DOCUMENTS = 2
+
+
+class TooLarge(InputError):
+    """A PDF over MAX_PDF_BYTES: RESOURCE_EXHAUSTED."""
+
+
+@dataclass
+class _Loaded:
+    """A document ready for prompts: the stored rows plus its pages with scans at the encoder's size."""
+
+    doc: StoredDocument
+    pages: list[StoredPage]
+
+
+class DocumentRpcs(RpcBase):
+    def setup(self) -> None:
+        super().setup()
+        self.documents = DocumentStore(self.config.data_dir / "documents")
+        self._loaded: OrderedDict[str, _Loaded] = OrderedDict()
+        self._loaded_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.documents.close()
+        super().close()
+
+    # -- IngestDocument --------------------------------------------------------------------------------------
+
+    def IngestDocument(self, request: pb.IngestDocumentRequest,
+                       context: grpc.ServicerContext) -> Iterator[pb.IngestEvent]:
+        t0 = time.perf_counter()
+        try:
+            data, name = self._pdf_source(request)
+            doc_id = hashlib.sha256(data).hexdigest()
+            known = self.documents.get(doc_id, with_content=False)
+            if known is None:
+                pdf = PdfDocument(data, password=request.password, max_pages=self.config.max_document_pages)
+                stored: list[StoredPage] = []
+                for page in pdf.pages():
+                    rgb = image_segment(page.image, STORE_MAX_SIDE).rgb if page.image is not None else None
+                    stored.append(StoredPage(page.number, page.kind, page.text, 0, rgb))
+                    yield _progress("reading", page.number, pdf.page_count, 0, t0)
+                loaded = _Loaded(StoredDocument(doc_id, name, pdf.page_count, time.time(), 0.0, "", "", stored),
+                                 [self._model_page(p) for p in stored])
+            else:
+                loaded = self._load(doc_id)
+        except Exception as exc:
+            _abort(context, exc)
+        if loaded.doc.fingerprint != self.info.fingerprint:
+            yield from self._count(loaded, context, t0)
+            if known is None:
+                loaded.doc.ingest_ms = (time.perf_counter() - t0) * 1000
+                self.call(context, lambda: self.documents.save(loaded.doc))
+                self._remember(loaded)
+            else:
+                self.call(context, lambda: self.documents.update_tokens(
+                    doc_id, loaded.doc.fingerprint, {p.number: p.tokens for p in loaded.doc.pages}))
+        if self._fits(loaded) and not self._cached(loaded.doc):
+            yield from self._warm(loaded, context, t0)
+        yield pb.IngestEvent(done=self._info(loaded.doc, ingest_ms=(time.perf_counter() - t0) * 1000))
+
+    def _pdf_source(self, request: pb.IngestDocumentRequest) -> tuple[bytes, str]:
+        source = request.WhichOneof("source")
+        if source == "data":
+            data, name = request.data, request.name or "document.pdf"
+        elif source == "path":
+            path = self.readable_path(request.path)
+            if path.stat().st_size > MAX_PDF_BYTES:
+                raise TooLarge(f"{path.name} is {path.stat().st_size} bytes; the limit is {MAX_PDF_BYTES}")
+            data, name = path.read_bytes(), request.name or path.name
+        else:
+            raise InputError("give the PDF's bytes (data) or a path the daemon may read")
+        if len(data) > MAX_PDF_BYTES:
+            raise TooLarge(f"the PDF is {len(data)} bytes; the limit is {MAX_PDF_BYTES}")
+        return data, name
+
+    def _count(self, loaded: _Loaded, context: grpc.ServicerContext, t0: float) -> Iterator[pb.IngestEvent]:
+        """Count every page's tokens on the decoder (as the model will see the page) and stamp the model."""
+        vision = self._vision()
+        total_pages = len(loaded.pages)
+
+        def job(session: DecoderSession, emit) -> None:
+            total = 0
+            for i, page in enumerate(loaded.pages, start=1):
+                session.check_cancelled()
+                page.tokens = sum(session.count_tokens(s) for s in page_segments(page, vision))
+                total += page.tokens
+                if i % 10 == 0 or i == total_pages:
+                    emit(_progress("counting", i, total_pages, total, t0))
+
+        yield from self.stream_job(job, context, "count-document")
+        for stored, page in zip(loaded.doc.pages, loaded.pages):
+            stored.tokens = page.tokens
+        loaded.doc.fingerprint = self.info.fingerprint
+
+    def _warm(self, loaded: _Loaded, context: grpc.ServicerContext, t0: float) -> Iterator[pb.IngestEvent]:
+        """Prefill the document prefix into the shared prompt cache (so even the first question is warm)."""
+        segments = layout(loaded.pages, self._vision())
+        total = sum(p.tokens for p in loaded.pages)
+        keys: list[str] = []
+
+        def job(session: DecoderSession, emit) -> None:
+            emit(_progress("prefilling", len(loaded.pages), len(loaded.pages), total, t0))
+            prompt = document_prefix(session, segments)
+            stats = session.prefill(prompt)
+            if not session.cache.contains(stats.prefix_key):
+                session.save_snapshot()
+            keys.append(stats.prefix_key)
+
+        yield from self.stream_job(job, context, "warm-document")
+        loaded.doc.prefix_key = keys[0]
+        self.call(context, lambda: self.documents.set_prefix_key(loaded.doc.id, keys[0]))
+
+    # -- AskDocument -----------------------------------------------------------------------------------------
+
+    def AskDocument(self, request: pb.AskDocumentRequest,
+                    context: grpc.ServicerContext) -> Iterator[pb.AskDocumentEvent]:
+        def prepare() -> tuple[_Loaded, int, int]:
+            if not request.question.strip():
+                raise InputError("the question is empty")
+            loaded = self._load(request.document_id)
+            first, last = page_range(request.first_page, request.last_page, loaded.doc.page_count)
+            return loaded, first, last
+
+        loaded, first, last = self.call(context, prepare)
+        sampling = self.call(context, lambda: sampling_from(request.sampling))
+        if loaded.doc.fingerprint != self.info.fingerprint:  # ingested under another model: recount once
+            for _ in self._count(loaded, context, time.perf_counter()):
+                pass
+            self.call(context, lambda: self.documents.update_tokens(
+                loaded.doc.id, loaded.doc.fingerprint, {p.number: p.tokens for p in loaded.doc.pages}))
+        max_tokens = request.max_tokens or self.config.default_max_tokens
+        vision = self._vision()
+        pages = loaded.pages[first - 1:last]
+        whole = (first, last) == (1, loaded.doc.page_count)
+        question = question_segment(request.question.strip())
+
+        def job(session: DecoderSession, emit) -> None:
+            fixed = sum(session.count_tokens(s) for s in session.build_prompt([question], SYSTEM).segments)
+            room = self.info.context_length - fixed - max_tokens
+            budget = room - _margin(room)
+            if sum(p.tokens for p in pages) <= budget:
+                chosen = pages
+                if not whole:
+                    emit(pb.AskDocumentEvent(pages=pb.PagesUsed(
+                        pages=[p.number for p in pages], reason=f"the requested pages {first}-{last}")))
+            else:
+                choice = choose_pages(pages, request.question, budget, whole=whole)
+                if not choice.pages:
+                    raise ContextOverflow(fixed + max_tokens + min(p.tokens for p in pages),
+                                          self.info.context_length)
+                emit(pb.AskDocumentEvent(pages=pb.PagesUsed(pages=choice.pages, reason=choice.reason)))
+                chosen = [p for p in pages if p.number in set(choice.pages)]
+            prompt = document_prefix(session, layout(chosen, vision), question)
+            stats = session.prefill(prompt)
+            result = session.generate(max_tokens, sampling, lambda d: emit(pb.AskDocumentEvent(delta=d)))
+            emit(pb.AskDocumentEvent(done=final_message(session, stats, result)))
+
+        yield from self.stream_job(job, context, "ask-document")
+
+    # -- ListDocuments and DocumentRef parts -----------------------------------------------------------------
+
+    def ListDocuments(self, request: pb.ListDocumentsRequest,
+                      context: grpc.ServicerContext) -> pb.ListDocumentsReply:
+        docs = self.call(context, self.documents.list)
+        return pb.ListDocumentsReply(documents=[self._info(d, ingest_ms=d.ingest_ms) for d in docs])
+
+    def resolve_document_part(self, ref: pb.DocumentRef) -> list[Segment]:
+        """A DocumentRef in a Generate prompt: the (range of) pages as segments, laid out as AskDocument does.
+
+        No page choice here (Generate has no question to rank by): a range that does not fit the context
+        ends the call with OUT_OF_RANGE, and the message names the tokens needed.
+        """
+        loaded = self._load(ref.document_id)
+        first, last = page_range(ref.first_page, ref.last_page, loaded.doc.page_count)
+        return [TextSegment(f"[Document: {loaded.doc.name}]\n"), *layout(loaded.pages[first - 1:last], self._vision())]
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+
+    def _vision(self) -> bool:
+        return "image" in self.info.capabilities
+
+    def _model_page(self, page: StoredPage) -> StoredPage:
+        """The page as the model sees it: a scan downscaled (deterministically) to the encoder's size."""
+        if page.rgb is None:
+            return replace(page)
+        return replace(page, rgb=image_segment(Image.fromarray(page.rgb), self.info.max_image_side).rgb)
+
+    def _load(self, doc_id: str) -> _Loaded:
+        with self._loaded_lock:
+            if doc_id in self._loaded:
+                self._loaded.move_to_end(doc_id)
+                return self._loaded[doc_id]
+        doc = self.documents.get(doc_id)
+        if doc is None:
+            raise NotFound(f"no document {doc_id!r}; ingest it first (omni doc ingest FILE.pdf)")
+        loaded = _Loaded(doc, [self._model_page(p) for p in doc.pages])
+        self._remember(loaded)
+        return loaded
+
+    def _remember(self, loaded: _Loaded) -> None:
+        with self._loaded_lock:
+            self._loaded[loaded.doc.id] = loaded
+            self._loaded.move_to_end(loaded.doc.id)
+            while len(self._loaded) > LOADED_DOCUMENTS:
+                self._loaded.popitem(last=False)
+
+    def _fits(self, loaded: _Loaded) -> bool:
+        return _fits(sum(p.tokens for p in loaded.pages), self.info.context_length, self.config.default_max_tokens)
+
+    def _cached(self, doc: StoredDocument) -> bool:
+        return bool(doc.prefix_key) and self.scheduler.cache is not None and self.scheduler.cache.contains(doc.prefix_key)
+
+    def _info(self, doc: StoredDocument, *, ingest_ms: float) -> pb.DocumentInfo:
+        vision = self._vision()
+        pages = [pb.PageInfo(page=p.number, tokens=p.tokens,
+                             kind=p.kind if p.kind == "text" or vision else "unread") for p in doc.pages]
+        total = sum(p.tokens for p in doc.pages)
+        return pb.DocumentInfo(
+            document_id=doc.id, name=doc.name, page_count=doc.page_count, total_tokens=total, pages=pages,
+            unread_pages=[p.page for p in pages if p.kind == "unread"],
+            fits_context=_fits(total, self.info.context_length, self.config.default_max_tokens),
+            ingest_ms=ingest_ms, cached=self._cached(doc))
+
+
+def document_prefix(session: DecoderSession, segments: list[Segment], question: TextSegment | None = None) -> Prompt:
+    """The document prompt with one cache point, after the document; without a question, just that prefix.
+
+    The prefix of a question's prompt is exactly the prefix prompt, so what ingest warms is what every
+    question restores.
+    """
+    prefix = session.build_prompt(segments, SYSTEM, open_turn=True)
+    if question is None:
+        return Prompt(prefix.segments, frozenset({len(prefix.segments)}))
+    full = session.build_prompt([*segments, question], SYSTEM)
+    return Prompt(full.segments, frozenset({len(prefix.segments)}))
+
+
+def page_range(first: int, last: int, page_count: int) -> tuple[int, int]:
+    """A request's 1-based inclusive range (0 = open end) checked against the document."""
+    first, last = first or 1, last or page_count
+    if not 1 <= first <= last <= page_count:
+        raise InputError(f"pages {first}-{last} are not within the document's pages 1-{page_count}")
+    return first, last
+
+
+def _fits(tokens: int, context_length: int, answer_tokens: int) -> bool:
+    return tokens + PROMPT_RESERVE + answer_tokens <= context_length
+
+
+def _margin(room: int) -> int:
+    """Slack for tokenizing joined pages vs. page by page (a token or two may merge at a page boundary)."""
+    return 16 + room // 100
+
+
+def _progress(stage: str, done: int, total: int, tokens: int, t0: float) -> pb.IngestEvent:
+    return pb.IngestEvent(progress=pb.IngestProgress(pages_done=done, pages_total=total, tokens=tokens,
+                                                     elapsed_ms=(time.perf_counter() - t0) * 1000, stage=stage))
+
+
+def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
+    if isinstance(exc, (TooManyPages, TooLarge)):
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+    abort(context, exc)

