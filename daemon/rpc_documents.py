@@ -232,13 +232,19 @@ class DocumentRpcs(RpcBase):
         return replace(page, rgb=image_segment(Image.fromarray(page.rgb), self.info.max_image_side).rgb)
 
     def _load(self, doc_id: str) -> _Loaded:
+        """A document by id (or a unique prefix of 8+ characters), from memory or the store; NotFound."""
+        doc_id = doc_id.strip().lower()
         with self._loaded_lock:
             if doc_id in self._loaded:
                 self._loaded.move_to_end(doc_id)
                 return self._loaded[doc_id]
-        doc = self.documents.get(doc_id)
+        full_id = self.documents.resolve(doc_id)
+        doc = self.documents.get(full_id) if full_id else None
         if doc is None:
             raise NotFound(f"no document {doc_id!r}; ingest it first (omni doc ingest FILE.pdf)")
+        with self._loaded_lock:
+            if doc.id in self._loaded:
+                return self._loaded[doc.id]
         loaded = _Loaded(doc, [self._model_page(p) for p in doc.pages])
         self._remember(loaded)
         return loaded

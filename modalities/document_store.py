@@ -155,6 +155,15 @@ class DocumentStore:
                     by_id[doc_id].pages.append(StoredPage(page, kind, "", tokens))
         return docs
 
+    def resolve(self, id_or_prefix: str) -> str | None:
+        """The full id of the one document whose id starts with this (ids are long; people type 8+ characters)."""
+        if len(id_or_prefix) < 8 or not all(c in "0123456789abcdef" for c in id_or_prefix):
+            return None
+        with self._lock:
+            rows = self._db.execute("SELECT id FROM documents WHERE substr(id, 1, ?) = ? LIMIT 2",
+                                    (len(id_or_prefix), id_or_prefix)).fetchall()
+        return rows[0][0] if len(rows) == 1 else None
+
     def get(self, doc_id: str, *, with_content: bool = True) -> StoredDocument | None:
         """One document with its pages' text and images (None when unknown)."""
         with self._lock:

@@ -47,8 +47,8 @@ def scan_image(number: int, size: tuple[int, int] = (425, 550)) -> Image.Image:
     return image
 
 
-def make_report(pages: int = 100, *, scan_size: tuple[int, int] = (425, 550)) -> bytes:
-    """A PDF of `pages` pages in the page_kind pattern."""
+def make_report(pages: int = 100, *, lines: int = 30, scan_size: tuple[int, int] = (425, 550)) -> bytes:
+    """A PDF of `pages` pages in the page_kind pattern; text pages carry their fact and `lines` more lines."""
     buf = io.BytesIO()
     pdf = canvas.Canvas(buf, pagesize=letter, invariant=1)
     for number in range(1, pages + 1):
@@ -63,7 +63,7 @@ def make_report(pages: int = 100, *, scan_size: tuple[int, int] = (425, 550)) ->
         else:
             y = HEIGHT - 72
             pdf.drawString(72, y, fact(number))
-            for i in range(30):
+            for i in range(lines):
                 y -= 18
                 pdf.drawString(72, y, f"Line {i} of page {number}: {' '.join(WORDS[(number * i + k) % len(WORDS)] for k in range(9))}.")
         pdf.showPage()

@@ -1,0 +1,187 @@
+"""`omni doc ...`: ingest PDFs, ask about them, list them.
+
+    omni doc ingest report.pdf                 # progress bar on stderr, then the document's summary
+    omni doc ask report.pdf "What changed in Q3?"   # ingests first when the daemon does not hold it yet
+    omni doc ask 3f9a... "Which pages mention risk?" --pages 10-30
+    omni doc list
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+from google.protobuf.json_format import MessageToDict
+
+from omnid.clients.documents import document_id
+from omnid.proto import omnid_pb2 as pb
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add `omni doc` and its subcommands; handlers are called as handler(args, client_factory)."""
+    from omnid.clients.cli import add_sampling_flags  # the shared flags live with the main CLI
+
+    doc = commands.add_parser("doc", help="ingest PDFs and ask about them")
+    sub = doc.add_subparsers(dest="doc_command", required=True)
+
+    ingest = sub.add_parser("ingest", help="read a PDF into the daemon (and warm the cache with it)")
+    ingest.add_argument("file", help="a PDF file")
+    _add_source_flags(ingest)
+    ingest.add_argument("--json", action="store_true", help="print the document's info as JSON")
+    ingest.set_defaults(handler=cmd_ingest)
+
+    ask = sub.add_parser("ask", help="ask a question about a PDF (ingesting it first if needed)")
+    ask.add_argument("document", help="a PDF file, or the id `omni doc list` shows")
+    ask.add_argument("question")
+    ask.add_argument("--pages", default="", help="a page range such as 3-7 (default: all that fit)")
+    _add_source_flags(ask)
+    ask.add_argument("--json", action="store_true", help="print one JSON object with the answer")
+    ask.add_argument("-v", "--verbose", action="store_true", help="print usage to stderr")
+    add_sampling_flags(ask)
+    ask.set_defaults(handler=cmd_ask)
+
+    listing = sub.add_parser("list", help="the documents the daemon holds")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=cmd_list)
+
+
+def _add_source_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--password", default="", help="the password of an encrypted PDF")
+    parser.add_argument("--name", default="", help="a display name (default: the file name)")
+    parser.add_argument("--by-path", action="store_true",
+                        help="let the daemon read the file itself (it must be under an --allow-read folder) "
+                             "instead of sending its bytes")
+
+
+def cmd_ingest(args: argparse.Namespace, client_factory: Callable) -> int:
+    with client_factory() as client:
+        info = _ingest(client, args.file, args, quiet=args.json)
+    if args.json:
+        print(json.dumps(MessageToDict(info, always_print_fields_with_no_presence=True)))
+    else:
+        print(describe(info))
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace, client_factory: Callable) -> int:
+    first, last = parse_pages(args.pages)
+    from omnid.clients.cli import sampling_from_args
+
+    with client_factory() as client:
+        doc_id = args.document
+        if Path(args.document).expanduser().is_file():
+            doc_id = document_id(args.document)
+            if doc_id not in {d.document_id for d in client.list_documents()}:
+                _ingest(client, args.document, args, quiet=args.json)
+        events = client.ask_document(doc_id, args.question, first_page=first, last_page=last,
+                                     max_tokens=args.max_tokens, sampling=sampling_from_args(args))
+        final, pages = pb.Final(), None
+        for event in events:
+            kind = event.WhichOneof("event")
+            if kind == "pages":
+                pages = event.pages
+                if not args.json:
+                    print(f"[pages used: {_ranges(list(pages.pages))}: {pages.reason}]", file=sys.stderr)
+            elif kind == "delta" and not args.json:
+                print(event.delta, end="", flush=True)
+            elif kind == "done":
+                final = event.done
+    if args.json:
+        print(json.dumps({"document_id": doc_id, "text": final.text, "stop_reason": final.stop_reason,
+                          "pages_used": list(pages.pages) if pages else [],
+                          "pages_reason": pages.reason if pages else "",
+                          "usage": MessageToDict(final.usage, always_print_fields_with_no_presence=True)}))
+        return 0
+    print()
+    if args.verbose:
+        u = final.usage
+        print(f"[{u.prompt_tokens} prompt tokens, {u.cached_tokens} cached, {u.generated_tokens} generated, "
+              f"first token {u.time_to_first_token_ms:.0f} ms]", file=sys.stderr)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, client_factory: Callable) -> int:
+    with client_factory() as client:
+        docs = client.list_documents()
+    if args.json:
+        print(json.dumps([MessageToDict(d, always_print_fields_with_no_presence=True) for d in docs]))
+        return 0
+    if not docs:
+        print("no documents; add one with `omni doc ingest FILE.pdf`")
+    for info in docs:
+        print(describe(info))
+    return 0
+
+
+def _ingest(client, source: str, args: argparse.Namespace, *, quiet: bool) -> pb.DocumentInfo:
+    bar = ProgressBar(sys.stderr, enabled=not quiet)
+    try:
+        return client.ingest_document(source, password=args.password, name=args.name, send_path=args.by_path,
+                                      progress=bar.update)
+    finally:
+        bar.close()
+
+
+class ProgressBar:
+    """One line on stderr, redrawn in place: stage, a bar of pages, tokens so far, time."""
+
+    def __init__(self, stream, *, enabled: bool = True, width: int = 30) -> None:
+        self.stream = stream
+        self.enabled = enabled
+        self.width = width
+        self.drawn = False
+
+    def update(self, p: pb.IngestProgress) -> None:
+        if not self.enabled:
+            return
+        filled = self.width * p.pages_done // max(p.pages_total, 1)
+        tokens = f", {p.tokens} tokens" if p.tokens else ""
+        self.stream.write(f"\r{p.stage:<10} [{'#' * filled}{'.' * (self.width - filled)}] "
+                          f"{p.pages_done}/{p.pages_total} pages{tokens}, {p.elapsed_ms / 1000:.1f} s ")
+        self.stream.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def describe(info: pb.DocumentInfo) -> str:
+    """A few lines about a document: id, pages by kind, tokens, whether it fits and is warm."""
+    kinds = {k: sum(1 for p in info.pages if p.kind == k) for k in ("text", "image", "unread")}
+    lines = [f"{info.document_id[:16]}  {info.name}",
+             f"  {info.page_count} pages ({kinds['text']} text, {kinds['image']} scanned"
+             f"{', %d unread' % kinds['unread'] if kinds['unread'] else ''}), {info.total_tokens} tokens, "
+             f"{'fits the context' if info.fits_context else 'larger than the context: questions use the best-matching pages'}"
+             f"{', warm in the cache' if info.cached else ''}, ingested in {info.ingest_ms / 1000:.1f} s"]
+    if info.unread_pages:
+        lines.append(f"  not readable by this model (scanned, no vision encoder): pages {_ranges(list(info.unread_pages))}")
+    return "\n".join(lines)
+
+
+def parse_pages(spec: str) -> tuple[int, int]:
+    """'3-7' -> (3, 7); '5' -> (5, 5); '' -> (0, 0) (all); '10-' -> (10, 0) (to the end)."""
+    if not spec:
+        return 0, 0
+    first, sep, last = spec.partition("-")
+    try:
+        a = int(first) if first else 1
+        b = (int(last) if last else 0) if sep else a
+    except ValueError:
+        raise ValueError(f"--pages takes a range such as 3-7, not {spec!r}") from None
+    return a, b
+
+
+def _ranges(pages: list[int]) -> str:
+    """[1, 2, 3, 7, 9, 10] -> '1-3, 7, 9-10'."""
+    out, start = [], None
+    for i, n in enumerate(pages):
+        if start is None:
+            start = n
+        if i + 1 == len(pages) or pages[i + 1] != n + 1:
+            out.append(f"{start}-{n}" if n != start else str(n))
+            start = None
+    return ", ".join(out)
