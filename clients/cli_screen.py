@@ -83,7 +83,7 @@ def _print_state(s: pb.ScreenWatchState, as_json: bool) -> None:
     if as_json:
         print(json.dumps(MessageToDict(s, always_print_fields_with_no_presence=True)), flush=True)
         return
-    mode = "paused" if s.paused else "watching" if s.watching else "not watching"
+    mode = "not watching" if not s.watching else "paused" if s.paused else "watching"
     where = "all monitors" if s.monitor == 0 else f"monitor {s.monitor}"
     print(f"{mode}" + (f" {where} every {s.interval_seconds:g} s" if s.watching else ""), flush=True)
     print(f"frames: {s.frames_grabbed} grabbed, {s.frames_unchanged} unchanged, {s.frames_excluded} excluded, "

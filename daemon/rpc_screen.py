@@ -178,7 +178,7 @@ class ScreenRpcs(RpcBase):
         if watcher is not None:
             watcher.stop()
         state = self._state()
-        state.watching = False
+        state.watching = state.paused = False
         return state
 
     def ControlScreenWatch(self, request: pb.ScreenControlRequest,

@@ -93,6 +93,9 @@ def test_screen_once_end_to_end_and_from_the_cli(screen_daemon, screen_client, w
     window("Report", "400x300+50+50", "#3060a0")
     done = final_of(screen_client.screen_once(max_tokens=6))
     assert done.usage.prompt_tokens > 20 and 1 <= done.usage.generated_tokens <= 6
+    # The screen's system text is shared by every frame through the prompt cache; the frame is not.
+    again = final_of(screen_client.screen_once(prompt="Which application is this?", max_tokens=2))
+    assert 0 < again.usage.cached_tokens < again.usage.prompt_tokens
     out = subprocess.run([sys.executable, "-m", "omnid.clients.cli", "--socket", str(screen_daemon.socket),
                           "screen", "once", "--json", "--max-tokens", "4"],
                          capture_output=True, text=True, timeout=60)
