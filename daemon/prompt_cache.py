@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import queue
 import struct
 import threading
 from collections import OrderedDict
@@ -74,8 +75,13 @@ class PromptCache:
         self._pinned: set[str] = set()
         self._lock = threading.Lock()
         self._stats = CacheStats()
+        self._pending: dict[str, Snapshot] = {}
+        self._writes: queue.Queue[str | None] = queue.Queue()
+        self._writer: threading.Thread | None = None
         if disk_dir:
             disk_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._writer = threading.Thread(target=self._write_loop, name="omnid-cache-writer", daemon=True)
+            self._writer.start()
 
     # -- lookups ---------------------------------------------------------------------------------------------
 
@@ -92,6 +98,9 @@ class PromptCache:
             snapshot = self._ram.get(key)
             if snapshot is not None:
                 self._ram.move_to_end(key)
+                return snapshot
+            snapshot = self._pending.get(key)
+            if snapshot is not None:
                 return snapshot
         snapshot = self._read_disk(key)
         if snapshot is not None:
@@ -112,14 +121,31 @@ class PromptCache:
     # -- insertion and pinning -------------------------------------------------------------------------------
 
     def put(self, key: str, snapshot: Snapshot) -> None:
-        """Keep a snapshot in RAM and, with a disk tier, on disk."""
+        """Keep a snapshot in RAM and, with a disk tier, queue it for the disk writer.
+
+        The write happens on the writer thread so the decoder never waits for the disk; until it lands, the
+        RAM tier (or the pending queue) answers for the key.
+        """
         self._put_ram(key, snapshot)
         if self.disk_dir:
-            self._write_disk(key, snapshot)
+            with self._lock:
+                self._pending[key] = snapshot
+            self._writes.put(key)
+
+    def flush(self) -> None:
+        """Wait until every queued disk write has landed."""
+        self._writes.join()
+
+    def close(self) -> None:
+        """Finish the disk writes and stop the writer (the daemon calls it at shutdown)."""
+        if self._writer is not None:
+            self._writes.put(None)
+            self._writer.join()
+            self._writer = None
 
     def contains(self, key: str) -> bool:
         with self._lock:
-            if key in self._ram:
+            if key in self._ram or key in self._pending:
                 return True
         return bool(self.disk_dir and self._disk_path(key).exists())
 
@@ -137,6 +163,7 @@ class PromptCache:
     def drop(self, key: str) -> None:
         """Forget an entry that turned out unusable (its restore failed)."""
         with self._lock:
+            self._pending.pop(key, None)
             snapshot = self._ram.pop(key, None)
             if snapshot is not None:
                 self._ram_bytes -= snapshot.nbytes
@@ -179,6 +206,22 @@ class PromptCache:
     def _disk_path(self, key: str) -> Path:
         assert self.disk_dir is not None
         return self.disk_dir / f"{key}.snap"
+
+    def _write_loop(self) -> None:
+        while True:
+            key = self._writes.get()
+            try:
+                if key is None:
+                    return
+                with self._lock:
+                    snapshot = self._pending.get(key)
+                if snapshot is not None:
+                    self._write_disk(key, snapshot)
+                    with self._lock:
+                        if self._pending.get(key) is snapshot:
+                            del self._pending[key]
+            finally:
+                self._writes.task_done()
 
     def _write_disk(self, key: str, snapshot: Snapshot) -> None:
         if snapshot.nbytes > self.disk_budget_bytes:

@@ -108,10 +108,10 @@ class CoreRpcs(RpcBase):
 
         def job(session: DecoderSession, emit) -> None:
             stats = session.prefill(session.build_prompt(segments, system, open_turn=True))
+            if request.pin:
+                session.cache.pin(stats.prefix_key)  # first: a pinned entry is kept even over the RAM budget
             if not session.cache.contains(stats.prefix_key):
                 session.save_snapshot()
-            if request.pin:
-                session.cache.pin(stats.prefix_key)
             emit(pb.PrefillReply(prefix_id=stats.prefix_key, prompt_tokens=stats.prompt_tokens,
                                  cached_tokens=stats.cached_tokens, prefill_ms=stats.prefill_ms))
 

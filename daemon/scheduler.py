@@ -172,6 +172,7 @@ class Scheduler:
                     break
                 self._run_one(handle)
         finally:
+            self.cache.close()  # queued disk snapshots land before the process ends
             self.backend.close()
 
     def _run_one(self, handle: JobHandle) -> None:

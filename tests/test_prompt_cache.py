@@ -1,0 +1,247 @@
+"""The shared prompt cache: correct reuse (logits equal to a cold run), never the wrong image's state, bounded
+memory, a disk tier that survives restarts and refuses what it cannot trust.
+
+The logit checks run in-process on the real backends (llama.cpp with libmtmd; mlx-vlm's hybrid
+Mamba + attention model when mlx is installed); the rest runs against real daemons.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from PIL import Image
+
+from conftest import png_bytes, wav_bytes
+from omnid.clients.client import audio, image, text
+from omnid.daemon.prompt_cache import PromptCache, chain_keys
+from omnid.daemon.sampling import SamplingParams
+from omnid.daemon.session import DecoderSession
+from omnid.modalities.images import decode_image
+from omnid.models.base import AudioSegment, Snapshot, TextSegment
+from omnid.proto import omnid_pb2 as pb
+
+SAMPLED = pb.Sampling(temperature=10.0, seed=11)
+LONG_TEXT = "The quarterly report covers revenue, costs, hiring and the roadmap for next year. " * 3
+
+
+# -- the cache object on its own --------------------------------------------------------------------------------
+
+def snap(n: int, fill: int = 1) -> Snapshot:
+    return Snapshot(n_tokens=n, payload=bytes([fill]) * n)
+
+
+def test_chain_keys_depend_on_every_earlier_segment() -> None:
+    a = chain_keys("root", ["x", "y", "z"])
+    b = chain_keys("root", ["x", "Y", "z"])
+    assert a[0] == b[0] and a[1] != b[1] and a[2] != b[2]
+    assert chain_keys("other-model", ["x"])[0] != a[0]
+
+
+def test_ram_lru_evicts_by_bytes_and_keeps_pinned() -> None:
+    cache = PromptCache("fp", ram_budget_bytes=300)
+    cache.put("a", snap(100))
+    cache.pin("a")
+    cache.put("b", snap(100))
+    cache.put("c", snap(100))
+    assert cache.get("b") is not None  # b is now more recent than c
+    cache.put("d", snap(100))  # over budget: the least recent unpinned entry (c) goes
+    assert cache.get("a") and cache.get("b") and cache.get("d") and cache.get("c") is None
+    stats = cache.stats()
+    assert stats.ram_bytes <= 300 and stats.evictions == 1 and stats.pinned == 1
+    assert cache.unpin("a") and not cache.unpin("a")
+
+
+def test_disk_tier_round_trip_and_refusals(tmp_path: Path) -> None:
+    cache = PromptCache("model-A", ram_budget_bytes=1 << 20, disk_dir=tmp_path, disk_budget_bytes=1 << 20)
+    cache.put("k", snap(1000, 7))
+    cache.close()
+    reopened = PromptCache("model-A", ram_budget_bytes=1 << 20, disk_dir=tmp_path, disk_budget_bytes=1 << 20)
+    restored = reopened.get("k")
+    assert restored == snap(1000, 7) and reopened.stats().disk_hits == 1
+
+    other_model = PromptCache("model-B", ram_budget_bytes=1 << 20, disk_dir=tmp_path, disk_budget_bytes=1 << 20)
+    assert other_model.get("k") is None and other_model.stats().rejected == 1
+    assert not (tmp_path / "k.snap").exists()  # refused entries are deleted
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "empty"])
+def test_corrupt_disk_entries_are_misses(tmp_path: Path, damage: str) -> None:
+    cache = PromptCache("fp", ram_budget_bytes=1 << 20, disk_dir=tmp_path, disk_budget_bytes=1 << 20)
+    cache.put("k", snap(500))
+    cache.close()
+    path = tmp_path / "k.snap"
+    data = bytearray(path.read_bytes())
+    if damage == "flip":
+        data[-10] ^= 0xFF
+    path.write_bytes(bytes(data[: len(data) // 2] if damage == "truncate" else b"" if damage == "empty" else data))
+    fresh = PromptCache("fp", ram_budget_bytes=1 << 20, disk_dir=tmp_path, disk_budget_bytes=1 << 20)
+    assert fresh.get("k") is None and fresh.stats().rejected == 1
+
+
+def test_disk_budget_evicts_oldest(tmp_path: Path) -> None:
+    cache = PromptCache("fp", ram_budget_bytes=0, disk_dir=tmp_path, disk_budget_bytes=2500)
+    for i in range(5):
+        cache.put(f"k{i}", snap(1000, i))
+        cache.flush()
+    assert cache.stats().disk_bytes <= 2500
+    assert (tmp_path / "k4.snap").exists() and not (tmp_path / "k0.snap").exists()
+
+
+# -- correctness on the real backends: reuse == cold, and different media never share state --------------------
+
+def _llama_backend(test_model):
+    from omnid.models.llama_cpp_backend import LlamaCppBackend
+    return LlamaCppBackend(test_model.text, test_model.mmproj, n_ctx=4096, n_threads=1)
+
+
+def _mlx_backend(tmp_path_factory):
+    pytest.importorskip("mlx_vlm")
+    from omnid.models.mlx_backend import MlxBackend
+    from omnid.models.mlx_test_model import write_mlx_test_model
+    return MlxBackend(write_mlx_test_model(tmp_path_factory.mktemp("mlx")), n_ctx=4096)
+
+
+@pytest.fixture(scope="module", params=["llama.cpp", "mlx"])
+def backend(request, test_model, tmp_path_factory):
+    b = _llama_backend(test_model) if request.param == "llama.cpp" else _mlx_backend(tmp_path_factory)
+    yield b
+    b.close()
+
+
+def picture(seed: int, max_side: int):
+    return decode_image(png_bytes(seed, (64, 64)), max_side)
+
+
+def sound(frequency: float, rate: int) -> AudioSegment:
+    t = np.arange(int(2.0 * rate)) / rate
+    return AudioSegment((0.4 * np.sin(2 * np.pi * frequency * t)).astype(np.float32), rate)
+
+
+def prefill_logits(backend, cache: PromptCache, parts) -> tuple[np.ndarray, int]:
+    session = DecoderSession(backend, cache, lambda: False, min_snapshot_tokens=1)
+    stats = session.prefill(session.build_prompt(parts))
+    return backend.logits().copy(), stats.cached_tokens
+
+
+def cold_logits(backend, parts) -> np.ndarray:
+    return prefill_logits(backend, PromptCache("cold", ram_budget_bytes=0), parts)[0]
+
+
+@pytest.mark.parametrize("kind", ["text", "image", "audio"])
+def test_reuse_gives_the_cold_logits(backend, kind: str) -> None:
+    info = backend.info
+    first = {"text": lambda: TextSegment(LONG_TEXT), "image": lambda: picture(1, info.max_image_side),
+             "audio": lambda: sound(440, info.audio_sample_rate)}[kind]()
+    cache = PromptCache(info.fingerprint, ram_budget_bytes=1 << 30)
+    prefill_logits(backend, cache, [first, TextSegment("First question?")])  # fills the cache
+    warm, reused = prefill_logits(backend, cache, [first, TextSegment("Second question?")])
+    cold = cold_logits(backend, [first, TextSegment("Second question?")])
+    assert reused > 0
+    np.testing.assert_allclose(warm, cold, rtol=0, atol=1e-4)
+
+
+def test_a_different_earlier_image_never_reuses_the_other_images_state(backend) -> None:
+    info = backend.info
+    cache = PromptCache(info.fingerprint, ram_budget_bytes=1 << 30)
+    shared_tail = [TextSegment(LONG_TEXT), TextSegment("What changed?")]
+    with_x, _ = prefill_logits(backend, cache, [picture(1, info.max_image_side), *shared_tail])
+    with_y, reused = prefill_logits(backend, cache, [picture(2, info.max_image_side), *shared_tail])
+    assert reused <= 8  # at most the template's opening text is shared, never the image or what follows it
+    np.testing.assert_allclose(with_y, cold_logits(backend, [picture(2, info.max_image_side), *shared_tail]),
+                               rtol=0, atol=1e-4)
+    assert np.abs(with_x - with_y).max() > 1e-2
+
+
+# -- through the daemon: usage, statistics, Prefill/pin, eviction, restart, corruption -------------------------
+
+def final(client, *parts, max_tokens: int = 12) -> pb.Final:
+    return client.ask(*parts, max_tokens=max_tokens, sampling=SAMPLED)
+
+
+def test_a_prefix_paid_by_one_client_is_reused_by_another(daemon) -> None:
+    prefix = text(LONG_TEXT + " (shared by clients)")
+    with daemon.client() as first:
+        before = first.status().cache
+        cold = final(first, prefix, text("Who pays?"))
+    with daemon.client() as second:
+        warm = final(second, prefix, text("Who reuses?"))
+        after = second.status().cache
+    with daemon.client() as third:
+        prefix_tokens = third.prefill(prefix).prompt_tokens  # the prefix alone: all of it already cached
+    assert cold.usage.cached_tokens < warm.usage.cached_tokens == prefix_tokens
+    assert after.hits >= before.hits + 1
+    assert after.tokens_reused >= before.tokens_reused + warm.usage.cached_tokens
+    assert after.ram_bytes > 0 and after.entries > 0
+
+
+def test_media_prefixes_are_reused_and_keyed_on_content(daemon) -> None:
+    with daemon.client() as c:
+        media = [image(png_bytes(21)), audio(wav_bytes(350, seconds=3.0))]
+        final(c, *media, text("one?"))
+        again = final(c, *media, text("two?"))
+        other = final(c, image(png_bytes(22)), media[1], text("two?"))
+        prefix_tokens = c.prefill(*media).prompt_tokens
+    assert again.usage.cached_tokens == prefix_tokens
+    assert other.usage.cached_tokens < 10  # a different first image: nothing after it is reused
+
+
+def test_prefill_pins_a_prefix_until_unpinned(start_daemon) -> None:
+    d = start_daemon("--cache-ram", "400K", "--cache-disk", "off")  # room for ~3 snapshots of this size
+    with d.client() as c:
+        reply = c.prefill(text(LONG_TEXT), pin=True)
+        assert reply.prompt_tokens > 32 and c.status().cache.pinned == 1
+        for i in range(12):  # enough other prefixes to overflow the RAM budget many times
+            final(c, text(f"{LONG_TEXT} other document {i}"), text("q"))
+        stats = c.status().cache
+        assert stats.evictions > 0 and stats.ram_bytes <= stats.ram_budget_bytes
+        warm = final(c, text(LONG_TEXT), text("still here?"))
+        assert warm.usage.cached_tokens == reply.prompt_tokens
+        assert c.unpin(reply.prefix_id) and not c.unpin(reply.prefix_id)
+    d.stop()
+
+
+def test_disk_tier_survives_a_restart_and_answers_like_a_cold_run(start_daemon, tmp_path) -> None:
+    disk = str(tmp_path / "cache")
+    prefix = [image(png_bytes(31)), text(LONG_TEXT)]
+    first = start_daemon("--cache-disk", disk)
+    with first.client() as c:
+        final(c, *prefix, text("before the restart"))
+    first.stop()
+
+    second = start_daemon("--cache-disk", disk)
+    with second.client() as c:
+        warm = final(c, *prefix, text("after the restart"))
+        stats = c.status().cache
+    second.stop()
+    assert warm.usage.cached_tokens > 32 and stats.disk_hits >= 1
+
+    cold_daemon = start_daemon("--cache-disk", "off")
+    with cold_daemon.client() as c:
+        cold = final(c, *prefix, text("after the restart"))
+    cold_daemon.stop()
+    assert cold.usage.cached_tokens == 0 and cold.text == warm.text
+
+
+def test_corrupt_disk_entries_cost_a_miss_not_a_wrong_answer(start_daemon, tmp_path) -> None:
+    disk = tmp_path / "cache"
+    prefix = [text(LONG_TEXT + " corrupt me")]
+    first = start_daemon("--cache-disk", str(disk))
+    with first.client() as c:
+        expected = final(c, *prefix, text("q"))  # cold: the reference answer
+    first.stop()
+    files = list(disk.rglob("*.snap"))
+    assert files
+    for path in files:
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+    second = start_daemon("--cache-disk", str(disk))
+    with second.client() as c:
+        answer = final(c, *prefix, text("q"))
+        stats = c.status().cache
+    second.stop()
+    assert answer.usage.cached_tokens == 0 and stats.rejected >= 1
+    assert answer.text == expected.text
