@@ -1,0 +1,128 @@
+"""Cold vs cached time to first token through the daemon, from RAM and from disk after a restart.
+
+For each prefix (1k, 4k and 16k tokens of text, and an image + audio clip + text prefix), in one run:
+  cold  a new prefix: everything is prefilled (a fresh prefix each repetition, so nothing is reused);
+  RAM   the same prefix again with another question: restored from the RAM tier;
+  disk  the daemon is restarted on the same disk tier, RAM empty: restored from disk.
+Time to first token is the daemon's own (usage.time_to_first_token_ms: decoder start to first token) and the
+client's (request sent to first delta). Prints the medians and the ratios.
+Goals: >= 20x at 4k tokens from RAM, >= 10x from disk, a hit under 15 ms whatever the prefix length.
+
+    python bench/prompt_cache.py [--model M --mmproj P] [--backend mlx] [--runs 3] [--sizes 1000,4000,16000]
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import start_daemon, test_model_args  # noqa: E402
+
+from omnid.clients.client import OmniClient, audio, image, text  # noqa: E402
+from omnid.proto import omnid_pb2 as pb  # noqa: E402
+
+WORDS = "alpha budget cedar delta engine forest garden harbor island jungle kernel lemon market".split()
+
+
+def filler(tokens: int, seed: int) -> str:
+    """Text of roughly `tokens` tokens (calibrated below), different for every seed."""
+    rng = np.random.default_rng(seed)
+    return " ".join(rng.choice(WORDS, size=tokens)) + f" [{seed}]"
+
+
+def media_parts(seed: int) -> list[pb.Part]:
+    rng = np.random.default_rng(seed)
+    png = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(png, format="PNG")
+    wav = io.BytesIO()
+    soundfile.write(wav, (0.3 * rng.standard_normal(16000 * 10)).astype(np.float32), 16000, format="WAV")
+    return [image(png.getvalue()), audio(wav.getvalue())]
+
+
+def ask(client: OmniClient, parts: list[pb.Part], question: str) -> tuple[float, float, int, int]:
+    """(daemon TTFT ms, client TTFT ms, prompt tokens, cached tokens) of one request."""
+    t0 = time.perf_counter()
+    first = 0.0
+    for event in client.generate(*parts, text(question), max_tokens=4):
+        if event.WhichOneof("event") == "delta":
+            first = first or time.perf_counter()
+        else:
+            u = event.done.usage
+    return u.time_to_first_token_ms, ((first or time.perf_counter()) - t0) * 1000, u.prompt_tokens, u.cached_tokens
+
+
+def words_per_token(client: OmniClient) -> float:
+    probe = 400
+    _, _, tokens, _ = ask(client, [text(filler(probe, 999_999))], "?")
+    return probe / tokens
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="")
+    parser.add_argument("--mmproj", default="")
+    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--sizes", default="1000,4000,16000")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        model_args = test_model_args(tmp, args.model, args.mmproj, args.backend)
+        flags = ["--threads", str(args.threads), "--ctx", str(max(sizes) + 2048), "--cache-disk", str(tmp / "pc"),
+                 "--cache-ram", "8G"]
+        daemon = start_daemon(tmp, model_args, flags)
+        prefixes: dict[str, list[list[pb.Part]]] = {}
+        rows: dict[str, dict[str, list[tuple[float, float, int, int]]]] = {}
+        try:
+            with OmniClient(f"unix:{daemon.socket}") as client:
+                ratio = words_per_token(client)
+                for size in sizes:
+                    prefixes[f"{size} text"] = [[text(filler(int(size * ratio), 1000 * size + r))]
+                                                for r in range(args.runs)]
+                prefixes["image+audio+1000"] = [media_parts(r) + [text(filler(int(1000 * ratio), r))]
+                                                for r in range(args.runs)]
+                for name, variants in prefixes.items():
+                    rows[name] = {"cold": [], "ram": []}
+                    for parts in variants:
+                        rows[name]["cold"].append(ask(client, parts, "First question?"))
+                        rows[name]["ram"].append(ask(client, parts, "Second question?"))
+        finally:
+            daemon.stop()  # flushes the disk tier
+        daemon = start_daemon(tmp, model_args, flags)
+        try:
+            with OmniClient(f"unix:{daemon.socket}") as client:
+                for name, variants in prefixes.items():
+                    rows[name]["disk"] = [ask(client, parts, "Third question?") for parts in variants]
+                disk_hits = client.status().cache.disk_hits
+        finally:
+            daemon.stop()
+
+    print(f"model: {model_args['model']} ({model_args['backend']}), {args.runs} runs each, threads {args.threads}, "
+          f"disk hits after restart: {disk_hits}")
+    print("time to first token, median ms (daemon-side / client-side)")
+    print(f"{'prefix':18}{'tokens':>8}{'cached':>8}{'cold':>16}{'RAM':>16}{'disk':>16}{'RAM x':>8}{'disk x':>8}")
+    for name, r in rows.items():
+        med = {k: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for k, v in r.items()}
+        tokens = statistics.median(x[2] for x in r["cold"])
+        cached = statistics.median(x[3] for x in r["ram"])
+        cells = "".join(f"{med[k][0]:8.1f}/{med[k][1]:<7.1f}" for k in ("cold", "ram", "disk"))
+        print(f"{name:18}{tokens:8.0f}{cached:8.0f}{cells}"
+              f"{med['cold'][0] / med['ram'][0]:8.1f}{med['cold'][0] / med['disk'][0]:8.1f}")
+    print("goals: >= 20x at 4k tokens from RAM, >= 10x from disk, a hit < 15 ms at any length")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
