@@ -114,7 +114,7 @@ def _state(daemon) -> tuple[list[str], int, list[str]]:
 
 @pytest.mark.parametrize("case", ["not a pdf", "truncated", "encrypted", "wrong password", "no pages",
                                   "too many pages", "not allowed"])
-def test_bad_input_is_a_clear_status_and_leaves_nothing(daemon, pdfs, tmp_path_factory, case) -> None:
+def test_bad_input_is_a_clear_status_and_leaves_nothing(daemon, pdfs, case) -> None:
     report = pdfs["small"].read_bytes()
     locked = encrypt(report, "s3cret")
     outside = Path("/etc/hostname") if Path("/etc/hostname").exists() else Path("/etc/passwd")
@@ -179,7 +179,7 @@ def test_documents_and_their_warm_prefix_survive_a_restart(start_daemon, tmp_pat
         assert final.usage.prompt_tokens - final.usage.cached_tokens < 80  # only the question and the turn close
 
 
-def test_cli_ingest_ask_list(daemon, pdfs, tmp_path) -> None:
+def test_cli_ingest_ask_list(daemon, tmp_path) -> None:
     pdf = tmp_path / "cli.pdf"
     pdf.write_bytes(make_report(4, lines=1))
     omni = [sys.executable, "-m", "omnid.clients.cli", "--socket", str(daemon.socket), "doc"]
