@@ -130,8 +130,11 @@ def transcribe_clip(session: DecoderSession, transcript: Transcript, clip: Clip)
     s = transcript.settings
     turn = _turn(session, clip, s)
     overlap = 0.0
-    if transcript._chain is not None and not _fits(session, transcript, turn):
-        # A new window: re-hear the tail of the previous clip so the sentence in progress has its context.
+    if transcript._chain is not None and (not _fits(session, transcript, turn)
+                                          or not session.cache.contains(transcript._last_key)):
+        # Full, or the meeting's snapshot is gone (evicted, or the daemon restarted): the chain's audio was
+        # let go of (see _forget_audio), so the meeting goes on in a new window.
+        # The new window re-hears the tail of the previous clip so the sentence in progress has its context.
         assert transcript._last_clip is not None
         limit = clip.seconds + s.overlap_seconds
         if session.info.max_audio_clip_seconds:
@@ -146,10 +149,14 @@ def transcribe_clip(session: DecoderSession, transcript: Transcript, clip: Clip)
         transcript.windows += 1
     else:
         prompt = transcript._chain + Prompt((TextSegment(transcript._answer),)) + session.continue_prompt(turn)
-    prompt = Prompt(prompt.segments, prompt.cache_points | {len(prompt.segments)})
+    # Snapshot at the end of this turn (the next clip restores it) and, in a first turn, after the system text
+    # (every meeting shares it); not after the clip's audio, which nothing else will ever start with.
+    keep = {min(prompt.cache_points)} if transcript._chain is None and prompt.cache_points else set()
+    prompt = Prompt(prompt.segments, frozenset(keep | {len(prompt.segments)}))
     stats = session.prefill(prompt)
     _drop_snapshot(session.cache, transcript)
     transcript._last_key = stats.prefix_key
+    prompt = _forget_audio(prompt)
     result = session.generate(s.max_tokens_per_clip, s.sampling)
 
     text = result.text.strip()
@@ -168,7 +175,7 @@ def summarise(session: DecoderSession, transcript: Transcript, on_delta: Callabl
     holding the whole transcript as text, which is far smaller than its audio."""
     s = transcript.settings
     ask = [TextSegment(SUMMARY_INSTRUCTION)]
-    if transcript._chain is not None and transcript.windows == 1:
+    if transcript._chain is not None and transcript.windows == 1 and session.cache.contains(transcript._last_key):
         prompt = transcript._chain + Prompt((TextSegment(transcript._answer),)) + session.continue_prompt(ask)
     else:
         prompt = session.build_prompt([TextSegment("Transcript:\n" + transcript.text), *ask], s.system)
@@ -229,6 +236,28 @@ def _close_window(transcript: Transcript) -> None:
     transcript._closed_prompt += transcript._window_prompt
     transcript._closed_evaluated += transcript._evaluated_in_window
     transcript._window_prompt = transcript._evaluated_in_window = 0
+
+
+@dataclass(frozen=True)
+class _Heard:
+    """An audio segment already in the meeting's snapshot, kept by its digest only.
+
+    The chain is re-prefilled for every clip, but only its last turn is ever evaluated: the rest is restored
+    from the snapshot. Keeping every clip's samples would grow memory with the meeting (77 MB for 20 minutes
+    at 16 kHz) and re-hash all of it per clip, so past audio is replaced by its digest. Such a segment is
+    never evaluated: when the snapshot is missing the meeting starts a new window instead (transcribe_clip).
+    """
+
+    key: str
+    kind: str = "audio"
+
+    def digest(self) -> str:
+        return self.key
+
+
+def _forget_audio(prompt: Prompt) -> Prompt:
+    segments = tuple(_Heard(seg.digest()) if isinstance(seg, AudioSegment) else seg for seg in prompt.segments)
+    return Prompt(segments, prompt.cache_points)  # type: ignore[arg-type]
 
 
 def _drop_snapshot(cache: PromptCache, transcript: Transcript) -> None:
