@@ -4,8 +4,8 @@
     omni ask "What is said here?" --audio memo.wav --json
     omni status
 
-Area commands (documents, meetings, screen) are added by `register(commands, client_factory)` functions in
-clients/cli_<area>.py. Errors print one line and exit non-zero: 2 for a gRPC error, 3 without a daemon.
+Area commands (documents, meetings, screen) are added by `register(commands)` functions in
+clients/cli_<area>.py; every handler is called as `handler(args, client_factory)`. Errors print one line and exit non-zero: 2 for a gRPC error, 3 without a daemon.
 """
 from __future__ import annotations
 

@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cache-disk", default=None, help="prompt cache disk folder, or 'off'")
     serve.add_argument("--cache-disk-size", type=parse_size, default=None, help="prompt cache disk budget")
     serve.add_argument("--data-dir", type=Path, default=None, help="where documents, meetings and screen history live")
+    serve.add_argument("--max-document-pages", type=int, default=500, help="refuse PDFs with more pages than this")
     serve.add_argument("-v", "--verbose", action="store_true")
 
     make = commands.add_parser("make-test-model", help="write a tiny random-weight omni model",
@@ -59,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from(args: argparse.Namespace) -> DaemonConfig:
     config = DaemonConfig(model=args.model, mmproj=args.mmproj, backend=args.backend, context_length=args.ctx,
                           threads=args.threads, tcp=args.tcp, token_file=args.token_file,
-                          max_queue=args.max_queue, allow_read=list(args.allow_read))
+                          max_queue=args.max_queue, allow_read=list(args.allow_read),
+                          max_document_pages=args.max_document_pages)
     if args.socket:
         config.socket_path = args.socket
     if args.cache_ram is not None:

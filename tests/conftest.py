@@ -100,3 +100,16 @@ def wav_bytes(frequency: float, seconds: float = 1.5, rate: int = 16000, channel
     out = io.BytesIO()
     soundfile.write(out, samples, rate, format="WAV")
     return out.getvalue()
+
+
+@pytest.fixture(scope="session", params=["llama.cpp", "mlx"])
+def backend_daemon(request, daemon: RunningDaemon, start_daemon: DaemonFactory,
+                   tmp_path_factory: pytest.TempPathFactory) -> RunningDaemon:
+    """The same daemon tests on each backend: the shared llama.cpp daemon, and one on the tiny mlx-vlm model
+    (skipped where mlx-vlm is not installed)."""
+    if request.param == "llama.cpp":
+        return daemon
+    pytest.importorskip("mlx_vlm")
+    from omnid.models.mlx_test_model import write_mlx_test_model
+    folder = write_mlx_test_model(tmp_path_factory.mktemp("mlx-model"))
+    return start_daemon(model=str(folder), mmproj="", backend="mlx")
