@@ -7,6 +7,7 @@ decodes WAV, FLAC, OGG and MP3 in memory.
 from __future__ import annotations
 
 import io
+import math
 import os
 from typing import Iterator
 
@@ -55,15 +56,41 @@ def to_mono(samples: np.ndarray) -> np.ndarray:
 def resample(samples: np.ndarray, rate_from: int, rate_to: int) -> np.ndarray:
     """Resample mono audio by band-limited FFT resampling (exact length rate_to/rate_from * n).
 
-    Long recordings are resampled in blocks by callers that stream; this whole-array form is for clips.
+    The signal is zero-padded to a length whose FFT is fast (a multiple of rate_from/gcd whose other factors
+    are 2, 3, 5 and 7) and the output cut back: an arbitrary 30 s clip at 44.1 kHz can have a large prime
+    factor and take ~50x longer, and the silence appended also keeps the end from wrapping onto the start.
+    Long recordings are cut into clips first (audio_clips); this whole-array form is for clips.
     """
     if rate_from == rate_to or len(samples) == 0:
         return samples.astype(np.float32, copy=False)
     n_out = int(round(len(samples) * rate_to / rate_from))
-    spectrum = np.fft.rfft(samples.astype(np.float64))
-    n_keep = min(len(spectrum), n_out // 2 + 1)
-    out = np.fft.irfft(spectrum[:n_keep], n_out) * (n_out / len(samples))
+    g = math.gcd(rate_from, rate_to)
+    step_in, step_out = rate_from // g, rate_to // g
+    m = _smooth_at_least(-(-len(samples) // step_in))
+    n_in_padded, n_out_padded = m * step_in, m * step_out
+    spectrum = np.fft.rfft(samples.astype(np.float64), n_in_padded)
+    n_keep = min(len(spectrum), n_out_padded // 2 + 1)
+    out = np.fft.irfft(spectrum[:n_keep], n_out_padded)[:n_out] * (n_out_padded / n_in_padded)
     return out.astype(np.float32)
+
+
+def _smooth_at_least(n: int) -> int:
+    """The smallest integer >= n whose only prime factors are 2, 3, 5 and 7."""
+    best = 1 << max(0, (n - 1).bit_length())
+    f7 = 1
+    while f7 < best:
+        f5 = f7
+        while f5 < best:
+            f3 = f5
+            while f3 < best:
+                f2 = f3
+                while f2 < n:
+                    f2 *= 2
+                best = min(best, f2)
+                f3 *= 3
+            f5 *= 5
+        f7 *= 7
+    return best
 
 
 def audio_segment(samples: np.ndarray, rate: int, target_rate: int) -> AudioSegment:

@@ -131,3 +131,13 @@ def test_unsupported_sample_rate_is_refused(tmp_path: Path) -> None:
 def test_pcm_blocks_cover_the_signal() -> None:
     x = np.arange(100_001, dtype=np.float32)
     assert np.array_equal(np.concatenate(list(pcm_blocks(x, 30_000))), x)
+
+
+def test_resample_is_exact_in_length_and_accurate_on_awkward_lengths() -> None:
+    from omnid.modalities.audio_io import resample
+    t = np.arange(44_100 * 2 + 17) / 44_100                       # a length with a large prime factor
+    x = np.sin(2 * np.pi * 440 * t).astype(np.float32)
+    y = resample(x, 44_100, RATE)
+    assert len(y) == round(len(x) * RATE / 44_100)
+    t2 = np.arange(len(y)) / RATE
+    assert np.abs(y[800:-800] - np.sin(2 * np.pi * 440 * t2[800:-800])).max() < 1e-3
