@@ -1,6 +1,7 @@
 """Shared by the benchmarks: the model to run on, and a real daemon subprocess to run it in."""
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -10,6 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+
+
+def add_model_flags(parser: argparse.ArgumentParser, threads: int = 1) -> None:
+    """--model/--mmproj/--backend/--threads: a real model to measure, or (default) the tiny test model."""
+    parser.add_argument("--model", default="", help="a .gguf or MLX folder (default: the tiny test model)")
+    parser.add_argument("--mmproj", default="")
+    parser.add_argument("--backend", default="auto", choices=["auto", "llama.cpp", "mlx"])
+    parser.add_argument("--threads", type=int, default=threads)
 
 
 def test_model_args(tmp: Path, model: str = "", mmproj: str = "", backend: str = "auto") -> dict[str, str]:

@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import start_daemon, test_model_args  # noqa: E402
+from _common import add_model_flags, start_daemon, test_model_args  # noqa: E402
 
 from omnid.clients.client import OmniClient, text  # noqa: E402
 from omnid.daemon.prompt_cache import PromptCache  # noqa: E402
@@ -63,10 +62,7 @@ def through_daemon(client: OmniClient, max_tokens: int) -> tuple[float, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="")
-    parser.add_argument("--mmproj", default="")
-    parser.add_argument("--backend", default="auto")
-    parser.add_argument("--threads", type=int, default=1)
+    add_model_flags(parser)
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()

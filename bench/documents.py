@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from _common import start_daemon, test_model_args  # noqa: E402
+from _common import add_model_flags, start_daemon, test_model_args  # noqa: E402
 from documents_pdfs import make_report  # noqa: E402
 
 from pypdf import PdfReader  # noqa: E402
@@ -84,10 +84,7 @@ def ask(client: OmniClient, doc_id: str, question: str, max_tokens: int) -> dict
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="")
-    parser.add_argument("--mmproj", default="")
-    parser.add_argument("--backend", default="auto")
-    parser.add_argument("--threads", type=int, default=1)
+    add_model_flags(parser)
     parser.add_argument("--ctx", type=int, default=32768)
     parser.add_argument("--pages", type=int, default=100)
     parser.add_argument("--lines", type=int, default=3, help="lines of text per text page (besides its fact)")

@@ -25,7 +25,7 @@ import soundfile
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import start_daemon, test_model_args  # noqa: E402
+from _common import add_model_flags, start_daemon, test_model_args  # noqa: E402
 
 from omnid.clients.client import OmniClient, audio, image, text  # noqa: E402
 from omnid.proto import omnid_pb2 as pb  # noqa: E402
@@ -68,10 +68,7 @@ def words_per_token(client: OmniClient) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="")
-    parser.add_argument("--mmproj", default="")
-    parser.add_argument("--backend", default="auto")
-    parser.add_argument("--threads", type=int, default=2)
+    add_model_flags(parser, threads=2)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--sizes", default="1000,4000,16000")
     args = parser.parse_args()

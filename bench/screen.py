@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
-from _common import test_model_args  # noqa: E402
+from _common import add_model_flags, test_model_args  # noqa: E402
 from screen_x11 import TkWindow, Xvfb  # noqa: E402
 
 from omnid.daemon.prompt_cache import PromptCache  # noqa: E402
@@ -111,10 +111,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=60.0, help="length of each scenario (default 60)")
     parser.add_argument("--size", default="1920x1080", help="the Xvfb screen size (default 1920x1080)")
-    parser.add_argument("--model", default="")
-    parser.add_argument("--mmproj", default="")
-    parser.add_argument("--backend", default="auto")
-    parser.add_argument("--threads", type=int, default=1)
+    add_model_flags(parser)
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
 

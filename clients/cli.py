@@ -5,24 +5,22 @@
     omni status
 
 Area commands (documents, meetings, screen) are added by `register(commands)` functions in
-clients/cli_<area>.py; every handler is called as `handler(args, client_factory)`. Errors print one line and exit non-zero: 2 for a gRPC error, 3 without a daemon.
+clients/cli_<area>.py; every handler is called as `handler(args, client_factory)`. Errors print one line and
+exit non-zero: 2 for a gRPC error, 3 without a daemon.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from typing import Callable
 
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from omnid.clients import cli_documents, cli_meetings
-from omnid.clients.client import DaemonNotRunning, OmniClient, connect, parts_for, usage_dict
-from omnid.proto import omnid_pb2 as pb
-from omnid.clients import cli_screen
-
-ClientFactory = Callable[[], OmniClient]
+from omnid.clients import cli_documents, cli_meetings, cli_screen
+from omnid.clients.cli_common import (ClientFactory, add_sampling_flags, print_stream, print_usage,
+                                      sampling_from_args)
+from omnid.clients.client import DaemonNotRunning, OmniClient, connect, parts_for
 
 
 def add_connection_flags(parser: argparse.ArgumentParser) -> None:
@@ -32,37 +30,6 @@ def add_connection_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--token-file", default=None, help="the token for --tcp (or set OMNID_TOKEN)")
 
 
-def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-tokens", type=int, default=0, help="at most this many tokens (default 512)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    parser.add_argument("--top-p", type=float, default=0.0)
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
-
-
-def sampling_from_args(args: argparse.Namespace) -> pb.Sampling:
-    return pb.Sampling(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed,
-                       stop=args.stop)
-
-
-def print_stream(events, as_json: bool, extra: dict | None = None) -> pb.Final:
-    """Print deltas as they come (or one JSON object at the end); returns the final message."""
-    final = pb.Final()
-    for event in events:
-        kind = event.WhichOneof("event")
-        if kind == "delta" and not as_json:
-            print(event.delta, end="", flush=True)
-        elif kind == "done":
-            final = event.done
-    if as_json:
-        print(json.dumps({"text": final.text, "stop_reason": final.stop_reason,
-                          "usage": usage_dict(final.usage), **(extra or {})}))
-    else:
-        print()
-    return final
-
-
 def cmd_ask(args: argparse.Namespace, client_factory: ClientFactory) -> int:
     parts = parts_for(args.question, args.image, args.audio)
     with client_factory() as client:
@@ -70,10 +37,7 @@ def cmd_ask(args: argparse.Namespace, client_factory: ClientFactory) -> int:
                                  sampling=sampling_from_args(args))
         final = print_stream(events, args.json)
     if args.verbose and not args.json:
-        u = final.usage
-        print(f"[{u.prompt_tokens} prompt tokens, {u.cached_tokens} cached, {u.generated_tokens} generated, "
-              f"first token {u.time_to_first_token_ms:.0f} ms, {u.decode_tokens_per_second:.1f} tok/s]",
-              file=sys.stderr)
+        print_usage(final.usage)
     return 0
 
 

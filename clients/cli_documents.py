@@ -11,17 +11,16 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Callable
 
 from google.protobuf.json_format import MessageToDict
 
+from omnid.clients.cli_common import ClientFactory, add_sampling_flags, print_usage, sampling_from_args
 from omnid.clients.documents import document_id
 from omnid.proto import omnid_pb2 as pb
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add `omni doc` and its subcommands; handlers are called as handler(args, client_factory)."""
-    from omnid.clients.cli import add_sampling_flags  # the shared flags live with the main CLI
 
     doc = commands.add_parser("doc", help="ingest PDFs and ask about them")
     sub = doc.add_subparsers(dest="doc_command", required=True)
@@ -55,7 +54,7 @@ def _add_source_flags(parser: argparse.ArgumentParser) -> None:
                              "instead of sending its bytes")
 
 
-def cmd_ingest(args: argparse.Namespace, client_factory: Callable) -> int:
+def cmd_ingest(args: argparse.Namespace, client_factory: ClientFactory) -> int:
     with client_factory() as client:
         info = _ingest(client, args.file, args, quiet=args.json)
     if args.json:
@@ -65,10 +64,8 @@ def cmd_ingest(args: argparse.Namespace, client_factory: Callable) -> int:
     return 0
 
 
-def cmd_ask(args: argparse.Namespace, client_factory: Callable) -> int:
+def cmd_ask(args: argparse.Namespace, client_factory: ClientFactory) -> int:
     first, last = parse_pages(args.pages)
-    from omnid.clients.cli import sampling_from_args
-
     with client_factory() as client:
         doc_id = args.document
         if Path(args.document).expanduser().is_file():
@@ -96,13 +93,11 @@ def cmd_ask(args: argparse.Namespace, client_factory: Callable) -> int:
         return 0
     print()
     if args.verbose:
-        u = final.usage
-        print(f"[{u.prompt_tokens} prompt tokens, {u.cached_tokens} cached, {u.generated_tokens} generated, "
-              f"first token {u.time_to_first_token_ms:.0f} ms]", file=sys.stderr)
+        print_usage(final.usage)
     return 0
 
 
-def cmd_list(args: argparse.Namespace, client_factory: Callable) -> int:
+def cmd_list(args: argparse.Namespace, client_factory: ClientFactory) -> int:
     with client_factory() as client:
         docs = client.list_documents()
     if args.json:

@@ -13,14 +13,14 @@ import argparse
 import datetime
 import json
 import sys
-from typing import Callable, Iterable
+from typing import Iterable
 
 from google.protobuf.json_format import MessageToDict
 
-from omnid.clients.client import OmniClient, usage_dict
+from omnid.clients.cli_common import ClientFactory
+from omnid.clients.client import usage_dict
 from omnid.proto import omnid_pb2 as pb
 
-ClientFactory = Callable[[], OmniClient]
 
 
 def _clock(seconds: float) -> str:
@@ -139,7 +139,7 @@ def cmd_show(args: argparse.Namespace, client_factory: ClientFactory) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction, client_factory: ClientFactory | None = None) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     transcribe = subparsers.add_parser("transcribe", help="transcribe an audio file (WAV, FLAC, OGG, MP3)")
     transcribe.add_argument("file")
     transcribe.add_argument("--summary", action="store_true", help="also summarise with action items")

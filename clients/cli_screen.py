@@ -19,7 +19,7 @@ from typing import Callable
 
 from google.protobuf.json_format import MessageToDict
 
-from omnid.clients import cli as _cli  # a module reference: cli.py imports this module while it loads
+from omnid.clients.cli_common import ClientFactory, print_stream
 from omnid.proto import omnid_pb2 as pb
 
 #: Half-width of the window around a time of day named in a question ("at 10:00").
@@ -91,7 +91,7 @@ def _print_state(s: pb.ScreenWatchState, as_json: bool) -> None:
     print(f"excluded: {'; '.join(s.exclusions)}", flush=True)
 
 
-def cmd_watch(args: argparse.Namespace, client_factory: _cli.ClientFactory) -> int:
+def cmd_watch(args: argparse.Namespace, client_factory: ClientFactory) -> int:
     with client_factory() as client:
         state = client.start_screen_watch(args.interval, args.monitor, args.prompt, args.exclude, args.threshold)
         _print_state(state, args.json)
@@ -109,8 +109,8 @@ def cmd_watch(args: argparse.Namespace, client_factory: _cli.ClientFactory) -> i
     return 0
 
 
-def _control(action: str) -> Callable[[argparse.Namespace, _cli.ClientFactory], int]:
-    def run(args: argparse.Namespace, client_factory: _cli.ClientFactory) -> int:
+def _control(action: str) -> Callable[[argparse.Namespace, ClientFactory], int]:
+    def run(args: argparse.Namespace, client_factory: ClientFactory) -> int:
         with client_factory() as client:
             state = client.stop_screen_watch() if action == "stop" else client.control_screen_watch(action)
         _print_state(state, args.json)
@@ -118,7 +118,7 @@ def _control(action: str) -> Callable[[argparse.Namespace, _cli.ClientFactory], 
     return run
 
 
-def cmd_search(args: argparse.Namespace, client_factory: _cli.ClientFactory) -> int:
+def cmd_search(args: argparse.Namespace, client_factory: ClientFactory) -> int:
     since = parse_when(args.since) if args.since else 0.0
     until = parse_when(args.until) if args.until else 0.0
     with client_factory() as client:
@@ -130,20 +130,20 @@ def cmd_search(args: argparse.Namespace, client_factory: _cli.ClientFactory) -> 
     return 0
 
 
-def cmd_ask(args: argparse.Namespace, client_factory: _cli.ClientFactory) -> int:
+def cmd_ask(args: argparse.Namespace, client_factory: ClientFactory) -> int:
     since = parse_when(args.since) if args.since else 0.0
     until = parse_when(args.until) if args.until else 0.0
     if not since and not until:
         since, until = window_from_question(args.question)
     with client_factory() as client:
-        _cli.print_stream(client.ask_screen(args.question, since, until, args.max_tokens), args.json,
+        print_stream(client.ask_screen(args.question, since, until, args.max_tokens), args.json,
                      {"since_unix": since, "until_unix": until})
     return 0
 
 
-def cmd_once(args: argparse.Namespace, client_factory: _cli.ClientFactory) -> int:
+def cmd_once(args: argparse.Namespace, client_factory: ClientFactory) -> int:
     with client_factory() as client:
-        _cli.print_stream(client.screen_once(args.prompt, args.monitor, args.max_tokens), args.json,
+        print_stream(client.screen_once(args.prompt, args.monitor, args.max_tokens), args.json,
                      {"monitor": args.monitor})
     return 0
 

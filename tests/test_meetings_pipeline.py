@@ -6,7 +6,6 @@ memory. The 20-minute test is the slowest test of the suite on purpose (~20 s on
 """
 from __future__ import annotations
 
-import resource
 from pathlib import Path
 
 import pytest

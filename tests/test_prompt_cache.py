@@ -6,18 +6,14 @@ Mamba + attention model when mlx is installed); the rest runs against real daemo
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile
-from PIL import Image
 
 from conftest import png_bytes, wav_bytes
 from omnid.clients.client import audio, image, text
 from omnid.daemon.prompt_cache import PromptCache, chain_keys
-from omnid.daemon.sampling import SamplingParams
 from omnid.daemon.session import DecoderSession
 from omnid.modalities.images import decode_image
 from omnid.models.base import AudioSegment, Snapshot, TextSegment
