@@ -108,6 +108,8 @@ class Scheduler:
         self.backend: Backend | None = None
         self.cache: PromptCache | None = None
         self._frame: ChatFrame | None = None
+        #: What the backend's sequence holds between jobs (see DecoderSession: cut back instead of restoring).
+        self._live: dict[str, int] = {}
 
     # -- lifetime --------------------------------------------------------------------------------------------
 
@@ -191,7 +193,7 @@ class Scheduler:
         self._current = handle
         handle.started_at = time.perf_counter()
         session = DecoderSession(self.backend, self.cache, handle.is_cancelled, queue_ms=handle.queue_ms,
-                                 frame=self._frame)
+                                 frame=self._frame, live=self._live)
         error: BaseException | None = None
         try:
             handle.job(session, handle.emit)
@@ -204,5 +206,6 @@ class Scheduler:
         finally:
             if error is not None:
                 self.backend.reset()  # a failed or cancelled job may leave a half-evaluated sequence
+                self._live.clear()
             self._current = None
             handle.finish(error)

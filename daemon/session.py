@@ -5,9 +5,11 @@ question, a meeting transcribed clip by clip, a screen frame) is written against
 cache rules and the generation loop exist once:
 
   prompt = session.build_prompt(parts, system)     # the chat template's pieces around the parts
-  stats = session.prefill(prompt)                  # restore the longest cached prefix, evaluate the rest
+  stats = session.prefill(prompt)                  # reuse the longest known prefix, evaluate the rest
   result = session.generate(max_tokens, sampling, on_delta)
-  session.extend(session.continue_prompt(more))    # a conversation that goes on in the same sequence
+
+A conversation goes on by prefilling its whole chain again (earlier answers as text segments, then
+session.continue_prompt(more)): the prefix is live or cached, so only the new turn costs anything.
 """
 from __future__ import annotations
 
@@ -60,7 +62,8 @@ class DecoderSession:
     """Exclusive, single-threaded use of the backend for one job."""
 
     def __init__(self, backend: Backend, cache: PromptCache, cancelled: Callable[[], bool],
-                 queue_ms: float = 0.0, frame: ChatFrame | None = None, min_snapshot_tokens: int = 32) -> None:
+                 queue_ms: float = 0.0, frame: ChatFrame | None = None, live: dict[str, int] | None = None,
+                 min_snapshot_tokens: int = 32) -> None:
         self.backend = backend
         self.cache = cache
         self.cancelled = cancelled
@@ -71,9 +74,11 @@ class DecoderSession:
         self._frame = frame or backend.chat_frame()
         self._root_key = f"{self.info.fingerprint}|{self._frame.template_digest}"
         self._min_snapshot_tokens = min_snapshot_tokens
-        # The chain evaluated in the sequence so far and its keys (extend() continues it).
-        self._chain: list[Segment] = []
+        # Keys of the chain this job evaluated (save_snapshot names the sequence by the last one).
         self._keys: list[str] = []
+        #: Chain key -> n_tokens of every boundary the backend's sequence holds now. Owned by the scheduler so
+        #: it outlives the job: the next job can cut the sequence back to a shared prefix instead of restoring.
+        self._live = live if live is not None else {}
 
     # -- layout ----------------------------------------------------------------------------------------------
 
@@ -115,26 +120,20 @@ class DecoderSession:
     # -- evaluation ------------------------------------------------------------------------------------------
 
     def prefill(self, prompt: Prompt, *, save: bool = True) -> PrefillStats:
-        """Put `prompt` in the sequence: restore the longest cached prefix, evaluate the rest.
+        """Put `prompt` in the sequence, paying only for what no earlier request evaluated.
 
-        Snapshots are saved at the prompt's cache points (when at least min_snapshot_tokens were evaluated
-        since the last saved or restored one), so the next request sharing that prefix pays nothing for it.
+        The longest prefix already evaluated is reused in the cheapest correct way: cut the live sequence back
+        to it (free, where the decoder can be cut), else restore its snapshot from the cache. The rest is
+        evaluated, and snapshots are saved at the prompt's cache points (when at least min_snapshot_tokens
+        were evaluated since the last saved or restored one) for the next request that shares them.
         """
         t0 = time.perf_counter()
         self.check_cancelled()
         keys = chain_keys(self._root_key, (s.digest() for s in prompt.segments))
-        reused, snapshot = self.cache.longest_prefix(keys, len(keys))
-        if snapshot is not None:
-            try:
-                self.backend.restore(snapshot)
-            except InputError:
-                self.cache.drop(keys[reused - 1])
-                reused, snapshot = 0, None
-        if snapshot is None:
-            self.backend.reset()
-        cached_tokens = snapshot.n_tokens if snapshot else 0
+        reused = self._reuse(keys)
+        cached_tokens = self.backend.n_tokens
         self.cache.record_lookup(cached_tokens)
-        self._chain, self._keys = list(prompt.segments[:reused]), keys[:reused]
+        self._keys = keys[:reused]
         last_saved = self.backend.n_tokens
         for i in range(reused, len(prompt.segments)):
             self._append(prompt.segments[i], keys[i])
@@ -146,13 +145,27 @@ class DecoderSession:
         return PrefillStats(prompt_tokens=self.backend.n_tokens, cached_tokens=cached_tokens,
                             prefill_ms=(time.perf_counter() - t0) * 1000, prefix_key=keys[-1] if keys else "")
 
-    def extend(self, prompt: Prompt) -> int:
-        """Append more segments after what the sequence holds now (no cache lookup); returns tokens added."""
-        before = self.backend.n_tokens
-        keys = chain_keys(self._keys[-1] if self._keys else self._root_key, (s.digest() for s in prompt.segments))
-        for segment, key in zip(prompt.segments, keys):
-            self._append(segment, key)
-        return self.backend.n_tokens - before
+    def _reuse(self, keys: list[str]) -> int:
+        """Bring the sequence to the longest known prefix of `keys`; returns how many segments it holds."""
+        # Live: boundaries the sequence holds now (keys hash their whole prefix, so a key match is a prefix
+        # match). At least one segment is left to evaluate: a cut sequence has no next-token logits.
+        live = next((i for i in range(len(keys) - 1, 0, -1) if keys[i - 1] in self._live), 0)
+        cached, snapshot = self.cache.longest_prefix(keys, len(keys))
+        if live and live >= cached and self.backend.truncate(self._live[keys[live - 1]]):
+            kept = self._live[keys[live - 1]]
+            for key in [k for k, n in self._live.items() if n > kept]:
+                del self._live[key]
+            return live
+        self._live.clear()
+        if snapshot is not None:
+            try:
+                self.backend.restore(snapshot)
+                self._live[keys[cached - 1]] = snapshot.n_tokens
+                return cached
+            except InputError:
+                self.cache.drop(keys[cached - 1])
+        self.backend.reset()
+        return 0
 
     def save_snapshot(self) -> str:
         """Snapshot the sequence now under the key of the chain evaluated so far; returns that key."""
@@ -176,8 +189,8 @@ class DecoderSession:
         self.check_cancelled()
         self.backend.append(segment, should_stop=self.cancelled)
         self.check_cancelled()
-        self._chain.append(segment)
         self._keys.append(key)
+        self._live[key] = self.backend.n_tokens
 
     # -- generation ------------------------------------------------------------------------------------------
 

@@ -198,6 +198,17 @@ class Backend(ABC):
         True the backend stops early and the sequence is left in an unspecified state (the caller resets).
         """
 
+    def truncate(self, n_tokens: int) -> bool:
+        """Cut the sequence back to its first n_tokens, where the decoder can; False leaves it unchanged.
+
+        Why: cutting the live sequence back to a prefix it shares with the next prompt costs nothing whatever
+        the prefix length, where restoring a snapshot copies the whole state. Only attention caches can be cut
+        (a recurrent state cannot be rewound; a sliding-window cache may have dropped tokens the shorter
+        sequence needs), and only at a boundary of an earlier append. The default refuses: restoring a
+        snapshot is always correct.
+        """
+        return False
+
     @abstractmethod
     def logits(self) -> np.ndarray:
         """Next-token logits (float32, shape (n_vocab,)) after the last appended segment or token."""

@@ -272,6 +272,11 @@ class LlamaCppBackend(Backend):
         self._batch = self._lc.llama_batch_init(n_batch, 0, 1)
         self._n_tokens = 0
         self._n_pos = 0
+        #: n_tokens -> position at each boundary of an append since the last reset/restore (truncate points).
+        self._boundaries: dict[int, int] = {0: 0}
+        model = self._llm._model.model
+        self._can_truncate = not (self._lc.llama_model_is_recurrent(model) or self._lc.llama_model_is_hybrid(model)
+                                  or self._lc.llama_model_n_swa(model) > 0)
         self._logits: np.ndarray | None = None
         self._media_cache: tuple[str, _MediaChunks] | None = None
         self._arch = str(text_fields["general.architecture"])
@@ -387,7 +392,20 @@ class LlamaCppBackend(Backend):
         self._lc.llama_memory_clear(self._lc.llama_get_memory(self._ctx), True)
         self._n_tokens = 0
         self._n_pos = 0
+        self._boundaries = {0: 0}
         self._logits = None
+
+    def truncate(self, n_tokens: int) -> bool:
+        n_pos = self._boundaries.get(n_tokens)
+        if not self._can_truncate or n_pos is None:
+            return False
+        if n_tokens == self._n_tokens:
+            return True
+        if not self._lc.llama_memory_seq_rm(self._lc.llama_get_memory(self._ctx), 0, n_pos, -1):
+            return False
+        self._n_tokens, self._n_pos, self._logits = n_tokens, n_pos, None
+        self._boundaries = {k: v for k, v in self._boundaries.items() if k <= n_tokens}
+        return True
 
     def count_tokens(self, segment: Segment) -> int:
         if isinstance(segment, TextSegment):
@@ -400,6 +418,7 @@ class LlamaCppBackend(Backend):
             tokens = self._tokenize_text(segment.text)
             self._check_room(len(tokens))
             self._decode_tokens(tokens, stop)
+            self._boundaries[self._n_tokens] = self._n_pos
             return len(tokens)
         chunks = self._media_chunks(segment)
         self._check_room(chunks.n_tokens)
@@ -408,6 +427,7 @@ class LlamaCppBackend(Backend):
             self._eval_media(chunks, stop)
         finally:
             chunks.free()
+        self._boundaries[self._n_tokens] = self._n_pos
         return chunks.n_tokens
 
     def logits(self) -> np.ndarray:
@@ -451,6 +471,7 @@ class LlamaCppBackend(Backend):
             self.reset()
             raise InputError("llama.cpp rejected the snapshot's sequence state")
         self._n_tokens, self._n_pos, self._logits = n_tokens, n_pos, logits
+        self._boundaries = {n_tokens: n_pos}
 
     def close(self) -> None:
         if self._media_cache is not None:

@@ -60,7 +60,8 @@ install_omnid() {
     return
   fi
   say "installing omnid[$extras]"
-  .venv/bin/python -m pip install -q --find-links "$WHEELS" -e ".[$extras]" 2>&1 | grep -v "is ignored" || true
+  # PYTHONWARNINGS: setuptools warns about every editable install of a package-dir mapping; it is noise here.
+  PYTHONWARNINGS=ignore .venv/bin/python -m pip install -q --find-links "$WHEELS" -e ".[$extras]" 2>&1 | grep -v "is ignored" || true
   .venv/bin/python -c "import omnid.daemon.server, llama_cpp" || { say "installation failed"; exit 1; }
   echo "$want" > "$stamp"
 }

@@ -14,6 +14,7 @@ import pytest
 from conftest import png_bytes, wav_bytes
 from omnid.clients.client import audio, image, text
 from omnid.daemon.prompt_cache import PromptCache, chain_keys
+from omnid.daemon.sampling import SamplingParams
 from omnid.daemon.session import DecoderSession
 from omnid.modalities.images import decode_image
 from omnid.models.base import AudioSegment, Snapshot, TextSegment
@@ -137,6 +138,31 @@ def test_reuse_gives_the_cold_logits(backend, kind: str) -> None:
     cold = cold_logits(backend, [first, TextSegment("Second question?")])
     assert reused > 0
     np.testing.assert_allclose(warm, cold, rtol=0, atol=1e-4)
+
+
+def test_the_live_sequence_is_cut_back_to_a_shared_prefix_with_cold_logits(backend) -> None:
+    """Between jobs the sequence still holds the last prompt and its answer; the next prompt that shares a
+    prefix reuses it (cut back where the decoder allows, restored from the cache otherwise)."""
+    info = backend.info
+    cache, live = PromptCache(info.fingerprint, ram_budget_bytes=1 << 30), {}
+    first = [picture(4, info.max_image_side), TextSegment(LONG_TEXT)]
+
+    def run(parts):
+        session = DecoderSession(backend, cache, lambda: False, live=live, min_snapshot_tokens=1)
+        stats = session.prefill(session.build_prompt(parts))
+        logits = backend.logits().copy()
+        session.generate(5, SamplingParams())  # the answer stays in the sequence after the job
+        return logits, stats
+
+    run([*first, TextSegment("Question one?")])
+    warm, stats = run([*first, TextSegment("Question two?")])
+    assert stats.cached_tokens > 0
+    np.testing.assert_allclose(warm, cold_logits(backend, [*first, TextSegment("Question two?")]), rtol=0, atol=1e-4)
+    other, stats = run([picture(5, info.max_image_side), TextSegment(LONG_TEXT), TextSegment("Question two?")])
+    assert stats.cached_tokens <= 8
+    np.testing.assert_allclose(other, cold_logits(
+        backend, [picture(5, info.max_image_side), TextSegment(LONG_TEXT), TextSegment("Question two?")]),
+        rtol=0, atol=1e-4)
 
 
 def test_a_different_earlier_image_never_reuses_the_other_images_state(backend) -> None:
