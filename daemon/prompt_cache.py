@@ -25,7 +25,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import BinaryIO, Iterable
 
 from omnid.models.base import Snapshot
 
@@ -247,10 +247,10 @@ class PromptCache:
             return None
         path = self._disk_path(key)
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as f:
+                snapshot = self._parse(f)
         except OSError:
             return None
-        snapshot = self._parse(data)
         if snapshot is None:
             log.warning("prompt cache: refusing %s (other model, corrupt or truncated)", path.name)
             with self._lock:
@@ -260,14 +260,15 @@ class PromptCache:
         os.utime(path)  # the disk tier's LRU order is the files' modification times
         return snapshot
 
-    def _parse(self, data: bytes) -> Snapshot | None:
-        if len(data) < _HEADER.size:
+    def _parse(self, f: BinaryIO) -> Snapshot | None:
+        """Read and check one entry: header, fingerprint, then the payload against its length and SHA-256."""
+        header = f.read(_HEADER.size)
+        if len(header) < _HEADER.size:
             return None
-        magic, fp_len, n_tokens, n_payload, checksum = _HEADER.unpack_from(data)
-        start = _HEADER.size + fp_len
-        if magic != _MAGIC or data[_HEADER.size:start] != self.fingerprint.encode():
+        magic, fp_len, n_tokens, n_payload, checksum = _HEADER.unpack(header)
+        if magic != _MAGIC or f.read(fp_len) != self.fingerprint.encode():
             return None
-        payload = data[start:]
+        payload = f.read(n_payload + 1)  # one byte more: a longer file is as wrong as a shorter one
         if len(payload) != n_payload or hashlib.sha256(payload).digest() != checksum:
             return None
         return Snapshot(n_tokens=n_tokens, payload=payload)
