@@ -12,7 +12,7 @@ from typing import Iterator
 import grpc
 import numpy as np
 
-from omnid.daemon.rpc_base import DeltaBuffer, RpcBase, final_message, sampling_from
+from omnid.daemon.rpc_base import RpcBase, sampling_from, stream_answer
 from omnid.daemon.session import DecoderSession
 from omnid.modalities.audio_io import audio_segment, decode_audio, pcm_from_f32le
 from omnid.modalities.images import decode_image
@@ -95,10 +95,7 @@ class CoreRpcs(RpcBase):
 
         def job(session: DecoderSession, emit) -> None:
             stats = session.prefill(session.build_prompt(segments, system))
-            deltas = DeltaBuffer(emit, lambda delta: pb.GenerateEvent(delta=delta))
-            result = session.generate(max_tokens, sampling, deltas)
-            deltas.flush()
-            emit(pb.GenerateEvent(done=final_message(session, stats, result)))
+            stream_answer(session, stats, max_tokens, sampling, emit, pb.GenerateEvent)
 
         yield from self.stream_job(job, context, "generate")
 

@@ -27,7 +27,7 @@ from typing import Iterator
 import grpc
 from PIL import Image
 
-from omnid.daemon.rpc_base import NotFound, RpcBase, abort, final_message, sampling_from
+from omnid.daemon.rpc_base import NotFound, RpcBase, abort, sampling_from, stream_answer
 from omnid.daemon.session import DecoderSession, Prompt
 from omnid.modalities.document_prompt import SYSTEM, choose_pages, layout, page_segments, question_segment
 from omnid.modalities.document_store import DocumentStore, StoredDocument, StoredPage
@@ -198,8 +198,7 @@ class DocumentRpcs(RpcBase):
                 chosen = [p for p in pages if p.number in set(choice.pages)]
             prompt = document_prefix(session, layout(chosen, vision), question)
             stats = session.prefill(prompt)
-            result = session.generate(max_tokens, sampling, lambda d: emit(pb.AskDocumentEvent(delta=d)))
-            emit(pb.AskDocumentEvent(done=final_message(session, stats, result)))
+            stream_answer(session, stats, max_tokens, sampling, emit, pb.AskDocumentEvent)
 
         yield from self.stream_job(job, context, "ask-document")
 

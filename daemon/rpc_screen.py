@@ -17,7 +17,7 @@ from typing import Iterator
 import grpc
 
 from omnid.daemon.config import private_dir
-from omnid.daemon.rpc_base import NotFound, RpcBase, final_message
+from omnid.daemon.rpc_base import NotFound, RpcBase, stream_answer
 from omnid.daemon.sampling import SamplingParams
 from omnid.daemon.session import DecoderSession
 from omnid.modalities.screen_capture import ScreenGrabber
@@ -218,8 +218,7 @@ class ScreenRpcs(RpcBase):
 
         def job(session: DecoderSession, emit) -> None:
             stats = session.prefill(frame_prompt(session, frame))
-            result = session.generate(max_tokens, SamplingParams(), lambda d: emit(pb.GenerateEvent(delta=d)))
-            emit(pb.GenerateEvent(done=final_message(session, stats, result)))
+            stream_answer(session, stats, max_tokens, SamplingParams(), emit, pb.GenerateEvent)
 
         yield from self.stream_job(job, context, "screen-once")
 
@@ -253,8 +252,7 @@ class ScreenRpcs(RpcBase):
                 lines = lines[max(1, len(lines) // 10):]
                 history = TextSegment("Observations:\n" + "\n".join(lines))
             stats = session.prefill(session.build_prompt([history, asked], ASK_SYSTEM))
-            result = session.generate(max_tokens, SamplingParams(), lambda d: emit(pb.GenerateEvent(delta=d)))
-            emit(pb.GenerateEvent(done=final_message(session, stats, result)))
+            stream_answer(session, stats, max_tokens, SamplingParams(), emit, pb.GenerateEvent)
 
         yield from self.stream_job(job, context, "ask-screen")
 
