@@ -34,7 +34,7 @@ install_system_packages() {
 
 make_venv() {
   [ -x .venv/bin/python ] || { say "creating .venv"; "$PY" -m venv .venv; }
-  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
 }
 
 llama_wheel() {
