@@ -340,7 +340,9 @@ def test_full_queue_is_resource_exhausted(default_daemon) -> None:
         running = c.generate(text("Once upon a time"), max_tokens=3000)
         next(running)  # the decoder is busy
         waiting = c.generate(text("Twice upon a time"), max_tokens=3000)
-        time.sleep(0.3)  # let it enter the queue (capacity 1)
+        deadline = time.monotonic() + 20
+        while c.status().queue_depth < 1 and time.monotonic() < deadline:  # it takes the queue's one place
+            time.sleep(0.01)
         error = rpc_error(lambda: c.generate(text("x"), max_tokens=2))
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         running.cancel()
