@@ -73,6 +73,7 @@ def main() -> int:
     add_model_flags(parser, threads=2)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--sizes", default="1000,4000,16000")
+    parser.add_argument("--flash-attn", action="store_true")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
 
@@ -80,7 +81,7 @@ def main() -> int:
         tmp = Path(tmp_name)
         model_args = test_model_args(tmp, args.model, args.mmproj, args.backend)
         flags = ["--threads", str(args.threads), "--ctx", str(max(sizes) + 2048), "--cache-disk", str(tmp / "pc"),
-                 "--cache-ram", "8G"]
+                 "--cache-ram", "8G"] + (["--flash-attn"] if args.flash_attn else [])
         daemon = start_daemon(tmp, model_args, flags)
         prefixes: dict[str, list[list[pb.Part]]] = {}
         rows: dict[str, dict[str, list[tuple[float, float, int, int]]]] = {}
@@ -111,6 +112,7 @@ def main() -> int:
             daemon.stop()
 
     print(f"model: {model_args['model']} ({model_args['backend']}), {args.runs} runs each, threads {args.threads}, "
+          f"flash attention {'on' if args.flash_attn else 'off'}, "
           f"disk hits after restart: {disk_hits}")
     print("time to first token, median ms (daemon-side / client-side)")
     kinds = ("cold", "live", "ram", "disk")

@@ -33,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--backend", default="auto", choices=["auto", "llama.cpp", "mlx"])
     serve.add_argument("--ctx", type=int, default=32768, help="context length in tokens (capped by the model)")
     serve.add_argument("--threads", type=int, default=None, help="CPU threads for the decoder")
+    serve.add_argument("--flash-attn", action="store_true",
+                       help="flash attention (llama.cpp): less memory for long contexts and faster on GPUs, but "
+                            "3-12x slower prompt evaluation on CPUs (bench/prompt_cache.py --flash-attn); changes "
+                            "logits slightly, so cached prefixes are kept apart from those without it")
     serve.add_argument("--socket", type=Path, default=None, help=f"Unix socket path (default {default_socket_path()})")
     serve.add_argument("--tcp", default="", help="also listen on loopback HOST:PORT (needs --token-file)")
     serve.add_argument("--token-file", type=Path, default=None, help="the TCP token (created if missing)")
@@ -59,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from(args: argparse.Namespace) -> DaemonConfig:
     config = DaemonConfig(model=args.model, mmproj=args.mmproj, backend=args.backend, context_length=args.ctx,
-                          threads=args.threads, tcp=args.tcp, token_file=args.token_file,
+                          threads=args.threads, flash_attn=args.flash_attn, tcp=args.tcp, token_file=args.token_file,
                           max_queue=args.max_queue, allow_read=list(args.allow_read),
                           max_document_pages=args.max_document_pages)
     if args.socket:

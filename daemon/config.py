@@ -61,6 +61,7 @@ class DaemonConfig:
     backend: str = "auto"                # "auto", "llama.cpp", "mlx"
     context_length: int = 32768
     threads: int | None = None
+    flash_attn: bool = False
     socket_path: Path = field(default_factory=default_socket_path)
     tcp: str = ""                        # "127.0.0.1:PORT", loopback only, token required
     token_file: Path | None = None

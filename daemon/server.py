@@ -119,7 +119,8 @@ class Daemon:
         if not model:
             model, note = str(default_model_path(cache_dir())), DEFAULT_MODEL_NOTE
         backend = load_backend(model, self.config.mmproj, self.config.backend,
-                               context_length=self.config.context_length, threads=self.config.threads)
+                               context_length=self.config.context_length, threads=self.config.threads,
+                               flash_attn=self.config.flash_attn)
         if note:
             backend.info = replace(backend.info, note=note)
         return backend

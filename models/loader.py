@@ -43,7 +43,7 @@ def choose_backend(model: str, requested: str = "auto") -> str:
 
 
 def load_backend(model: str, mmproj: str = "", backend: str = "auto", *, context_length: int = 32768,
-                 threads: int | None = None) -> Backend:
+                 threads: int | None = None, flash_attn: bool = False) -> Backend:
     """Load the named model on the backend that fits it."""
     kind = choose_backend(model, backend)
     if kind == "llama.cpp":
@@ -52,7 +52,7 @@ def load_backend(model: str, mmproj: str = "", backend: str = "auto", *, context
         except ImportError as exc:
             raise ModelLoadError(f"llama-cpp-python is not installed ({exc}); "
                                  "install it with: pip install 'omnid[llama]'") from None
-        return LlamaCppBackend(model, mmproj or None, n_ctx=context_length, n_threads=threads)
+        return LlamaCppBackend(model, mmproj or None, n_ctx=context_length, n_threads=threads, flash_attn=flash_attn)
     if mmproj:
         raise ModelLoadError("--mmproj is for GGUF models; an MLX model folder carries its own encoders")
     from omnid.models.mlx_backend import MlxBackend
