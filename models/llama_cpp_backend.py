@@ -38,7 +38,7 @@ from .base import (
     Snapshot,
     TextSegment,
 )
-from .chat_frame import fallback_template, frame_from_renderer, jinja_renderer
+from .chat_frame import completion_frame, fallback_template, frame_from_renderer, jinja_renderer
 
 # Shortest audio clip accepted. The parakeet preprocessor normalises each mel bin by its standard deviation over
 # n_samples // 160 frames, divided by (frames - 1): below 2 frames it yields NaN logits; mtmd itself asserts on
@@ -372,9 +372,11 @@ class LlamaCppBackend(Backend):
         return self._frame
 
     def _build_frame(self) -> ChatFrame:
-        template = self._llm.metadata.get("tokenizer.chat_template") or fallback_template(self._arch)
+        template = self._llm.metadata.get("tokenizer.chat_template")
         bos = self._special_text(self._lc.llama_vocab_bos(self._vocab))
         eos = self._special_text(self._lc.llama_vocab_eos(self._vocab))
+        if not template:
+            return completion_frame(bos)
         try:
             return frame_from_renderer(jinja_renderer(template, bos, eos), template)
         except ValueError:

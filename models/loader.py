@@ -13,7 +13,7 @@ from omnid.models.base import Backend, ModelLoadError
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_MODEL_NOTE = (
-    "text-only default model (gemma-3-270m base, continues text rather than following instructions); "
+    "text-only default model (gemma-3-270m base: it continues your text, it does not follow instructions); "
     "for images and audio start omnid with an omni model: "
     "omnid serve --model MODEL.gguf --mmproj MMPROJ.gguf (llama.cpp) or --model MLX_FOLDER (mlx-vlm)")
 
