@@ -207,6 +207,9 @@ class MeetingRpcs(RpcBase):
                     audio_seconds_done=segment.end, audio_seconds_total=total, state=state))
             if settings.summary:
                 run(lambda session: meetings.summarise(session, transcript))
+        except GeneratorExit:  # the client went away: what was transcribed so far stays stored
+            self.meeting_store.update(meeting_id, state="cancelled", duration=transcript.end)
+            raise
         except Exception as exc:
             self.meeting_store.update(meeting_id, state="failed")
             abort(context, exc)

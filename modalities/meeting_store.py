@@ -2,8 +2,9 @@
 
 Segments are written as they are produced (one small transaction each), not at the end: a meeting whose
 daemon dies at minute 19 keeps 19 minutes of transcript next to its spooled audio. A meeting row is created
-when transcription starts, with its state ("recording", "transcribing", "done", "interrupted"); a daemon that
-starts and finds rows still "recording" or "transcribing" marks them "interrupted".
+when transcription starts, with its state ("recording", "transcribing", "done", "cancelled", "failed",
+"interrupted"); a daemon that starts and finds rows still "recording" or "transcribing" marks them
+"interrupted".
 
 One connection per store, guarded by a lock: the gRPC handler threads write segments and read lists; SQLite
 in WAL mode keeps readers from waiting on the writer.

@@ -8,6 +8,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -49,6 +50,18 @@ def test_transcribe_a_file_streams_timestamped_segments_and_stores_them(client, 
     assert [s.start_seconds for s in stored.segments] == [s.start_seconds for s in segments]
     assert stored.summary == final.summary and stored.usage.prompt_tokens == u.prompt_tokens
     assert final.meeting_id in [m.meeting_id for m in client.meetings()]
+
+
+def test_a_client_that_goes_away_stops_the_transcription_and_keeps_what_was_done(client, speech: Path) -> None:
+    stream = client.transcribe(speech, title="walked out")
+    first = next(e for e in stream if e.WhichOneof("event") == "segment")
+    stream.cancel()
+    time.sleep(4)  # the whole 70 s would be transcribed in ~3 s here, had it gone on without its client
+    row = next(m for m in client.meetings() if m.title == "walked out")
+    stored = client.meeting(row.meeting_id)
+    assert not client.status().busy
+    assert stored.segments[0].start_seconds == first.segment.start_seconds
+    assert 0 < stored.duration_seconds < 70  # marked cancelled where it stopped, not finished
 
 
 def test_transcribe_by_path_from_44k_stereo_resamples_in_the_pipeline(client, tmp_path_factory, speech) -> None:
