@@ -10,16 +10,18 @@ import time
 from typing import Iterator
 
 import grpc
-import numpy as np
 
 from omnid.daemon.rpc_base import RpcBase, sampling_from, stream_answer
 from omnid.daemon.session import DecoderSession
+from omnid.modalities.audio_clips import MAX_CLIP_TOKENS, clip_seconds, cut_stream, padded
 from omnid.modalities.audio_io import audio_segment, decode_audio, pcm_from_f32le
 from omnid.modalities.images import decode_image
 from omnid.models.base import AudioSegment, InputError, Segment, TextSegment
 from omnid.proto import omnid_pb2 as pb
 
 VERSION = "0.1.0"
+#: Longest audio clip of a Generate part (shorter where the encoder or the clip token budget says so).
+GENERATE_CLIP_SECONDS = 60.0
 
 
 class CoreRpcs(RpcBase):
@@ -61,7 +63,7 @@ class CoreRpcs(RpcBase):
                              unsupported=True)
 
     def audio_clips(self, audio: pb.Audio) -> list[Segment]:
-        """Decode, resample to the encoder's rate, and cut to the encoder's longest clip."""
+        """Decode, resample to the encoder's rate, and cut long sounds into clips at quiet points."""
         if audio.WhichOneof("source") == "pcm":
             samples = pcm_from_f32le(audio.pcm.f32le, audio.pcm.sample_rate, audio.pcm.channels)
             rate = audio.pcm.sample_rate
@@ -70,12 +72,12 @@ class CoreRpcs(RpcBase):
         else:
             raise InputError("an audio part has neither encoded bytes nor PCM")
         whole = audio_segment(samples, rate, self.info.audio_sample_rate)
-        limit = self.info.max_audio_clip_seconds
-        if not limit or whole.seconds <= limit:
+        limit = clip_seconds(GENERATE_CLIP_SECONDS, self.info.max_audio_clip_seconds,
+                             self.info.audio_tokens_per_second, MAX_CLIP_TOKENS)
+        if whole.seconds <= limit:
             return [whole]
-        step = int(limit * whole.sample_rate)
-        return [AudioSegment(np.ascontiguousarray(whole.pcm[i:i + step]), whole.sample_rate)
-                for i in range(0, len(whole.pcm), step)]
+        return [AudioSegment(padded(clip.pcm, whole.sample_rate), whole.sample_rate)
+                for clip in cut_stream([whole.pcm], whole.sample_rate, limit)]
 
     def resolve_document_part(self, ref: pb.DocumentRef) -> list[Segment]:
         """Overridden by the documents mixin."""

@@ -25,7 +25,7 @@ from omnid.daemon.rpc_base import NotFound, RpcBase, abort, sampling_from
 from omnid.daemon.scheduler import QueueFull
 from omnid.daemon.session import DecoderSession
 from omnid.modalities import meetings
-from omnid.modalities.audio_clips import clip_seconds, cut_stream
+from omnid.modalities.audio_clips import MAX_CLIP_TOKENS, clip_seconds, cut_stream
 from omnid.modalities.audio_io import AudioStream, pcm_blocks, pcm_from_f32le
 from omnid.modalities.meeting_store import MeetingRow, MeetingStore
 from omnid.modalities.recorder import Recorder, WavSpool, input_devices
@@ -39,7 +39,6 @@ T = TypeVar("T")
 #: so a segment appears within ~15 s of being said.
 FILE_CLIP_SECONDS = 30.0
 LIVE_CLIP_SECONDS = 15.0
-MAX_CLIP_TOKENS = 1024
 #: How long a clip's job may wait for room in a full queue before the meeting gives up.
 QUEUE_FULL_PATIENCE_SECONDS = 60.0
 

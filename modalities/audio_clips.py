@@ -27,6 +27,9 @@ SMOOTH_SECONDS = 0.2
 #: Clips shorter than this are padded with silence: encoders with a stride need a few frames, and a
 #: 30 ms tail is not worth a turn of its own anyway (timestamps keep the true length).
 MIN_CLIP_SECONDS = 1.0
+#: Encoder tokens per clip at most (~80 s of Parakeet): an encoder's attention grows with the square of the
+#: clip, so a 20-minute sound is heard as many clips in one decoder context, never as one.
+MAX_CLIP_TOKENS = 1024
 
 
 @dataclass(frozen=True)

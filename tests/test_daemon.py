@@ -88,6 +88,13 @@ def test_same_request_same_tokens_different_media_different_tokens(client: OmniC
     assert s1.text != s2.text
 
 
+def test_a_long_sound_is_heard_as_several_clips_in_one_prompt(client: OmniClient) -> None:
+    """Two minutes in one part: cut at quiet points into clips the encoder takes, all of them in the prompt."""
+    short = answer(client, audio(wav_bytes(440, seconds=10.0)), text("hear"))
+    long = answer(client, audio(wav_bytes(440, seconds=120.0)), text("hear"))
+    assert long.usage.prompt_tokens - short.usage.prompt_tokens > 100 * 12  # ~12.5 tokens per second of sound
+
+
 def test_pcm_is_resampled_and_stereo_mixed(client: OmniClient) -> None:
     rate = 44100
     t = np.arange(rate) / rate
