@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cache-disk-size", type=parse_size, default=None, help="prompt cache disk budget")
     serve.add_argument("--data-dir", type=Path, default=None, help="where documents, meetings and screen history live")
     serve.add_argument("--max-document-pages", type=int, default=500, help="refuse PDFs with more pages than this")
+    serve.add_argument("--screen-history-size", type=parse_size, default=256 << 20,
+                       help="bytes of screen history to keep (oldest go first; default 256M)")
     serve.add_argument("-v", "--verbose", action="store_true")
 
     make = commands.add_parser("make-test-model", help="write a tiny random-weight omni model",
@@ -65,7 +67,8 @@ def config_from(args: argparse.Namespace) -> DaemonConfig:
     config = DaemonConfig(model=args.model, mmproj=args.mmproj, backend=args.backend, context_length=args.ctx,
                           threads=args.threads, flash_attn=args.flash_attn, tcp=args.tcp, token_file=args.token_file,
                           max_queue=args.max_queue, allow_read=list(args.allow_read),
-                          max_document_pages=args.max_document_pages)
+                          max_document_pages=args.max_document_pages,
+                          screen_history_bytes=args.screen_history_size)
     if args.socket:
         config.socket_path = args.socket
     if args.cache_ram is not None:
@@ -94,7 +97,10 @@ def make_test_model(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve" and args.screen_history_size < 64 * 1024:
+        parser.error("--screen-history-size must be at least 64K")
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="omnid: %(message)s", stream=sys.stderr)
     if args.command == "make-test-model":

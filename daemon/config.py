@@ -71,6 +71,8 @@ class DaemonConfig:
     cache_disk_dir: Path | None = field(default_factory=lambda: cache_dir() / "prompt-cache")
     cache_disk_bytes: int = 8 << 30
     data_dir: Path = field(default_factory=data_dir)
+    #: Size of the screen history (SQLite); the oldest observations go first once it is full.
+    screen_history_bytes: int = 256 << 20
     #: Folders whose files a client may name by path (IngestDocument, Transcribe); the data dir is not implied.
     allow_read: list[Path] = field(default_factory=list)
     #: IngestDocument refuses PDFs with more pages (RESOURCE_EXHAUSTED).

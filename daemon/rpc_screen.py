@@ -95,7 +95,8 @@ class ScreenRpcs(RpcBase):
         """Opened on first use, so a daemon that never watches the screen writes nothing for it."""
         with self._screen_lock:
             if self._screen_store_ is None:
-                self._screen_store_ = ScreenStore(private_dir(self.config.data_dir / "screen") / "history.sqlite")
+                self._screen_store_ = ScreenStore(private_dir(self.config.data_dir / "screen") / "history.sqlite",
+                                                  self.config.screen_history_bytes)
             return self._screen_store_
 
     def _require_vision(self) -> None:
