@@ -99,10 +99,6 @@ class ClipCutter:
         self._buffered = 0
         self._start = 0  # sample index of the buffer's first sample in the whole recording
 
-    @property
-    def samples_seen(self) -> int:
-        return self._start + self._buffered
-
     def feed(self, block: np.ndarray) -> list[Clip]:
         """Add samples; returns the clips completed by them (usually none or one)."""
         if len(block):
