@@ -9,8 +9,8 @@ restoring it is correct for attention, sliding-window and recurrent/hybrid decod
 Two tiers:
   * RAM: an LRU bounded in bytes; pinned entries are never evicted (Prefill with pin).
   * disk (optional): one file per entry, surviving restarts, LRU-bounded in bytes too. Each file carries the
-    model fingerprint and a SHA-256 of its payload; a file with the wrong fingerprint, a bad checksum or a
-    torn write is deleted and counts as a miss, never as an answer.
+    model fingerprint and a checksum of its payload (`payload_checksum`); a file with the wrong fingerprint, a
+    bad checksum or a torn write is deleted and counts as a miss, never as an answer.
 
 Thread-safe: the scheduler's worker writes, gRPC threads read statistics.
 """
@@ -27,13 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterable
 
-from omnid.models.base import Snapshot
+from omnid.models.base import CHECKSUM_SIZE, Snapshot, payload_checksum
 
 log = logging.getLogger(__name__)
 
-_MAGIC = b"OMNIDPC1"
-# magic, fingerprint length, n_tokens, payload length, sha256 of payload
-_HEADER = struct.Struct("<8sHQQ32s")
+_MAGIC = b"OMNIDPC2"
+# magic, fingerprint length, n_tokens, payload length, payload_checksum of the payload
+_HEADER = struct.Struct(f"<8sHQQ{CHECKSUM_SIZE}s")
 
 
 def chain_keys(root: str, digests: Iterable[str]) -> list[str]:
@@ -229,7 +229,7 @@ class PromptCache:
         path = self._disk_path(key)
         fp = self.fingerprint.encode()
         header = _HEADER.pack(_MAGIC, len(fp), snapshot.n_tokens, snapshot.nbytes,
-                              hashlib.sha256(snapshot.payload).digest())
+                              payload_checksum(snapshot.payload))
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         try:
             with open(tmp, "wb") as f:
@@ -261,7 +261,7 @@ class PromptCache:
         return snapshot
 
     def _parse(self, f: BinaryIO) -> Snapshot | None:
-        """Read and check one entry: header, fingerprint, then the payload against its length and SHA-256."""
+        """Read and check one entry: header, fingerprint, then the payload against its length and checksum."""
         header = f.read(_HEADER.size)
         if len(header) < _HEADER.size:
             return None
@@ -269,7 +269,7 @@ class PromptCache:
         if magic != _MAGIC or f.read(fp_len) != self.fingerprint.encode():
             return None
         payload = f.read(n_payload + 1)  # one byte more: a longer file is as wrong as a shorter one
-        if len(payload) != n_payload or hashlib.sha256(payload).digest() != checksum:
+        if len(payload) != n_payload or payload_checksum(payload) != checksum:
             return None
         return Snapshot(n_tokens=n_tokens, payload=payload)
 

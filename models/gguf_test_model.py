@@ -19,9 +19,11 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-#: Text decoder size (the projector's output width must equal N_EMBD).
+#: Text decoder size (the projector's output width must equal N_EMBD). One 64-wide attention head: real
+#: decoders use heads 64-128 wide, and ggml's CPU attention over a long context costs several times more per
+#: token with 16-wide heads, which would make cache-hit timings on this model unlike a real one's.
 N_EMBD = 64
-N_HEAD = 4
+N_HEAD = 1
 N_LAYER = 2
 N_FF = 128
 
@@ -48,6 +50,9 @@ _NORMAL_WORDS = (
     "hello world what image sound describe say hear see color red green blue yes no please thank user assistant "
     "system"
 ).split()
+
+
+_ROLE_NAMES = ["system", "user", "assistant"]
 
 
 @dataclass(frozen=True)
@@ -95,7 +100,11 @@ def _vocab() -> tuple[list[str], list[float], list[int]]:
     types += [gguf.TokenType.BYTE] * 256
     pieces = ["\u2581"] + [chr(c) for c in range(ord("a"), ord("z") + 1)]
     pieces += [chr(c) for c in range(ord("A"), ord("Z") + 1)] + list("0123456789.,!?:;'\"-\n")
-    pieces += ["\u2581" + w for w in _NORMAL_WORDS]
+    # SentencePiece only merges two adjacent pieces into one the vocab holds, so each word comes with all its
+    # prefixes: that is what makes "▁hello" one token, and the ChatML role names after <|im_start|> too
+    # (no space before them), as in a real tokenizer.
+    words = ["\u2581" + w for w in _NORMAL_WORDS] + _ROLE_NAMES
+    pieces += list(dict.fromkeys(w[:k] for w in words for k in range(2, len(w) + 1)))
     tokens += pieces
     types += [gguf.TokenType.NORMAL] * len(pieces)
     tokens += ["<|im_start|>", "<|im_end|>"]
@@ -132,6 +141,7 @@ def _write_text_model(path: Path, rng: np.random.Generator, n_ctx_train: int) ->
     w.add_eos_token_id(tokens.index("<|im_end|>"))
     w.add_add_bos_token(True)
     w.add_add_eos_token(False)
+    w.add_add_space_prefix(False)  # as modern SentencePiece models (Gemma): no "▁" glued after special tokens
     w.add_chat_template(CHAT_TEMPLATE)
 
     f16 = np.float16

@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -25,6 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .base import (
+    CHECKSUM_SIZE,
     AudioSegment,
     Backend,
     ChatFrame,
@@ -37,14 +39,14 @@ from .base import (
     Segment,
     Snapshot,
     TextSegment,
+    payload_checksum,
 )
 
 _log = logging.getLogger(__name__)
 _INSTALL_HINT = "install with: pip install 'omnid[mlx]'"
 # Tokens per forward pass of a long prefill: bounds peak memory and sets how often should_stop is polled.
 _PREFILL_BATCH = 512
-_SNAPSHOT_MAGIC = b"OMNIDMLX\x01"
-_DIGEST_SIZE = 16
+_SNAPSHOT_MAGIC = b"OMNIDMLX\x02"
 _MIB = 1 << 20
 # Smallest image side the vision processor resizes sensibly; below it the "image" carries no content.
 _MIN_IMAGE_SIDE = 2
@@ -156,6 +158,8 @@ class MlxBackend(Backend):
         self._cache: list[Any] = []
         self._n = 0
         self._last_logits: Any = None
+        #: Snapshots this backend made or already checked (immutable payloads): a RAM hit skips the checksum.
+        self._verified: weakref.WeakSet[Snapshot] = weakref.WeakSet()
         self.reset()
         _log.log(self._log_level, "loaded %s in %.2f s: %s", folder, time.perf_counter() - started,
                  sorted(self.info.capabilities))
@@ -364,12 +368,13 @@ class MlxBackend(Backend):
         buffer = io.BytesIO()
         self._mx.save_safetensors(buffer, arrays, metadata={"omnid": json.dumps(header)})
         body = buffer.getvalue()
-        digest = hashlib.blake2b(body, digest_size=_DIGEST_SIZE).digest()
-        return Snapshot(n_tokens=self._n, payload=_SNAPSHOT_MAGIC + digest + body)
+        snapshot = Snapshot(n_tokens=self._n, payload=_SNAPSHOT_MAGIC + payload_checksum(body) + body)
+        self._verified.add(snapshot)
+        return snapshot
 
     def restore(self, snapshot: Snapshot) -> None:
         """Rebuild the cache objects from a snapshot; the sequence is untouched unless the whole payload is good."""
-        arrays, header = self._read_payload(snapshot.payload)
+        arrays, header = self._read_payload(snapshot.payload, check_sum=snapshot not in self._verified)
         if header.get("fingerprint") != self.info.fingerprint:
             raise InputError("the snapshot was taken with other model weights or library versions")
         caches = self._make_cache(self._lm)
@@ -386,13 +391,14 @@ class MlxBackend(Backend):
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"the snapshot payload is unusable: {exc}") from exc
         self._cache, self._n, self._last_logits = caches, snapshot.n_tokens, arrays.get("logits")
+        self._verified.add(snapshot)
 
-    def _read_payload(self, payload: bytes) -> tuple[dict[str, Any], dict]:
+    def _read_payload(self, payload: bytes, *, check_sum: bool = True) -> tuple[dict[str, Any], dict]:
         """Check magic and checksum BEFORE handing bytes to MLX's parser, which must never see garbage."""
         head = len(_SNAPSHOT_MAGIC)
-        body = payload[head + _DIGEST_SIZE:]
+        body = payload[head + CHECKSUM_SIZE:]
         if not payload.startswith(_SNAPSHOT_MAGIC) or \
-                hashlib.blake2b(body, digest_size=_DIGEST_SIZE).digest() != payload[head:head + _DIGEST_SIZE]:
+                check_sum and payload_checksum(body) != payload[head:head + CHECKSUM_SIZE]:
             raise InputError("the snapshot payload is corrupt or not an MLX snapshot")
         try:
             arrays, metadata = self._mx.load(io.BytesIO(body), format="safetensors", return_metadata=True)

@@ -178,10 +178,13 @@ def test_context_overflow_checked_before_evaluating(paths: TestModelPaths) -> No
         b.append(USER)
         before = b.logits()
         with pytest.raises(ContextOverflow) as err:
-            b.append(TextSegment("hello world " * 50))
+            b.append(TextSegment("hello world " * 200))
         assert err.value.available == b.info.context_length  # llama.cpp rounds n_ctx up (to 256 here)
         assert b.n_tokens == b.count_tokens(USER)
         assert np.array_equal(b.logits(), before)
+        # ...but keeps n_batch at the 64 asked for: 100 tokens fit the context and go in several batches
+        b.append(TextSegment("hello world " * 50))
+        assert b.n_tokens > 64 + b.count_tokens(USER)
     finally:
         b.close()
 

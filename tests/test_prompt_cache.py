@@ -57,7 +57,7 @@ def test_disk_tier_round_trip_and_refusals(tmp_path: Path) -> None:
     cache.close()
     reopened = PromptCache("model-A", ram_budget_bytes=1 << 20, disk_dir=tmp_path, disk_budget_bytes=1 << 20)
     restored = reopened.get("k")
-    assert restored == snap(1000, 7) and reopened.stats().disk_hits == 1
+    assert restored is not None and restored.payload == snap(1000, 7).payload and reopened.stats().disk_hits == 1
 
     other_model = PromptCache("model-B", ram_budget_bytes=1 << 20, disk_dir=tmp_path, disk_budget_bytes=1 << 20)
     assert other_model.get("k") is None and other_model.stats().rejected == 1
