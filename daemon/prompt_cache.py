@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import mmap
 import os
 import queue
 import struct
@@ -248,7 +249,7 @@ class PromptCache:
         path = self._disk_path(key)
         try:
             with open(path, "rb") as f:
-                snapshot = self._parse(f)
+                snapshot = self._parse(_file_bytes(f))
         except OSError:
             return None
         if snapshot is None:
@@ -260,17 +261,17 @@ class PromptCache:
         os.utime(path)  # the disk tier's LRU order is the files' modification times
         return snapshot
 
-    def _parse(self, f: BinaryIO) -> Snapshot | None:
-        """Read and check one entry: header, fingerprint, then the payload against its length and checksum."""
-        header = f.read(_HEADER.size)
-        if len(header) < _HEADER.size:
+    def _parse(self, data: memoryview) -> Snapshot | None:
+        """Check one entry: header, fingerprint, then the payload against its length and checksum."""
+        if len(data) < _HEADER.size:
             return None
-        magic, fp_len, n_tokens, n_payload, checksum = _HEADER.unpack(header)
-        if magic != _MAGIC or f.read(fp_len) != self.fingerprint.encode():
+        magic, fp_len, n_tokens, n_payload, checksum = _HEADER.unpack_from(data)
+        start = _HEADER.size + fp_len
+        if magic != _MAGIC or bytes(data[_HEADER.size:start]) != self.fingerprint.encode():
             return None
-        payload = f.read(n_payload + 1)  # one byte more: a longer file is as wrong as a shorter one
+        payload = data[start:]
         if len(payload) != n_payload or payload_checksum(payload) != checksum:
-            return None
+            return None  # torn, longer than written (as wrong), or damaged
         return Snapshot(n_tokens=n_tokens, payload=payload)
 
     def _disk_usage(self) -> tuple[int, list[tuple[float, int, Path]]]:
@@ -298,3 +299,18 @@ class PromptCache:
             total -= size
             with self._lock:
                 self._stats.evictions += 1
+
+
+def _file_bytes(f: BinaryIO) -> memoryview:
+    """A cache file's bytes without copying them: a read-only private mapping of the page cache (POSIX).
+
+    Why: reading 8 MB (a 16k-token snapshot of the test model) into fresh memory costs ~5 ms of page faults on
+    every disk hit; mapping and checksumming it costs ~0.5 ms. Entries are only ever replaced (os.replace) or
+    unlinked, never truncated in place, so a mapping stays valid while the RAM tier holds it. Windows cannot
+    replace or delete a mapped file, so there the file is read.
+    """
+    size = os.fstat(f.fileno()).st_size
+    if os.name != "posix" or size == 0:
+        return memoryview(f.read())
+    flags = mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0)  # populate: one call instead of a fault a page
+    return memoryview(mmap.mmap(f.fileno(), size, flags=flags, prot=mmap.PROT_READ))

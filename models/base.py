@@ -165,7 +165,8 @@ class Snapshot:
     """
 
     n_tokens: int
-    payload: bytes
+    #: Immutable bytes: `bytes`, or a read-only view of a mapped cache file (the disk tier).
+    payload: bytes | memoryview
 
     @property
     def nbytes(self) -> int:

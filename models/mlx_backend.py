@@ -393,12 +393,12 @@ class MlxBackend(Backend):
         self._cache, self._n, self._last_logits = caches, snapshot.n_tokens, arrays.get("logits")
         self._verified.add(snapshot)
 
-    def _read_payload(self, payload: bytes, *, check_sum: bool = True) -> tuple[dict[str, Any], dict]:
+    def _read_payload(self, payload: bytes | memoryview, *, check_sum: bool = True) -> tuple[dict[str, Any], dict]:
         """Check magic and checksum BEFORE handing bytes to MLX's parser, which must never see garbage."""
         head = len(_SNAPSHOT_MAGIC)
-        body = payload[head + CHECKSUM_SIZE:]
-        if not payload.startswith(_SNAPSHOT_MAGIC) or \
-                check_sum and payload_checksum(body) != payload[head:head + CHECKSUM_SIZE]:
+        body = memoryview(payload)[head + CHECKSUM_SIZE:]
+        if bytes(payload[:head]) != _SNAPSHOT_MAGIC or \
+                check_sum and payload_checksum(body) != bytes(payload[head:head + CHECKSUM_SIZE]):
             raise InputError("the snapshot payload is corrupt or not an MLX snapshot")
         try:
             arrays, metadata = self._mx.load(io.BytesIO(body), format="safetensors", return_metadata=True)
