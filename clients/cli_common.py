@@ -49,6 +49,7 @@ def print_stream(events: Iterable, as_json: bool, extra: dict | None = None) -> 
 
 def print_usage(usage: pb.Usage) -> None:
     """One line of what an answer cost, on stderr (the -v flag)."""
-    print(f"[{usage.prompt_tokens} prompt tokens, {usage.cached_tokens} cached, {usage.generated_tokens} generated, "
+    cached = f"{usage.cached_tokens} cached in {usage.cache_restore_ms:.1f} ms" if usage.cached_tokens else "0 cached"
+    print(f"[{usage.prompt_tokens} prompt tokens, {cached}, {usage.generated_tokens} generated, "
           f"first token {usage.time_to_first_token_ms:.0f} ms, {usage.decode_tokens_per_second:.1f} tok/s]",
           file=sys.stderr)

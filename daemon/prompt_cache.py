@@ -272,7 +272,7 @@ class PromptCache:
         payload = data[start:]
         if len(payload) != n_payload or payload_checksum(payload) != checksum:
             return None  # torn, longer than written (as wrong), or damaged
-        return Snapshot(n_tokens=n_tokens, payload=payload)
+        return Snapshot(n_tokens=n_tokens, payload=payload, checked=True)
 
     def _disk_usage(self) -> tuple[int, list[tuple[float, int, Path]]]:
         if not self.disk_dir:

@@ -117,7 +117,8 @@ def final_message(session: DecoderSession, stats: PrefillStats, result: Generati
         prompt_tokens=stats.prompt_tokens, cached_tokens=stats.cached_tokens,
         generated_tokens=result.generated_tokens, time_to_first_token_ms=result.time_to_first_token_ms,
         decode_tokens_per_second=result.decode_tokens_per_second, queue_ms=session.queue_ms,
-        prefill_ms=stats.prefill_ms, total_ms=session.queue_ms + stats.prefill_ms + result.decode_ms)
+        prefill_ms=stats.prefill_ms, total_ms=session.queue_ms + stats.prefill_ms + result.decode_ms,
+        cache_restore_ms=stats.restore_ms)
     return pb.Final(text=result.text, usage=usage, stop_reason=result.stop_reason)
 
 

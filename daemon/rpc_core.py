@@ -112,7 +112,8 @@ class CoreRpcs(RpcBase):
             if not session.cache.contains(stats.prefix_key):
                 session.save_snapshot()
             emit(pb.PrefillReply(prefix_id=stats.prefix_key, prompt_tokens=stats.prompt_tokens,
-                                 cached_tokens=stats.cached_tokens, prefill_ms=stats.prefill_ms))
+                                 cached_tokens=stats.cached_tokens, prefill_ms=stats.prefill_ms,
+                                 cache_restore_ms=stats.restore_ms))
 
         return self.unary_job(job, context, "prefill")[-1]
 

@@ -46,6 +46,8 @@ class PrefillStats:
     cached_tokens: int
     prefill_ms: float
     prefix_key: str
+    #: Of prefill_ms, the time the reused prefix took to bring back (cut back, or a snapshot restored).
+    restore_ms: float = 0.0
 
 
 @dataclass
@@ -130,7 +132,9 @@ class DecoderSession:
         t0 = time.perf_counter()
         self.check_cancelled()
         keys = chain_keys(self._root_key, (s.digest() for s in prompt.segments))
+        t_reuse = time.perf_counter()
         reused = self._reuse(keys)
+        restore_ms = (time.perf_counter() - t_reuse) * 1000
         cached_tokens = self.backend.n_tokens
         self.cache.record_lookup(cached_tokens)
         self._keys = keys[:reused]
@@ -143,7 +147,8 @@ class DecoderSession:
                 self.cache.put(keys[i], self.backend.snapshot())
                 last_saved = self.backend.n_tokens
         return PrefillStats(prompt_tokens=self.backend.n_tokens, cached_tokens=cached_tokens,
-                            prefill_ms=(time.perf_counter() - t0) * 1000, prefix_key=keys[-1] if keys else "")
+                            prefill_ms=(time.perf_counter() - t0) * 1000, prefix_key=keys[-1] if keys else "",
+                            restore_ms=restore_ms)
 
     def _reuse(self, keys: list[str]) -> int:
         """Bring the sequence to the longest known prefix of `keys`; returns how many segments it holds."""

@@ -156,17 +156,16 @@ class ModelInfo:
     note: str = ""
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True)
 class Snapshot:
-    """The decoder sequence's state at a segment boundary, as opaque bytes the same backend can restore.
-
-    Compared and hashed by identity (eq=False): backends remember which snapshot objects they made or already
-    checked, and hashing megabytes of payload to do so would cost more than the check it saves.
-    """
+    """The decoder sequence's state at a segment boundary, as opaque bytes the same backend can restore."""
 
     n_tokens: int
     #: Immutable bytes: `bytes`, or a read-only view of a mapped cache file (the disk tier).
     payload: bytes | memoryview
+    #: The payload is known to match its checksum (the backend just made it, or the disk tier just checked the
+    #: file): a restore skips checking it again, which every RAM hit would otherwise pay.
+    checked: bool = field(default=False, compare=False)
 
     @property
     def nbytes(self) -> int:

@@ -19,7 +19,6 @@ import hashlib
 import mmap
 import os
 import struct
-import weakref
 from pathlib import Path
 from typing import Any, Callable
 
@@ -283,9 +282,6 @@ class LlamaCppBackend(Backend):
                                   or self._lc.llama_model_n_swa(model) > 0)
         self._logits: np.ndarray | None = None
         self._media_cache: tuple[str, _MediaChunks] | None = None
-        #: Snapshots this backend made or already checked: their payloads are immutable bytes, so a restore
-        #: from RAM skips the checksum (~0.3 ms per 8 MB, but on every hit).
-        self._verified: weakref.WeakSet[Snapshot] = weakref.WeakSet()
         self._arch = str(text_fields["general.architecture"])
         self._frame: ChatFrame | None = None
         self.info = self._make_info(model_path, mmproj, text_fields, proj_fields, flash_attn, gpu)
@@ -475,13 +471,11 @@ class LlamaCppBackend(Backend):
         if written != size:
             raise RuntimeError(f"llama_state_seq_get_data wrote {written} of {size} bytes")
         out[-CHECKSUM_SIZE:] = payload_checksum(memoryview(out)[:-CHECKSUM_SIZE])
-        snapshot = Snapshot(n_tokens=self._n_tokens, payload=bytes(out))
-        self._verified.add(snapshot)
-        return snapshot
+        return Snapshot(n_tokens=self._n_tokens, payload=bytes(out), checked=True)
 
     def restore(self, snapshot: Snapshot) -> None:
         n_tokens, n_pos, logits, offset, size = self._parse_snapshot(snapshot.payload,
-                                                                     check_sum=snapshot not in self._verified)
+                                                                     check_sum=not snapshot.checked)
         # No reset first: llama.cpp empties seq 0 itself before reading (clearing twice cost ~1 ms at 16k tokens).
         # llama.cpp only reads the state: point it into the immutable payload instead of copying megabytes.
         payload = np.frombuffer(snapshot.payload, np.uint8)
@@ -492,7 +486,6 @@ class LlamaCppBackend(Backend):
             raise InputError("llama.cpp rejected the snapshot's sequence state")
         self._n_tokens, self._n_pos, self._logits = n_tokens, n_pos, logits
         self._boundaries = {n_tokens: n_pos}
-        self._verified.add(snapshot)
 
     def close(self) -> None:
         if self._media_cache is not None:

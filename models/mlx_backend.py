@@ -18,7 +18,6 @@ import json
 import logging
 import re
 import time
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -158,8 +157,6 @@ class MlxBackend(Backend):
         self._cache: list[Any] = []
         self._n = 0
         self._last_logits: Any = None
-        #: Snapshots this backend made or already checked (immutable payloads): a RAM hit skips the checksum.
-        self._verified: weakref.WeakSet[Snapshot] = weakref.WeakSet()
         self.reset()
         _log.log(self._log_level, "loaded %s in %.2f s: %s", folder, time.perf_counter() - started,
                  sorted(self.info.capabilities))
@@ -368,13 +365,11 @@ class MlxBackend(Backend):
         buffer = io.BytesIO()
         self._mx.save_safetensors(buffer, arrays, metadata={"omnid": json.dumps(header)})
         body = buffer.getvalue()
-        snapshot = Snapshot(n_tokens=self._n, payload=_SNAPSHOT_MAGIC + payload_checksum(body) + body)
-        self._verified.add(snapshot)
-        return snapshot
+        return Snapshot(n_tokens=self._n, payload=_SNAPSHOT_MAGIC + payload_checksum(body) + body, checked=True)
 
     def restore(self, snapshot: Snapshot) -> None:
         """Rebuild the cache objects from a snapshot; the sequence is untouched unless the whole payload is good."""
-        arrays, header = self._read_payload(snapshot.payload, check_sum=snapshot not in self._verified)
+        arrays, header = self._read_payload(snapshot.payload, check_sum=not snapshot.checked)
         if header.get("fingerprint") != self.info.fingerprint:
             raise InputError("the snapshot was taken with other model weights or library versions")
         caches = self._make_cache(self._lm)
@@ -391,7 +386,6 @@ class MlxBackend(Backend):
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"the snapshot payload is unusable: {exc}") from exc
         self._cache, self._n, self._last_logits = caches, snapshot.n_tokens, arrays.get("logits")
-        self._verified.add(snapshot)
 
     def _read_payload(self, payload: bytes | memoryview, *, check_sum: bool = True) -> tuple[dict[str, Any], dict]:
         """Check magic and checksum BEFORE handing bytes to MLX's parser, which must never see garbage."""

@@ -87,7 +87,7 @@ class GenerateRequest(_message.Message):
     def __init__(self, system: _Optional[str] = ..., parts: _Optional[_Iterable[_Union[Part, _Mapping]]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., max_tokens: _Optional[int] = ...) -> None: ...
 
 class Usage(_message.Message):
-    __slots__ = ("prompt_tokens", "cached_tokens", "generated_tokens", "time_to_first_token_ms", "decode_tokens_per_second", "queue_ms", "prefill_ms", "total_ms")
+    __slots__ = ("prompt_tokens", "cached_tokens", "generated_tokens", "time_to_first_token_ms", "decode_tokens_per_second", "queue_ms", "prefill_ms", "total_ms", "cache_restore_ms")
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +96,7 @@ class Usage(_message.Message):
     QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     PREFILL_MS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_RESTORE_MS_FIELD_NUMBER: _ClassVar[int]
     prompt_tokens: int
     cached_tokens: int
     generated_tokens: int
@@ -104,7 +105,8 @@ class Usage(_message.Message):
     queue_ms: float
     prefill_ms: float
     total_ms: float
-    def __init__(self, prompt_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., time_to_first_token_ms: _Optional[float] = ..., decode_tokens_per_second: _Optional[float] = ..., queue_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
+    cache_restore_ms: float
+    def __init__(self, prompt_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., time_to_first_token_ms: _Optional[float] = ..., decode_tokens_per_second: _Optional[float] = ..., queue_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., cache_restore_ms: _Optional[float] = ...) -> None: ...
 
 class GenerateEvent(_message.Message):
     __slots__ = ("delta", "done")
@@ -135,16 +137,18 @@ class PrefillRequest(_message.Message):
     def __init__(self, system: _Optional[str] = ..., parts: _Optional[_Iterable[_Union[Part, _Mapping]]] = ..., pin: _Optional[bool] = ...) -> None: ...
 
 class PrefillReply(_message.Message):
-    __slots__ = ("prefix_id", "prompt_tokens", "cached_tokens", "prefill_ms")
+    __slots__ = ("prefix_id", "prompt_tokens", "cached_tokens", "prefill_ms", "cache_restore_ms")
     PREFIX_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     PREFILL_MS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_RESTORE_MS_FIELD_NUMBER: _ClassVar[int]
     prefix_id: str
     prompt_tokens: int
     cached_tokens: int
     prefill_ms: float
-    def __init__(self, prefix_id: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., prefill_ms: _Optional[float] = ...) -> None: ...
+    cache_restore_ms: float
+    def __init__(self, prefix_id: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., prefill_ms: _Optional[float] = ..., cache_restore_ms: _Optional[float] = ...) -> None: ...
 
 class UnpinRequest(_message.Message):
     __slots__ = ("prefix_id",)

@@ -194,6 +194,7 @@ def test_a_prefix_paid_by_one_client_is_reused_by_another(daemon) -> None:
     with daemon.client() as third:
         prefix_tokens = third.prefill(prefix).prompt_tokens  # the prefix alone: all of it already cached
     assert cold.usage.cached_tokens < warm.usage.cached_tokens == prefix_tokens
+    assert 0 < warm.usage.cache_restore_ms < warm.usage.prefill_ms  # the cache's own cost, inside the prefill
     assert after.hits >= before.hits + 1
     assert after.tokens_reused >= before.tokens_reused + warm.usage.cached_tokens
     assert after.ram_bytes > 0 and after.entries > 0
