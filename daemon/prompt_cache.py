@@ -8,9 +8,10 @@ restoring it is correct for attention, sliding-window and recurrent/hybrid decod
 
 Two tiers:
   * RAM: an LRU bounded in bytes; pinned entries are never evicted (Prefill with pin).
-  * disk (optional): one file per entry, surviving restarts, LRU-bounded in bytes too. Each file carries the
-    model fingerprint and a checksum of its payload (`payload_checksum`); a file with the wrong fingerprint, a
-    bad checksum or a torn write is deleted and counts as a miss, never as an answer.
+  * disk (optional): one file per entry, surviving restarts, LRU-bounded in bytes too. Files are written whole
+    and swapped in (os.replace), never truncated, so a hit maps the file instead of reading it. Each carries
+    the model fingerprint and a checksum of its payload (`payload_checksum`); a file with the wrong
+    fingerprint, a bad checksum or a torn write is deleted and counts as a miss, never as an answer.
 
 Thread-safe: the scheduler's worker writes, gRPC threads read statistics.
 """
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import mmap
 import os
 import queue
 import struct
@@ -26,8 +26,9 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import Iterable
 
+from omnid.daemon.file_map import map_file
 from omnid.models.base import CHECKSUM_SIZE, Snapshot, payload_checksum
 
 log = logging.getLogger(__name__)
@@ -249,7 +250,7 @@ class PromptCache:
         path = self._disk_path(key)
         try:
             with open(path, "rb") as f:
-                snapshot = self._parse(_file_bytes(f))
+                snapshot = self._parse(map_file(f))
         except OSError:
             return None
         if snapshot is None:
@@ -300,17 +301,3 @@ class PromptCache:
             with self._lock:
                 self._stats.evictions += 1
 
-
-def _file_bytes(f: BinaryIO) -> memoryview:
-    """A cache file's bytes without copying them: a read-only private mapping of the page cache (POSIX).
-
-    Why: reading 8 MB (a 16k-token snapshot of the test model) into fresh memory costs ~5 ms of page faults on
-    every disk hit; mapping and checksumming it costs ~0.5 ms. Entries are only ever replaced (os.replace) or
-    unlinked, never truncated in place, so a mapping stays valid while the RAM tier holds it. Windows cannot
-    replace or delete a mapped file, so there the file is read.
-    """
-    size = os.fstat(f.fileno()).st_size
-    if os.name != "posix" or size == 0:
-        return memoryview(f.read())
-    flags = mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0)  # populate: one call instead of a fault a page
-    return memoryview(mmap.mmap(f.fileno(), size, flags=flags, prot=mmap.PROT_READ))

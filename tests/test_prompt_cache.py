@@ -6,6 +6,8 @@ Mamba + attention model when mlx is installed); the rest runs against real daemo
 """
 from __future__ import annotations
 
+import gc
+import os
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +64,26 @@ def test_disk_tier_round_trip_and_refusals(tmp_path: Path) -> None:
     other_model = PromptCache("model-B", ram_budget_bytes=1 << 20, disk_dir=tmp_path, disk_budget_bytes=1 << 20)
     assert other_model.get("k") is None and other_model.stats().rejected == 1
     assert not (tmp_path / "k.snap").exists()  # refused entries are deleted
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="counts descriptors through /proc")
+def test_disk_hits_are_mapped_without_holding_descriptors(tmp_path: Path) -> None:
+    writer = PromptCache("fp", ram_budget_bytes=1 << 30, disk_dir=tmp_path, disk_budget_bytes=1 << 30)
+    for i in range(300):
+        writer.put(f"k{i}", snap(4096, i % 256))
+    writer.close()
+    reader = PromptCache("fp", ram_budget_bytes=1 << 30, disk_dir=tmp_path, disk_budget_bytes=1 << 30)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    held = [reader.get(f"k{i}") for i in range(300)]  # all kept by the RAM tier, as after a restart
+    assert all(s is not None and s.checked and bytes(s.payload[:2]) == bytes([i % 256] * 2)
+               for i, s in enumerate(held))
+    assert len(os.listdir("/proc/self/fd")) <= fds_before + 2  # Python's mmap would hold one per entry
+    maps_held = Path("/proc/self/maps").read_text().count(str(tmp_path))
+    del held
+    reader.close()
+    del reader
+    gc.collect()
+    assert maps_held >= 300 and Path("/proc/self/maps").read_text().count(str(tmp_path)) == 0  # unmapped
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "empty"])
