@@ -300,4 +300,3 @@ class PromptCache:
             total -= size
             with self._lock:
                 self._stats.evictions += 1
-

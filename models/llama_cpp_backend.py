@@ -54,7 +54,7 @@ _GGUF_MAGIC = b"GGUF"
 _SNAPSHOT_MAGIC = b"OMNIDLC3"
 # magic, fingerprint (32 hex chars), n_tokens, n_pos, n_vocab, has_logits, state length
 _SNAPSHOT_HEADER = struct.Struct("<8s32sqqqBq")
-# The payload ends with payloadpayload_checksum(everything before it): damage is caught before llama.cpp reads a byte.
+# A payload ends with payload_checksum(everything before it): damage is caught before llama.cpp reads a byte.
 _EDGE_BYTES = 1 << 20
 
 
@@ -268,7 +268,8 @@ class LlamaCppBackend(Backend):
         self._ctx = self._llm._ctx.ctx
         self._n_ctx = int(self._lc.llama_n_ctx(self._ctx))
         # llama.cpp lowers n_batch to a small n_ctx; a batch larger than the one it kept aborts the process.
-        self._n_batch = min(n_batch, int(self._lc.llama_n_batch(self._ctx)), int(self._lc.llama_n_ubatch(self._ctx)))
+        self._n_batch = min(n_batch, int(self._lc.llama_n_batch(self._ctx)),
+                            int(self._lc.llama_n_ubatch(self._ctx)))
         self._vocab = self._lc.llama_model_get_vocab(self._llm._model.model)
         self._n_vocab = int(self._lc.llama_vocab_n_tokens(self._vocab))
         self._mtmd = self._load_mtmd(mmproj, threads, flash_attn, gpu) if mmproj else None
