@@ -16,7 +16,7 @@ from __future__ import annotations
 import codecs
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Sequence, cast
 
 from omnid.daemon.prompt_cache import PromptCache, chain_keys
 from omnid.daemon.sampling import Sampler, SamplingParams
@@ -139,13 +139,15 @@ class DecoderSession:
         self.cache.record_lookup(cached_tokens)
         self._keys = keys[:reused]
         last_saved = self.backend.n_tokens
-        for i in range(reused, len(prompt.segments)):
-            self._append(prompt.segments[i], keys[i])
-            boundary = i + 1
-            if save and boundary in prompt.cache_points and \
-                    self.backend.n_tokens - last_saved >= self._min_snapshot_tokens:
-                self.cache.put(keys[i], self.backend.snapshot())
+        snapshot_points = prompt.cache_points if save else frozenset()
+        start = reused
+        while start < len(prompt.segments):
+            end = _run_end(prompt.segments, start, snapshot_points)
+            self._append_run(prompt.segments[start:end], keys[start:end])
+            if end in snapshot_points and self.backend.n_tokens - last_saved >= self._min_snapshot_tokens:
+                self.cache.put(keys[end - 1], self.backend.snapshot())
                 last_saved = self.backend.n_tokens
+            start = end
         return PrefillStats(prompt_tokens=self.backend.n_tokens, cached_tokens=cached_tokens,
                             prefill_ms=(time.perf_counter() - t0) * 1000, prefix_key=keys[-1] if keys else "",
                             restore_ms=restore_ms)
@@ -190,12 +192,19 @@ class DecoderSession:
         if self.cancelled():
             raise Cancelled()
 
-    def _append(self, segment: Segment, key: str) -> None:
+    def _append_run(self, segments: Sequence[Segment], keys: Sequence[str]) -> None:
+        """Evaluate one segment, or a run of text segments in one backend call (see _run_end)."""
         self.check_cancelled()
-        self.backend.append(segment, should_stop=self.cancelled)
+        start = self.backend.n_tokens
+        if len(segments) == 1:
+            counts = [self.backend.append(segments[0], should_stop=self.cancelled)]
+        else:
+            counts = self.backend.append_texts(cast(Sequence[TextSegment], segments), should_stop=self.cancelled)
         self.check_cancelled()
-        self._keys.append(key)
-        self._live[key] = self.backend.n_tokens
+        for key, n in zip(keys, counts):
+            start += n
+            self._keys.append(key)
+            self._live[key] = start
 
     # -- generation ------------------------------------------------------------------------------------------
 
@@ -279,6 +288,16 @@ def _overlap(text: str, stop: str) -> int:
         if text.endswith(stop[:k]):
             return k
     return 0
+
+
+def _run_end(segments: Sequence[Segment], start: int, snapshot_points: frozenset[int]) -> int:
+    """End (exclusive) of the run of segments evaluated together from `start`: consecutive text segments, cut
+    at each boundary where a snapshot may be taken (one needs the sequence to stop exactly there)."""
+    end = start + 1
+    while (end < len(segments) and end not in snapshot_points
+           and isinstance(segments[end - 1], TextSegment) and isinstance(segments[end], TextSegment)):
+        end += 1
+    return end
 
 
 def _empty(segment: Segment) -> bool:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Union
+from typing import Callable, Literal, Sequence, Union
 
 import numpy as np
 import xxhash
@@ -215,6 +215,18 @@ class Backend(ABC):
         the sequence unchanged. `should_stop` is polled between batches of a long prefill; when it returns
         True the backend stops early and the sequence is left in an unspecified state (the caller resets).
         """
+
+    def append_texts(self, segments: Sequence[TextSegment],
+                     should_stop: Callable[[], bool] | None = None) -> list[int]:
+        """Evaluate text segments one after another, as `append` would; returns the tokens each added.
+
+        Why: every evaluation call has a fixed cost that grows with the sequence (llama.cpp attends over the
+        whole context once per call: ~0.7 ms at 16k tokens on two cores), and what follows a cache hit is
+        usually a few short pieces (the question, the turn's closing tokens). A backend that can evaluate
+        them in one call overrides this; each segment is still tokenized on its own, so the tokens are the
+        same as with separate appends. Errors and `should_stop` behave as in `append`.
+        """
+        return [self.append(segment, should_stop) for segment in segments]
 
     def truncate(self, n_tokens: int) -> bool:
         """Cut the sequence back to its first n_tokens, where the decoder can; False leaves it unchanged.

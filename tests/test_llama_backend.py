@@ -148,6 +148,19 @@ def test_same_segments_give_identical_logits(fresh: LlamaCppBackend) -> None:
     assert np.array_equal(first, second)
 
 
+def test_text_segments_in_one_decode_match_separate_appends(fresh: LlamaCppBackend) -> None:
+    segments = [USER, TextSegment("hello world"), ASK]
+    separate = _logits_after(fresh, *segments)
+    fresh.reset()
+    counts = fresh.append_texts(segments)
+    assert counts == [fresh.count_tokens(s) for s in segments] and fresh.n_tokens == sum(counts)
+    np.testing.assert_allclose(fresh.logits(), separate, rtol=0, atol=1e-5)
+    # every segment's end is still a boundary the sequence can be cut back to
+    assert fresh.truncate(counts[0] + counts[1]) and fresh.n_tokens == counts[0] + counts[1]
+    fresh.append(ASK)
+    np.testing.assert_allclose(fresh.logits(), separate, rtol=0, atol=1e-5)
+
+
 def test_should_stop_interrupts_long_text(paths: TestModelPaths) -> None:
     b = LlamaCppBackend(paths.text, None, n_ctx=512, n_threads=1, n_batch=16)
     try:
