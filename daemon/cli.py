@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-document-pages", type=int, default=500, help="refuse PDFs with more pages than this")
     serve.add_argument("--screen-history-size", type=parse_size, default=256 << 20,
                        help="bytes of screen history to keep (oldest go first; default 256M)")
+    serve.add_argument("--exit-with-parent", action="store_true",
+                       help="stop when the process that started omnid exits (apps running it as a child, test harnesses)")
     serve.add_argument("-v", "--verbose", action="store_true")
 
     make = commands.add_parser("make-test-model", help="write a tiny random-weight omni model",
@@ -68,7 +70,7 @@ def config_from(args: argparse.Namespace) -> DaemonConfig:
                           threads=args.threads, flash_attn=args.flash_attn, tcp=args.tcp, token_file=args.token_file,
                           max_queue=args.max_queue, allow_read=list(args.allow_read),
                           max_document_pages=args.max_document_pages,
-                          screen_history_bytes=args.screen_history_size)
+                          screen_history_bytes=args.screen_history_size, exit_with_parent=args.exit_with_parent)
     if args.socket:
         config.socket_path = args.socket
     if args.cache_ram is not None:

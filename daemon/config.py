@@ -77,3 +77,5 @@ class DaemonConfig:
     allow_read: list[Path] = field(default_factory=list)
     #: IngestDocument refuses PDFs with more pages (RESOURCE_EXHAUSTED).
     max_document_pages: int = 500
+    #: Stop once the process that started the daemon is gone, so a crashed app or test run leaves no model loaded.
+    exit_with_parent: bool = False

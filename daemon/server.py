@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from concurrent import futures
 from dataclasses import replace
 from pathlib import Path
@@ -208,9 +209,21 @@ def serve(config: DaemonConfig) -> int:
         log.warning("note: %s", info.note)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: threading.Thread(target=daemon.stop, daemon=True).start())
+    if config.exit_with_parent:
+        threading.Thread(target=_stop_when_orphaned, args=(daemon, os.getppid()), name="omnid-parent-watch",
+                         daemon=True).start()
     daemon.wait()
     log.warning("omnid stopped")
     return 0
+
+
+def _stop_when_orphaned(daemon: Daemon, parent: int, interval: float = 0.5) -> None:
+    """Stop the daemon once `parent` is gone (the process is re-parented). Polling getppid works on Linux and
+    macOS alike, and needs nothing from the parent: a parent killed by SIGKILL or an abort is noticed too."""
+    while os.getppid() == parent:
+        time.sleep(interval)
+    log.warning("the process that started omnid (pid %d) is gone: stopping", parent)
+    daemon.stop()
 
 
 def _claim_socket(path: Path) -> None:

@@ -361,3 +361,38 @@ def test_proto_stubs_match_the_proto() -> None:
     script = Path(__file__).resolve().parents[1] / "proto" / "generate.py"
     result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+# -- lifetime ---------------------------------------------------------------------------------------------------
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_exit_with_parent_stops_the_daemon_when_its_starter_is_killed(tmp_path, test_model) -> None:
+    """An app (or a test run) that starts omnid and dies, even by SIGKILL, leaves no daemon holding the model."""
+    socket_path = tmp_path / "run" / "omnid.sock"
+    starter = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time\n"
+        "p = subprocess.Popen([sys.executable, '-m', 'omnid.daemon', 'serve', '--exit-with-parent', '--model', "
+        f"{str(test_model.text)!r}, '--socket', {str(socket_path)!r}, '--data-dir', {str(tmp_path / 'data')!r}, "
+        "'--cache-disk', 'off', '--threads', '1', '--ctx', '512'])\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(600)\n")], stdout=subprocess.PIPE, text=True)
+    daemon_pid = int(starter.stdout.readline())
+    deadline = time.monotonic() + 60
+    while not socket_path.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert socket_path.exists() and _alive(daemon_pid)
+    starter.kill()
+    starter.wait()
+    deadline = time.monotonic() + 15
+    while _alive(daemon_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(daemon_pid)
+    assert not socket_path.exists()  # it stopped cleanly, as on SIGTERM
