@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -70,7 +71,8 @@ def config_from(args: argparse.Namespace) -> DaemonConfig:
                           threads=args.threads, flash_attn=args.flash_attn, tcp=args.tcp, token_file=args.token_file,
                           max_queue=args.max_queue, allow_read=list(args.allow_read),
                           max_document_pages=args.max_document_pages,
-                          screen_history_bytes=args.screen_history_size, exit_with_parent=args.exit_with_parent)
+                          screen_history_bytes=args.screen_history_size,
+                          parent_pid=os.getppid() if args.exit_with_parent else None)
     if args.socket:
         config.socket_path = args.socket
     if args.cache_ram is not None:

@@ -77,5 +77,6 @@ class DaemonConfig:
     allow_read: list[Path] = field(default_factory=list)
     #: IngestDocument refuses PDFs with more pages (RESOURCE_EXHAUSTED).
     max_document_pages: int = 500
-    #: Stop once the process that started the daemon is gone, so a crashed app or test run leaves no model loaded.
-    exit_with_parent: bool = False
+    #: Stop once this process (the one that started the daemon) is gone, so a crashed app or test run leaves no model
+    #: loaded. The CLI records it before loading anything: a parent that dies during a slow load is still noticed.
+    parent_pid: int | None = None

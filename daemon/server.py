@@ -209,8 +209,8 @@ def serve(config: DaemonConfig) -> int:
         log.warning("note: %s", info.note)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: threading.Thread(target=daemon.stop, daemon=True).start())
-    if config.exit_with_parent:
-        threading.Thread(target=_stop_when_orphaned, args=(daemon, os.getppid()), name="omnid-parent-watch",
+    if config.parent_pid is not None:
+        threading.Thread(target=_stop_when_orphaned, args=(daemon, config.parent_pid), name="omnid-parent-watch",
                          daemon=True).start()
     daemon.wait()
     log.warning("omnid stopped")
