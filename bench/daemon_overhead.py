@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_model_flags, start_daemon, test_model_args  # noqa: E402
+from _common import StolenTime, add_model_flags, start_daemon, test_model_args  # noqa: E402
 
 from omnid.clients.client import OmniClient, text  # noqa: E402
 from omnid.daemon.prompt_cache import PromptCache  # noqa: E402
@@ -68,6 +68,7 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=1024)
     parser.add_argument("--runs", type=int, default=11)
     args = parser.parse_args()
+    stolen = StolenTime()
 
     with tempfile.TemporaryDirectory() as tmp:
         model_args = test_model_args(Path(tmp), args.model, args.mmproj, args.backend)
@@ -88,6 +89,7 @@ def main() -> int:
 
     ttft_l, tps_l = (statistics.median(x) for x in zip(*local))
     ttft_r, tps_r = (statistics.median(x) for x in zip(*remote))
+    print(f"host: other machines took {stolen.describe()} during this run (timings are inflated when it is high)")
     print(f"model: {backend.info.name} ({backend.info.backend}), {args.tokens} tokens, {args.runs} runs, "
           f"threads {args.threads}, cpu count {os.cpu_count()}")
     print(f"{'':12}{'in-process':>14}{'daemon':>14}{'ratio':>10}")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from _common import add_model_flags, start_daemon, test_model_args  # noqa: E402
+from _common import StolenTime, add_model_flags, start_daemon, test_model_args  # noqa: E402
 from documents_pdfs import make_report  # noqa: E402
 
 from pypdf import PdfReader  # noqa: E402
@@ -91,6 +91,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=11, help="extraction runs (best of)")
     parser.add_argument("--max-tokens", type=int, default=8)
     args = parser.parse_args()
+    stolen = StolenTime()
 
     data = make_report(args.pages, lines=args.lines)
     extraction = {}
@@ -132,6 +133,7 @@ def main() -> int:
             daemon.stop()
 
     kinds = {k: sum(1 for p in info.pages if p.kind == k) for k in ("text", "image", "unread")}
+    print(f"host: other machines took {stolen.describe()} during this run (timings are inflated when it is high)")
     print(f"model: {model}; context {args.ctx}; threads {args.threads}; cpu count {os.cpu_count()}")
     print(f"document: {info.page_count} pages ({kinds['text']} text incl. tables, {kinds['image']} scanned, "
           f"{kinds['unread']} unread), {info.total_tokens} tokens, fits the context: {info.fits_context}, "

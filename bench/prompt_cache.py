@@ -29,7 +29,7 @@ import soundfile
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_model_flags, start_daemon, test_model_args  # noqa: E402
+from _common import StolenTime, add_model_flags, start_daemon, test_model_args  # noqa: E402
 
 from omnid.clients.client import OmniClient, audio, image, text  # noqa: E402
 from omnid.proto import omnid_pb2 as pb  # noqa: E402
@@ -78,6 +78,7 @@ def main() -> int:
     parser.add_argument("--sizes", default="1000,4000,16000")
     parser.add_argument("--flash-attn", action="store_true")
     args = parser.parse_args()
+    stolen = StolenTime()
     sizes = [int(s) for s in args.sizes.split(",")]
 
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -114,6 +115,7 @@ def main() -> int:
         finally:
             daemon.stop()
 
+    print(f"host: other machines took {stolen.describe()} during this run (timings are inflated when it is high)")
     print(f"model: {model_args['model']} ({model_args['backend']}), {args.runs} runs each, threads {args.threads}, "
           f"flash attention {'on' if args.flash_attn else 'off'}, "
           f"disk hits after restart: {disk_hits}")
