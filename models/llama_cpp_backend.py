@@ -497,7 +497,8 @@ class LlamaCppBackend(Backend):
         state = ctypes.cast(payload.ctypes.data + offset, ctypes.POINTER(ctypes.c_uint8))
         # Empty the cache first, without zeroing the KV buffers as reset() does. Clearing it whole drops llama.cpp's
         # per-cell bookkeeping at once; removing seq 0 cell by cell rebalances its trees: at 16k tokens on two
-        # cores, 0.7 ms against 1.9 ms (set_data itself: 5.2 ms). Letting set_data empty it is slower still.
+        # cores, 0.7 ms against 1.9 ms (set_data itself: ~3 ms with scripts/llama-cpp-patches, ~5 ms without).
+        # Letting set_data empty it is slower still.
         self._lc.llama_memory_clear(self._lc.llama_get_memory(self._ctx), False)
         read = int(self._lc.llama_state_seq_set_data(self._ctx, state, size, 0))
         if read != size:
