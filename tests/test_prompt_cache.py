@@ -222,6 +222,16 @@ def test_a_prefix_paid_by_one_client_is_reused_by_another(daemon) -> None:
     assert after.ram_bytes > 0 and after.entries > 0
 
 
+def test_the_start_up_warm_up_leaves_no_trace_in_the_shared_cache(start_daemon) -> None:
+    """The daemon warms its request path with one tiny request at start-up, on a private cache."""
+    d = start_daemon("--cache-disk", "off")
+    with d.client() as c:
+        stats = c.status().cache
+        first = final(c, text(LONG_TEXT), text("first?"))
+    assert (stats.hits, stats.misses, stats.tokens_reused, stats.entries, stats.ram_bytes) == (0, 0, 0, 0, 0)
+    assert first.usage.cached_tokens == 0
+
+
 def test_media_prefixes_are_reused_and_keyed_on_content(daemon) -> None:
     with daemon.client() as c:
         media = [image(png_bytes(21)), audio(wav_bytes(350, seconds=3.0))]
