@@ -52,8 +52,10 @@ class StolenTime:
         return 100 * delta[7] / max(sum(delta[:8]), 1)
 
     def describe(self) -> str:
+        """The line every benchmark prints first."""
         share = self.percent()
-        return "unknown (no /proc/stat)" if share is None else f"{share:.1f}% of CPU time"
+        taken = "an unknown share (no /proc/stat)" if share is None else f"{share:.1f}%"
+        return f"host: other machines took {taken} of CPU time during this run (timings are inflated when it is high)"
 
 
 def _cpu_times() -> list[int] | None:

@@ -89,7 +89,7 @@ def main() -> int:
 
     ttft_l, tps_l = (statistics.median(x) for x in zip(*local))
     ttft_r, tps_r = (statistics.median(x) for x in zip(*remote))
-    print(f"host: other machines took {stolen.describe()} during this run (timings are inflated when it is high)")
+    print(stolen.describe())
     print(f"model: {backend.info.name} ({backend.info.backend}), {args.tokens} tokens, {args.runs} runs, "
           f"threads {args.threads}, cpu count {os.cpu_count()}")
     print(f"{'':12}{'in-process':>14}{'daemon':>14}{'ratio':>10}")

@@ -133,7 +133,7 @@ def main() -> int:
             daemon.stop()
 
     kinds = {k: sum(1 for p in info.pages if p.kind == k) for k in ("text", "image", "unread")}
-    print(f"host: other machines took {stolen.describe()} during this run (timings are inflated when it is high)")
+    print(stolen.describe())
     print(f"model: {model}; context {args.ctx}; threads {args.threads}; cpu count {os.cpu_count()}")
     print(f"document: {info.page_count} pages ({kinds['text']} text incl. tables, {kinds['image']} scanned, "
           f"{kinds['unread']} unread), {info.total_tokens} tokens, fits the context: {info.fits_context}, "

@@ -62,7 +62,7 @@ def main() -> int:
             gc.unfreeze()
         finally:
             daemon.stop()
-    print(f"host: other machines took {stolen.describe()} during this run (timings are inflated when it is high)")
+    print(stolen.describe())
     print(f"a started daemon ({model['backend']}), {tracked:,} objects tracked by the collector")
     print(f"full collection, median of {args.runs}: {unfrozen:.1f} ms unfrozen, {frozen:.3f} ms frozen: "
           f"{unfrozen - frozen:.1f} ms less for any request that a collection lands in")

@@ -96,7 +96,7 @@ def main() -> int:
                 results[name]["llama_cpp"], results[name]["tokens"] = got["llama_cpp"], got["tokens"]
                 results[name]["restore"] += got["restore"]
                 results[name]["question"] += got["question"]
-    print(f"host: other machines took {stolen.describe()} during this run (timings are inflated when it is high)")
+    print(stolen.describe())
     for name, r in results.items():
         print(f"{name:8} llama_cpp from {r['llama_cpp']}")
     tokens = results["patched"]["tokens"]

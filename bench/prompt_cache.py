@@ -115,7 +115,7 @@ def main() -> int:
         finally:
             daemon.stop()
 
-    print(f"host: other machines took {stolen.describe()} during this run (timings are inflated when it is high)")
+    print(stolen.describe())
     print(f"model: {model_args['model']} ({model_args['backend']}), {args.runs} runs each, threads {args.threads}, "
           f"flash attention {'on' if args.flash_attn else 'off'}, "
           f"disk hits after restart: {disk_hits}")
