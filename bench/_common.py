@@ -85,7 +85,8 @@ def start_daemon(tmp: Path, model_args: dict[str, str], extra: list[str], timeou
     """`omnid serve` on a socket in tmp; returns once it answers."""
     socket = tmp / "run" / "omnid.sock"
     cmd = [sys.executable, "-m", "omnid.daemon", "serve", "--model", model_args["model"],
-           "--backend", model_args["backend"], "--socket", str(socket), "--data-dir", str(tmp / "data"), "--exit-with-parent", *extra]
+           "--backend", model_args["backend"], "--socket", str(socket), "--data-dir", str(tmp / "data"),
+           "--exit-with-parent", *extra]
     if model_args["mmproj"]:
         cmd += ["--mmproj", model_args["mmproj"]]
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp / "cache"), "MLX_DISABLE_COMPILE": "1"}
