@@ -124,16 +124,24 @@ class CoreRpcs(RpcBase):
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusReply:
         info = self.info
         assert self.scheduler.cache is not None
-        stats = self.scheduler.cache.stats()
         return pb.StatusReply(
             model_name=info.name, model_path=info.path, mmproj_path=info.mmproj_path, backend=info.backend,
             capabilities=sorted(info.capabilities), context_length=info.context_length,
             memory_rss_bytes=resident_bytes(), queue_depth=self.scheduler.queue_depth,
             queue_capacity=self.scheduler.max_queue, busy=self.scheduler.busy,
-            uptime_seconds=time.monotonic() - self.started_at, cache=pb.CacheStats(**vars(stats)),
+            uptime_seconds=time.monotonic() - self.started_at, cache=self.cache_stats(),
             version=VERSION, endpoint=self.endpoint,
             audio_sample_rate=info.audio_sample_rate if "audio" in info.capabilities else 0,
             max_audio_clip_seconds=info.max_audio_clip_seconds or 0.0, note=info.note)
+
+
+    def cache_stats(self) -> pb.CacheStats:
+        assert self.scheduler.cache is not None
+        s = self.scheduler
+        return pb.CacheStats(**vars(s.cache.stats()), state_base_bytes=s.state_base_bytes,
+                             state_bytes_per_token=s.state_bytes_per_token,
+                             checkpoint_interval=0 if s.backend is None or s.backend.can_truncate
+                             else s.checkpoint_interval)
 
 
 def resident_bytes() -> int:

@@ -19,13 +19,30 @@ from typing import Any, Callable, Iterator
 
 from omnid.daemon.prompt_cache import PromptCache
 from omnid.daemon.sampling import SamplingParams
-from omnid.daemon.session import Cancelled, DecoderSession
+from omnid.daemon.session import DEFAULT_CHECKPOINT_INTERVAL, Cancelled, DecoderSession
+from omnid.daemon.token_chain import ANCHOR, LiveSequence, TokenizerCache
 from omnid.models.base import Backend, ChatFrame, InputError, TextSegment
 
 log = logging.getLogger(__name__)
 
 Emit = Callable[[Any], None]
 Job = Callable[[DecoderSession, Emit], None]
+
+
+#: Words the warm-up evaluates to measure how snapshots grow per token.
+_STATE_PROBE_TOKENS = 48
+
+
+def checkpoint_interval(base_bytes: int, bytes_per_token: float, n_ctx: int, ram_budget: int) -> int:
+    """Tokens between checkpoints, so that one prompt filling the whole context checkpoints into at most a
+    quarter of the RAM budget (the rest serves other prompts): the smallest multiple of ANCHOR from 512 up.
+
+    A prompt of L tokens with checkpoints every I tokens holds about L/I * base + bytes_per_token * L^2 / (2I).
+    """
+    full = n_ctx * base_bytes + bytes_per_token * n_ctx * n_ctx / 2
+    share = max(1, ram_budget // 4)
+    interval = max(512, int(full / share) + 1)
+    return -(-interval // ANCHOR) * ANCHOR
 
 
 class QueueFull(Exception):
@@ -110,7 +127,13 @@ class Scheduler:
         self.cache: PromptCache | None = None
         self._frame: ChatFrame | None = None
         #: What the backend's sequence holds between jobs (see DecoderSession: cut back instead of restoring).
-        self._live: dict[str, int] = {}
+        self._live = LiveSequence()
+        self._tokens = TokenizerCache()
+        #: Tokens between checkpoints on decoders that cannot be cut back (sized at start-up, see _warm_up).
+        self.checkpoint_interval = DEFAULT_CHECKPOINT_INTERVAL
+        #: Snapshot bytes of an empty sequence (recurrent state, logits) and per token (attention KV).
+        self.state_base_bytes = 0
+        self.state_bytes_per_token = 0.0
 
     # -- lifetime --------------------------------------------------------------------------------------------
 
@@ -184,12 +207,19 @@ class Scheduler:
         the first client does not pay for one-time set-up: llama.cpp's compute graphs and buffers, MLX's
         kernels, first calls into the sampler (measured here: 0.8 s for llama.cpp's first decode on the tiny
         model). A private cache with no budget keeps this out of the shared cache and its statistics."""
-        assert self.backend is not None and self._frame is not None
+        assert self.backend is not None and self._frame is not None and self.cache is not None
         scratch = PromptCache(self.backend.info.fingerprint, ram_budget_bytes=0)
-        session = DecoderSession(self.backend, scratch, lambda: False, frame=self._frame)
+        session = DecoderSession(self.backend, scratch, lambda: False, frame=self._frame, tokens=self._tokens)
         session.prefill(session.build_prompt([TextSegment("Hello")]), save=False)
         session.generate(2, SamplingParams())
+        small = (self.backend.n_tokens, self.backend.snapshot().nbytes)
+        self.backend.append_tokens(self.backend.tokenize(TextSegment(" hello" * _STATE_PROBE_TOKENS)))
+        large = (self.backend.n_tokens, self.backend.snapshot().nbytes)
         self.backend.reset()
+        self.state_bytes_per_token = max(0.0, (large[1] - small[1]) / max(1, large[0] - small[0]))
+        self.state_base_bytes = max(0, int(small[1] - small[0] * self.state_bytes_per_token))
+        self.checkpoint_interval = checkpoint_interval(self.state_base_bytes, self.state_bytes_per_token,
+                                                       self.backend.info.context_length, self.cache.ram_budget_bytes)
 
     def _run_one(self, handle: JobHandle) -> None:
         assert self.backend is not None and self.cache is not None
@@ -199,7 +229,8 @@ class Scheduler:
         self._current = handle
         handle.started_at = time.perf_counter()
         session = DecoderSession(self.backend, self.cache, handle.is_cancelled, queue_ms=handle.queue_ms,
-                                 frame=self._frame, live=self._live)
+                                 frame=self._frame, live=self._live, tokens=self._tokens,
+                                 checkpoint_interval=self.checkpoint_interval)
         error: BaseException | None = None
         try:
             handle.job(session, handle.emit)

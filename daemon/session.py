@@ -13,14 +13,28 @@ session.continue_prompt(more)): the prefix is live or cached, so only the new tu
 """
 from __future__ import annotations
 
+import bisect
 import codecs
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence, cast
+from typing import Callable, Sequence
 
-from omnid.daemon.prompt_cache import PromptCache, chain_keys
+import numpy as np
+
+from omnid.daemon.prompt_cache import EntryKind, PromptCache
+from omnid.daemon.token_chain import ChainHasher, LiveSequence, TokenChain, TokenizerCache, media_code
 from omnid.daemon.sampling import Sampler, SamplingParams
 from omnid.models.base import Backend, ChatFrame, InputError, ModelInfo, Segment, TextSegment
+
+
+#: Tokens between checkpoints inside long text on decoders that cannot be cut back (the scheduler sizes it to the
+#: RAM budget; see checkpoint_interval).
+DEFAULT_CHECKPOINT_INTERVAL = 1024
+#: A prompt that ends with at least this many units of text gets a snapshot at its end...
+LONG_TEXT_UNITS = 256
+#: ...and, where the decoder cannot be cut back, checkpoints this many units before it: a new prompt that only
+#: changes the last sentence or two resumes there instead of a grid line up to a whole interval earlier.
+TAIL_CHECKPOINTS = (256, 32)
 
 
 class Cancelled(Exception):
@@ -48,6 +62,8 @@ class PrefillStats:
     prefix_key: str
     #: Of prefill_ms, the time the reused prefix took to bring back (cut back, or a snapshot restored).
     restore_ms: float = 0.0
+    #: Where the reused tokens came from: "live", "snapshot", "checkpoint", or "" (nothing reused).
+    reused_from: str = ""
 
 
 @dataclass
@@ -64,8 +80,9 @@ class DecoderSession:
     """Exclusive, single-threaded use of the backend for one job."""
 
     def __init__(self, backend: Backend, cache: PromptCache, cancelled: Callable[[], bool],
-                 queue_ms: float = 0.0, frame: ChatFrame | None = None, live: dict[str, int] | None = None,
-                 min_snapshot_tokens: int = 32) -> None:
+                 queue_ms: float = 0.0, frame: ChatFrame | None = None, live: LiveSequence | None = None,
+                 min_snapshot_tokens: int = 32, tokens: TokenizerCache | None = None,
+                 checkpoint_interval: int = DEFAULT_CHECKPOINT_INTERVAL) -> None:
         self.backend = backend
         self.cache = cache
         self.cancelled = cancelled
@@ -74,13 +91,12 @@ class DecoderSession:
         self.queue_ms = queue_ms
         self.started = time.perf_counter()
         self._frame = frame or backend.chat_frame()
-        self._root_key = f"{self.info.fingerprint}|{self._frame.template_digest}"
         self._min_snapshot_tokens = min_snapshot_tokens
-        # Keys of the chain this job evaluated (save_snapshot names the sequence by the last one).
-        self._keys: list[str] = []
-        #: Chain key -> n_tokens of every boundary the backend's sequence holds now. Owned by the scheduler so
-        #: it outlives the job: the next job can cut the sequence back to a shared prefix instead of restoring.
-        self._live = live if live is not None else {}
+        self._checkpoint_interval = checkpoint_interval
+        #: What the backend's sequence holds. Owned by the scheduler so it outlives the job: the next job can
+        #: continue from it, or cut it back to a shared prefix, instead of restoring.
+        self._live = live if live is not None else LiveSequence()
+        self._tokens = tokens if tokens is not None else TokenizerCache()
 
     # -- layout ----------------------------------------------------------------------------------------------
 
@@ -93,13 +109,13 @@ class DecoderSession:
         open_turn the turn is left open: that is the shape of a Prefill, whose last part is a cache point too.
         """
         f = self._frame
-        segs: list[Segment] = [TextSegment(f.head)]
+        segs: list[Segment] = [_piece(f.head)]
         points: set[int] = set()
         has_system_slot = bool(f.system_open or f.system_close)
         if system and has_system_slot:
-            segs += [TextSegment(f.system_open), TextSegment(system), TextSegment(f.system_close)]
+            segs += [_piece(f.system_open), TextSegment(system), _piece(f.system_close)]
             points.add(len(segs))
-        segs.append(TextSegment(f.user_open))
+        segs.append(_piece(f.user_open))
         if system and not has_system_slot:  # templates without a system role (Gemma): it opens the user turn
             segs.append(TextSegment(system + "\n\n"))
             points.add(len(segs))
@@ -109,76 +125,153 @@ class DecoderSession:
         if open_turn:
             return _without_empty(segs, points)
         points.discard(len(segs))
-        segs.append(TextSegment(f.user_close))
+        segs.append(_piece(f.user_close))
         return _without_empty(segs, points)
 
     def continue_prompt(self, parts: Sequence[Segment]) -> Prompt:
         """The next user turn after a generated answer, in the same sequence."""
         f = self._frame
-        segs: list[Segment] = [TextSegment(f.assistant_close), TextSegment(f.user_open), *parts,
-                               TextSegment(f.user_close)]
+        segs: list[Segment] = [_piece(f.assistant_close), _piece(f.user_open), *parts, _piece(f.user_close)]
         return _without_empty(segs, set())
 
     # -- evaluation ------------------------------------------------------------------------------------------
 
     def prefill(self, prompt: Prompt, *, save: bool = True) -> PrefillStats:
-        """Put `prompt` in the sequence, paying only for what no earlier request evaluated.
+        """Put `prompt` in the sequence, paying only for the tokens no earlier request evaluated.
 
-        The longest prefix already evaluated is reused in the cheapest correct way: cut the live sequence back
-        to it (free, where the decoder can be cut), else restore its snapshot from the cache. The rest is
-        evaluated, and snapshots are saved at the prompt's cache points (when at least min_snapshot_tokens
-        were evaluated since the last saved or restored one) for the next request that shares them.
+        The prompt is compared token by token (media by content) with the live sequence and the cache, and the
+        longest shared prefix is reused in the cheapest correct way: the live sequence as it is or cut back
+        (free), else a snapshot or checkpoint restored (and cut back, where the decoder allows it). The rest is
+        evaluated; with `save`, snapshots are taken at the prompt's cache points and, on decoders that cannot
+        be cut back, checkpoints inside long text (see `_stops`), for the next request that shares them.
         """
         t0 = time.perf_counter()
         self.check_cancelled()
-        keys = chain_keys(self._root_key, (s.digest() for s in prompt.segments))
+        layout = self._layout(prompt)
+        target = TokenChain(layout.codes)
+        hasher = self.cache.hasher(target)
         t_reuse = time.perf_counter()
-        reused = self._reuse(keys)
+        held, source = self._reuse(target, hasher)
         restore_ms = (time.perf_counter() - t_reuse) * 1000
         cached_tokens = self.backend.n_tokens
-        self.cache.record_lookup(cached_tokens)
-        self._keys = keys[:reused]
-        last_saved = self.backend.n_tokens
-        snapshot_points = prompt.cache_points if save else frozenset()
-        start = reused
-        while start < len(prompt.segments):
-            end = _run_end(prompt.segments, start, snapshot_points)
-            self._append_run(prompt.segments[start:end], keys[start:end])
-            if end in snapshot_points and self.backend.n_tokens - last_saved >= self._min_snapshot_tokens:
-                self.cache.put(keys[end - 1], self.backend.snapshot())
-                last_saved = self.backend.n_tokens
-            start = end
+        self.cache.record_lookup(cached_tokens, source)
+        chain = self._evaluate(prompt, layout, held, hasher, save)
         return PrefillStats(prompt_tokens=self.backend.n_tokens, cached_tokens=cached_tokens,
-                            prefill_ms=(time.perf_counter() - t0) * 1000, prefix_key=keys[-1] if keys else "",
-                            restore_ms=restore_ms)
+                            prefill_ms=(time.perf_counter() - t0) * 1000, prefix_key=hasher.key(len(chain)),
+                            restore_ms=restore_ms, reused_from=source)
 
-    def _reuse(self, keys: list[str]) -> int:
-        """Bring the sequence to the longest known prefix of `keys`; returns how many segments it holds."""
-        # Live: boundaries the sequence holds now (keys hash their whole prefix, so a key match is a prefix
-        # match). At least one segment is left to evaluate: a cut sequence has no next-token logits.
-        live = next((i for i in range(len(keys) - 1, 0, -1) if keys[i - 1] in self._live), 0)
-        cached, snapshot = self.cache.longest_prefix(keys, len(keys))
-        if live and live >= cached and self.backend.truncate(self._live[keys[live - 1]]):
-            kept = self._live[keys[live - 1]]
-            for key in [k for k, n in self._live.items() if n > kept]:
-                del self._live[key]
-            return live
+    def _layout(self, prompt: Prompt) -> "_Layout":
+        """The prompt's unit codes (text tokenized, media as one code each) and where each segment starts."""
+        pieces: list[np.ndarray] = []
+        starts = [0]
+        for segment in prompt.segments:
+            if isinstance(segment, TextSegment):
+                text = segment
+                pieces.append(self._tokens.get(segment.digest(), lambda: self.backend.tokenize(text)))
+            else:
+                pieces.append(np.array([media_code(segment.digest())], np.int64))
+            starts.append(starts[-1] + len(pieces[-1]))
+        codes = np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
+        return _Layout(codes, starts)
+
+    def _reuse(self, target: TokenChain, hasher: ChainHasher) -> tuple[TokenChain, str]:
+        """Bring the sequence to the longest reusable prefix of `target`; returns what it holds and whence."""
+        n = len(target)
+        can_cut = self.backend.can_truncate
+        live = self._live.chain
+        if n == 0:
+            self.backend.reset()
+            self._live.clear()
+            return live.prefix(0), ""
+        on_live = live.common_prefix(target)
+        if on_live == len(live) == n:
+            return live, "live"  # the very same sequence: its logits are still there
+        if not can_cut and on_live < len(live):
+            on_live = 0  # a recurrent state cannot be rewound
+        on_live = min(on_live, n - 1)  # a cut sequence has no next-token logits: evaluate at least one unit
+        match = self.cache.longest_prefix(target, whole_entries_only=not can_cut, hasher=hasher)
+        on_cache = 0 if match is None else match.shared
+        if match is not None and on_cache == n and len(match.entry.chain) > n:
+            on_cache = n - 1
+        if on_live > 0 and on_live >= on_cache and self._cut(live, on_live):
+            return live.prefix(on_live), "live"
         self._live.clear()
-        if snapshot is not None:
-            try:
-                self.backend.restore(snapshot)
-                self._live[keys[cached - 1]] = snapshot.n_tokens
-                return cached
-            except InputError:
-                self.cache.drop(keys[cached - 1])
+        if match is not None and on_cache > 0:
+            entry = match.entry
+            snapshot = self.cache.get(entry.key)
+            if snapshot is not None:
+                try:
+                    self.backend.restore(snapshot)
+                except InputError:
+                    self.cache.drop(entry.key)
+                else:
+                    if self._cut(entry.chain, on_cache):
+                        return entry.chain.prefix(on_cache), entry.kind
         self.backend.reset()
-        return 0
+        return TokenChain.empty(), ""
+
+    def _cut(self, held: TokenChain, k: int) -> bool:
+        """Cut the sequence (holding `held`) back to its first k units, where needed and possible."""
+        return k == len(held) or self.backend.truncate(held.tokens_at(k))
+
+    def _evaluate(self, prompt: Prompt, layout: "_Layout", held: TokenChain, hasher: ChainHasher,
+                  save: bool) -> TokenChain:
+        """Evaluate the prompt's units after `held`, snapshotting at the stops; returns the whole chain."""
+        chain, u, n = held, len(held), len(layout.codes)
+        self._live.set(chain)
+        stops = self._stops(prompt, layout, u) if save else {}
+        grid = self._checkpoint_interval if save and not self.backend.can_truncate else 0
+        last_saved = self.backend.n_tokens
+        while u < n:
+            self.check_cancelled()
+            index = bisect.bisect_right(layout.starts, u) - 1
+            segment = prompt.segments[index]
+            before = self.backend.n_tokens
+            if isinstance(segment, TextSegment):
+                # Consecutive text goes to the decoder in one call (each call attends over the whole context
+                # once), up to the next stop, media segment or grid line.
+                end = next((k for k in sorted(stops) if k > u), n)
+                for media_index in range(index + 1, len(prompt.segments)):
+                    if not isinstance(prompt.segments[media_index], TextSegment):
+                        end = min(end, layout.starts[media_index])
+                        break
+                if grid:
+                    end = min(end, u + grid - before % grid)
+                tokens = layout.codes[u:end]
+                self.backend.append_tokens(tokens.tolist(), should_stop=self.cancelled)
+                self.check_cancelled()
+                chain, u = chain.extend(tokens), end
+            else:
+                count = self.backend.append(segment, should_stop=self.cancelled)
+                self.check_cancelled()
+                chain, u = chain.extend(layout.codes[u:u + 1], ((0, count),)), u + 1
+            self._live.set(chain)
+            kind = stops.get(u) or ("checkpoint" if grid and self.backend.n_tokens // grid > before // grid else None)
+            if kind and self.backend.n_tokens - last_saved >= self._min_snapshot_tokens:
+                self.cache.put(chain, self.backend.snapshot(), kind, hasher)
+                last_saved = self.backend.n_tokens
+        return chain
+
+    def _stops(self, prompt: Prompt, layout: "_Layout", start: int) -> dict[int, EntryKind]:
+        """Where to snapshot while evaluating from unit `start`: the prompt's cache points, and the end of a
+        long run of text that ends the prompt, with (where the decoder cannot be cut back) checkpoints just
+        before that end, where a new prompt that changes only its last sentence stops matching this one."""
+        n = len(layout.codes)
+        stops: dict[int, EntryKind] = {layout.starts[p]: "snapshot" for p in prompt.cache_points
+                                       if layout.starts[p] > start}
+        last_media = max((i for i, s in enumerate(prompt.segments) if not isinstance(s, TextSegment)), default=-1)
+        tail = max(start, layout.starts[last_media + 1])
+        if n - tail >= LONG_TEXT_UNITS:
+            stops[n] = "snapshot"
+            if not self.backend.can_truncate:
+                for back in TAIL_CHECKPOINTS:
+                    if n - back > tail:
+                        stops.setdefault(n - back, "checkpoint")
+        return stops
 
     def save_snapshot(self) -> str:
-        """Snapshot the sequence now under the key of the chain evaluated so far; returns that key."""
-        key = self._keys[-1]
-        self.cache.put(key, self.backend.snapshot())
-        return key
+        """Snapshot the sequence now under the key of the chain it holds; returns that key."""
+        return self.cache.put(self._live.chain, self.backend.snapshot())
 
     def count_tokens(self, segment: Segment) -> int:
         return self.backend.count_tokens(segment)
@@ -191,20 +284,6 @@ class DecoderSession:
     def check_cancelled(self) -> None:
         if self.cancelled():
             raise Cancelled()
-
-    def _append_run(self, segments: Sequence[Segment], keys: Sequence[str]) -> None:
-        """Evaluate one segment, or a run of text segments in one backend call (see _run_end)."""
-        self.check_cancelled()
-        start = self.backend.n_tokens
-        if len(segments) == 1:
-            counts = [self.backend.append(segments[0], should_stop=self.cancelled)]
-        else:
-            counts = self.backend.append_texts(cast(Sequence[TextSegment], segments), should_stop=self.cancelled)
-        self.check_cancelled()
-        for key, n in zip(keys, counts):
-            start += n
-            self._keys.append(key)
-            self._live[key] = start
 
     # -- generation ------------------------------------------------------------------------------------------
 
@@ -237,6 +316,7 @@ class DecoderSession:
                 reason = "context_full"
                 break
             self.backend.append_token(token)
+            self._live.append_token(token)
         if reason != "stop":
             stops.feed(utf8.decode(b"", final=True))
             stops.flush()
@@ -290,14 +370,17 @@ def _overlap(text: str, stop: str) -> int:
     return 0
 
 
-def _run_end(segments: Sequence[Segment], start: int, snapshot_points: frozenset[int]) -> int:
-    """End (exclusive) of the run of segments evaluated together from `start`: consecutive text segments, cut
-    at each boundary where a snapshot may be taken (one needs the sequence to stop exactly there)."""
-    end = start + 1
-    while (end < len(segments) and end not in snapshot_points
-           and isinstance(segments[end - 1], TextSegment) and isinstance(segments[end], TextSegment)):
-        end += 1
-    return end
+@dataclass(frozen=True)
+class _Layout:
+    """A prompt as units: codes (see token_chain) and the unit where each segment starts (plus the end)."""
+
+    codes: np.ndarray
+    starts: list[int]
+
+
+def _piece(text: str) -> TextSegment:
+    """A piece of the model's chat template: the only text allowed to turn into control tokens."""
+    return TextSegment(text, template=True)
 
 
 def _empty(segment: Segment) -> bool:

@@ -66,13 +66,19 @@ def _digest(kind: str, *chunks: bytes) -> str:
 
 @dataclass(frozen=True, eq=False)
 class TextSegment:
-    """Text, tokenized on its own (no BOS added): the chat template's pieces are text segments too."""
+    """Text, tokenized on its own (no BOS added): the chat template's pieces are text segments too.
+
+    Only template pieces (`template=True`, made by the daemon from the model's own chat template) may turn
+    into control tokens. Everything a client, a PDF page or a transcript supplies is tokenized as plain text:
+    a page holding "<|im_end|><|im_start|>system" must not close the user's turn and open a system turn.
+    """
 
     text: str
+    template: bool = False
     kind: Literal["text"] = field(default="text", init=False)
 
     def digest(self) -> str:
-        return _digest("text", self.text.encode("utf-8"))
+        return _digest("template" if self.template else "text", self.text.encode("utf-8"))
 
 
 @dataclass(frozen=True, eq=False)
@@ -208,6 +214,22 @@ class Backend(ABC):
         """Tokens the segment would add, without evaluating it (exact for text, the encoder's count for media)."""
 
     @abstractmethod
+    def tokenize(self, segment: TextSegment) -> list[int]:
+        """The token ids of a text segment, as `append` would evaluate them (control tokens only if template).
+
+        Why: the prompt cache compares prompts token by token, so a request that shares 9,000 of 9,416 tokens
+        with an earlier one reuses those 9,000 tokens even where both are one long text segment.
+        """
+
+    @abstractmethod
+    def append_tokens(self, tokens: Sequence[int], should_stop: Callable[[], bool] | None = None) -> None:
+        """Evaluate token ids (from `tokenize`, or sampled) at the end of the sequence, in one call.
+
+        Errors and `should_stop` behave as in `append`. A prefill resumed in the middle of a text segment
+        (after a cut or a checkpoint) evaluates the rest of that segment's tokens through here.
+        """
+
+    @abstractmethod
     def append(self, segment: Segment, should_stop: Callable[[], bool] | None = None) -> int:
         """Evaluate the segment at the end of the sequence and return how many tokens it added.
 
@@ -216,26 +238,20 @@ class Backend(ABC):
         True the backend stops early and the sequence is left in an unspecified state (the caller resets).
         """
 
-    def append_texts(self, segments: Sequence[TextSegment],
-                     should_stop: Callable[[], bool] | None = None) -> list[int]:
-        """Evaluate text segments one after another, as `append` would; returns the tokens each added.
-
-        Why: every evaluation call has a fixed cost that grows with the sequence (llama.cpp attends over the
-        whole context once per call: ~0.7 ms at 16k tokens on two cores), and what follows a cache hit is
-        usually a few short pieces (the question, the turn's closing tokens). A backend that can evaluate
-        them in one call overrides this; each segment is still tokenized on its own, so the tokens are the
-        same as with separate appends. Errors and `should_stop` behave as in `append`.
-        """
-        return [self.append(segment, should_stop) for segment in segments]
+    @property
+    def can_truncate(self) -> bool:
+        """Whether `truncate` works on this decoder (attention-only caches; never recurrent or hybrid ones)."""
+        return False
 
     def truncate(self, n_tokens: int) -> bool:
         """Cut the sequence back to its first n_tokens, where the decoder can; False leaves it unchanged.
 
-        Why: cutting the live sequence back to a prefix it shares with the next prompt costs nothing whatever
-        the prefix length, where restoring a snapshot copies the whole state. Only attention caches can be cut
-        (a recurrent state cannot be rewound; a sliding-window cache may have dropped tokens the shorter
-        sequence needs), and only at a boundary of an earlier append. The default refuses: restoring a
-        snapshot is always correct.
+        Why: cutting the live sequence (or a restored snapshot) back to the tokens it shares with the next
+        prompt costs nothing whatever the prefix length, where evaluating them again costs a prefill. Only
+        attention caches can be cut (a recurrent state cannot be rewound; a sliding-window cache may have
+        dropped tokens the shorter sequence needs), and never inside an image or a sound (the caller cuts
+        between tokens or at the end of a media segment). The default refuses: restoring a checkpoint is
+        always correct.
         """
         return False
 

@@ -51,9 +51,10 @@ _WHISPER_STYLE_AUDIO = {"qwen2a", "qwen3a", "ultravox", "voxtral", "glma", "musi
 _FIXED_SIZE_VISION = {"nemotron_v2_vl", "gemma3", "mlp", "mlp_norm", "ldp", "ldpv2"}
 
 _GGUF_MAGIC = b"GGUF"
-_SNAPSHOT_MAGIC = b"OMNIDLC3"
-# magic, fingerprint (32 hex chars), n_tokens, n_pos, n_vocab, has_logits, state length
-_SNAPSHOT_HEADER = struct.Struct("<8s32sqqqBq")
+_SNAPSHOT_MAGIC = b"OMNIDLC4"
+# magic, fingerprint (32 hex chars), n_tokens, n_pos, n_vocab, has_logits, media spans, state length; then the
+# logits (n_vocab float32), the spans (int64 start, end, end position each) and the state.
+_SNAPSHOT_HEADER = struct.Struct("<8s32sqqqBqq")
 # A payload ends with payload_checksum(everything before it): damage is caught before llama.cpp reads a byte.
 _EDGE_BYTES = 1 << 20
 
@@ -276,8 +277,9 @@ class LlamaCppBackend(Backend):
         self._batch = self._lc.llama_batch_init(n_batch, 0, 1)
         self._n_tokens = 0
         self._n_pos = 0
-        #: n_tokens -> position at each boundary of an append since the last reset/restore (truncate points).
-        self._boundaries: dict[int, int] = {0: 0}
+        #: (first token, end token, position after it) of every image or sound in the sequence: where a cut may
+        #: not fall, and how positions run on after media (M-RoPE models advance fewer positions than tokens).
+        self._media_spans: list[tuple[int, int, int]] = []
         model = self._llm._model.model
         self._can_truncate = not (self._lc.llama_model_is_recurrent(model) or self._lc.llama_model_is_hybrid(model)
                                   or self._lc.llama_model_n_swa(model) > 0)
@@ -398,11 +400,15 @@ class LlamaCppBackend(Backend):
         self._lc.llama_memory_clear(self._lc.llama_get_memory(self._ctx), True)
         self._n_tokens = 0
         self._n_pos = 0
-        self._boundaries = {0: 0}
+        self._media_spans = []
         self._logits = None
 
+    @property
+    def can_truncate(self) -> bool:
+        return self._can_truncate
+
     def truncate(self, n_tokens: int) -> bool:
-        n_pos = self._boundaries.get(n_tokens)
+        n_pos = self._position_at(n_tokens)
         if not self._can_truncate or n_pos is None:
             return False
         if n_tokens == self._n_tokens:
@@ -410,46 +416,51 @@ class LlamaCppBackend(Backend):
         if not self._lc.llama_memory_seq_rm(self._lc.llama_get_memory(self._ctx), 0, n_pos, -1):
             return False
         self._n_tokens, self._n_pos, self._logits = n_tokens, n_pos, None
-        self._boundaries = {k: v for k, v in self._boundaries.items() if k <= n_tokens}
+        self._media_spans = [span for span in self._media_spans if span[1] <= n_tokens]
         return True
+
+    def _position_at(self, n_tokens: int) -> int | None:
+        """The position after the first n_tokens, or None where that is no place to cut (inside media)."""
+        if not 0 <= n_tokens <= self._n_tokens:
+            return None
+        end_tokens = end_pos = 0
+        for start, end, pos in self._media_spans:
+            if start < n_tokens < end:
+                return None
+            if end <= n_tokens:
+                end_tokens, end_pos = end, pos
+        return end_pos + n_tokens - end_tokens
 
     def count_tokens(self, segment: Segment) -> int:
         if isinstance(segment, TextSegment):
-            return len(self._tokenize_text(segment.text))
+            return len(self.tokenize(segment))
         return self._media_chunks(segment).n_tokens
+
+    def tokenize(self, segment: TextSegment) -> list[int]:
+        return self._llm.tokenize(segment.text.encode("utf-8"), add_bos=False, special=segment.template)
 
     def append(self, segment: Segment, should_stop: Callable[[], bool] | None = None) -> int:
         stop = should_stop or (lambda: False)
         if isinstance(segment, TextSegment):
-            tokens = self._tokenize_text(segment.text)
-            self._check_room(len(tokens))
-            self._decode_tokens(tokens, stop)
-            self._boundaries[self._n_tokens] = self._n_pos
+            tokens = self.tokenize(segment)
+            self.append_tokens(tokens, stop)
             return len(tokens)
         chunks = self._media_chunks(segment)
         self._check_room(chunks.n_tokens)
         self._media_cache = None  # evaluated once: the cache entry now belongs to this call
+        start = self._n_tokens
         try:
             self._eval_media(chunks, stop)
         finally:
             chunks.free()
-        self._boundaries[self._n_tokens] = self._n_pos
+        self._media_spans.append((start, self._n_tokens, self._n_pos))
         return chunks.n_tokens
 
-    def append_texts(self, segments: Sequence[TextSegment],
-                     should_stop: Callable[[], bool] | None = None) -> list[int]:
-        """All the segments' tokens in one decode (see Backend.append_texts), each segment's end a boundary."""
-        token_lists = [self._tokenize_text(segment.text) for segment in segments]
-        counts = [len(tokens) for tokens in token_lists]
-        self._check_room(sum(counts))
-        start_tokens, start_pos = self._n_tokens, self._n_pos
-        self._decode_tokens([t for tokens in token_lists for t in tokens], should_stop or (lambda: False))
-        end = 0
-        for n in counts:
-            end += n
-            if start_tokens + end <= self._n_tokens:  # not past where a stop request left the sequence
-                self._boundaries[start_tokens + end] = start_pos + end
-        return counts
+    def append_tokens(self, tokens: Sequence[int], should_stop: Callable[[], bool] | None = None) -> None:
+        if tokens and not (0 <= min(tokens) and max(tokens) < self._n_vocab):
+            raise InputError(f"a token is outside the vocabulary (0..{self._n_vocab - 1})")
+        self._check_room(len(tokens))
+        self._decode_tokens(list(tokens), should_stop or (lambda: False))
 
     def logits(self) -> np.ndarray:
         if self._logits is None:
@@ -457,9 +468,7 @@ class LlamaCppBackend(Backend):
         return self._logits.copy()
 
     def append_token(self, token: int) -> None:
-        self._check_token(token)
-        self._check_room(1)
-        self._decode_tokens([token], lambda: False)
+        self.append_tokens([token])
 
     def token_bytes(self, token: int) -> bytes:
         self._check_token(token)
@@ -474,13 +483,14 @@ class LlamaCppBackend(Backend):
         snapshots are taken on the request path, and the state of a long prompt is many megabytes)."""
         size = int(self._lc.llama_state_seq_get_size(self._ctx, 0))
         logits = b"" if self._logits is None else self._logits.astype(np.float32).tobytes()
+        spans = np.array(self._media_spans, np.int64).tobytes()
         header = _SNAPSHOT_HEADER.pack(
             _SNAPSHOT_MAGIC, self.info.fingerprint.encode(), self._n_tokens, self._n_pos, self._n_vocab,
-            1 if logits else 0, size,
+            1 if logits else 0, len(self._media_spans), size,
         )
-        start = len(header) + len(logits)
+        start = len(header) + len(logits) + len(spans)
         out = bytearray(start + size + CHECKSUM_SIZE)
-        out[:start] = header + logits
+        out[:start] = header + logits + spans
         state = (ctypes.c_uint8 * size).from_buffer(out, start)
         written = int(self._lc.llama_state_seq_get_data(self._ctx, state, size, 0))
         del state  # release the export of `out` before resizing views of it
@@ -490,8 +500,8 @@ class LlamaCppBackend(Backend):
         return Snapshot(n_tokens=self._n_tokens, payload=bytes(out), checked=True)
 
     def restore(self, snapshot: Snapshot) -> None:
-        n_tokens, n_pos, logits, offset, size = self._parse_snapshot(snapshot.payload,
-                                                                     check_sum=not snapshot.checked)
+        n_tokens, n_pos, logits, spans, offset, size = self._parse_snapshot(snapshot.payload,
+                                                                            check_sum=not snapshot.checked)
         # llama.cpp only reads the state: point it into the immutable payload instead of copying megabytes.
         payload = np.frombuffer(snapshot.payload, np.uint8)
         state = ctypes.cast(payload.ctypes.data + offset, ctypes.POINTER(ctypes.c_uint8))
@@ -505,7 +515,7 @@ class LlamaCppBackend(Backend):
             self.reset()
             raise InputError("llama.cpp rejected the snapshot's sequence state")
         self._n_tokens, self._n_pos, self._logits = n_tokens, n_pos, logits
-        self._boundaries = {n_tokens: n_pos}
+        self._media_spans = spans
 
     def close(self) -> None:
         if self._media_cache is not None:
@@ -520,9 +530,6 @@ class LlamaCppBackend(Backend):
         self._llm.close()
 
     # ---- text
-
-    def _tokenize_text(self, text: str) -> list[int]:
-        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
     def _check_room(self, n_new: int) -> None:
         if self._n_tokens + n_new > self._n_ctx:
@@ -658,26 +665,33 @@ class LlamaCppBackend(Backend):
     # ---- snapshots
 
     def _parse_snapshot(self, payload: bytes | memoryview, *,
-                        check_sum: bool = True) -> tuple[int, int, np.ndarray | None, int, int]:
+                        check_sum: bool = True,
+                        ) -> tuple[int, int, np.ndarray | None, list[tuple[int, int, int]], int, int]:
         """Check a payload completely before any of it reaches llama.cpp (a bad state could abort it).
 
-        Returns n_tokens, n_pos, the logits, and where the sequence state lies in the payload (offset, size).
+        Returns n_tokens, n_pos, the logits, the media spans, and where the sequence state lies in the payload
+        (offset, size).
         """
         if not isinstance(payload, (bytes, memoryview)) or len(payload) < _SNAPSHOT_HEADER.size + CHECKSUM_SIZE:
             raise InputError("snapshot payload is too short")
         body, checksum = memoryview(payload)[:-CHECKSUM_SIZE], bytes(payload[-CHECKSUM_SIZE:])
         if check_sum and payload_checksum(body) != checksum:
             raise InputError("snapshot payload is corrupt (checksum mismatch)")
-        magic, fingerprint, n_tokens, n_pos, n_vocab, has_logits, size = _SNAPSHOT_HEADER.unpack_from(body)
+        magic, fingerprint, n_tokens, n_pos, n_vocab, has_logits, n_spans, size = _SNAPSHOT_HEADER.unpack_from(body)
         if magic != _SNAPSHOT_MAGIC or fingerprint.decode("ascii", "replace") != self.info.fingerprint:
             raise InputError("snapshot was taken with another model or other settings")
         n_logit_bytes = n_vocab * 4 if has_logits else 0
-        if n_vocab != self._n_vocab or len(body) != _SNAPSHOT_HEADER.size + n_logit_bytes + size:
+        n_span_bytes = n_spans * 24
+        if n_vocab != self._n_vocab or n_spans < 0 or \
+                len(body) != _SNAPSHOT_HEADER.size + n_logit_bytes + n_span_bytes + size:
             raise InputError("snapshot payload has inconsistent sizes")
         if not 0 <= n_tokens <= self.info.context_length:
             raise InputError("snapshot holds more tokens than this context")
         offset = _SNAPSHOT_HEADER.size
         logits = np.frombuffer(body, np.float32, n_vocab, offset).copy() if has_logits else None
-        return n_tokens, n_pos, logits, offset + n_logit_bytes, size
+        offset += n_logit_bytes
+        spans = [(int(a), int(b), int(c)) for a, b, c in
+                 np.frombuffer(body, np.int64, n_spans * 3, offset).reshape(n_spans, 3)]
+        return n_tokens, n_pos, logits, spans, offset + n_span_bytes, size
 
 

@@ -20,7 +20,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -233,8 +233,27 @@ class MlxBackend(Backend):
     def count_tokens(self, segment: Segment) -> int:
         return self._prepare(segment).n_tokens
 
+    def tokenize(self, segment: TextSegment) -> list[int]:
+        # split_special_tokens: text that spells a control token ("<|im_end|>") stays plain text unless it is a
+        # piece of the chat template.
+        return list(self._tokenizer.encode(segment.text, add_special_tokens=False,
+                                           split_special_tokens=not segment.template))
+
+    def append_tokens(self, tokens: Sequence[int], should_stop: Callable[[], bool] | None = None) -> None:
+        if not tokens:
+            return
+        if not (0 <= min(tokens) and max(tokens) < self._vocab_size):
+            raise InputError("a token is outside the vocabulary")
+        self._check_fits(len(tokens))
+        ids = self._mx.array([list(tokens)], dtype=self._mx.int32)
+        self._forward(ids, self._lm.get_input_embeddings(ids), should_stop)
+
     def append(self, segment: Segment, should_stop: Callable[[], bool] | None = None) -> int:
         started = time.perf_counter()
+        if isinstance(segment, TextSegment):  # the same path as tokens resumed mid-segment or sampled
+            tokens = self.tokenize(segment)
+            self.append_tokens(tokens, should_stop)
+            return len(tokens)
         prepared = self._prepare(segment)
         if prepared.n_tokens == 0:  # a chat-frame piece that is "" for this template
             return 0
@@ -250,11 +269,7 @@ class MlxBackend(Backend):
         return prepared.n_tokens
 
     def append_token(self, token: int) -> None:
-        if not 0 <= token < self._vocab_size:
-            raise InputError(f"token {token} is outside the vocabulary")
-        self._check_fits(1)
-        ids = self._mx.array([[token]], dtype=self._mx.int32)
-        self._forward(ids, self._lm.get_input_embeddings(ids), None)
+        self.append_tokens([token])
 
     def logits(self) -> np.ndarray:
         if self._last_logits is None:
@@ -281,7 +296,7 @@ class MlxBackend(Backend):
 
     def _prepare(self, segment: Segment) -> _Prepared:
         if isinstance(segment, TextSegment):
-            ids = self._tokenizer.encode(segment.text, add_special_tokens=False)
+            ids = self.tokenize(segment)
             return _Prepared(self._mx.array([ids], dtype=self._mx.int32), {})
         if isinstance(segment, ImageSegment):
             return self._prepare_image(segment)

@@ -167,7 +167,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class CacheStats(_message.Message):
-    __slots__ = ("hits", "misses", "tokens_reused", "ram_bytes", "ram_budget_bytes", "disk_bytes", "disk_budget_bytes", "entries", "evictions", "pinned", "disk_hits", "rejected")
+    __slots__ = ("hits", "misses", "tokens_reused", "ram_bytes", "ram_budget_bytes", "disk_bytes", "disk_budget_bytes", "entries", "evictions", "pinned", "disk_hits", "rejected", "live_hits", "snapshot_hits", "checkpoint_hits", "checkpoint_bytes", "checkpoint_interval", "state_base_bytes", "state_bytes_per_token")
     HITS_FIELD_NUMBER: _ClassVar[int]
     MISSES_FIELD_NUMBER: _ClassVar[int]
     TOKENS_REUSED_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +180,13 @@ class CacheStats(_message.Message):
     PINNED_FIELD_NUMBER: _ClassVar[int]
     DISK_HITS_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
+    LIVE_HITS_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_HITS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_HITS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    STATE_BASE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STATE_BYTES_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
     hits: int
     misses: int
     tokens_reused: int
@@ -192,7 +199,14 @@ class CacheStats(_message.Message):
     pinned: int
     disk_hits: int
     rejected: int
-    def __init__(self, hits: _Optional[int] = ..., misses: _Optional[int] = ..., tokens_reused: _Optional[int] = ..., ram_bytes: _Optional[int] = ..., ram_budget_bytes: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., disk_budget_bytes: _Optional[int] = ..., entries: _Optional[int] = ..., evictions: _Optional[int] = ..., pinned: _Optional[int] = ..., disk_hits: _Optional[int] = ..., rejected: _Optional[int] = ...) -> None: ...
+    live_hits: int
+    snapshot_hits: int
+    checkpoint_hits: int
+    checkpoint_bytes: int
+    checkpoint_interval: int
+    state_base_bytes: int
+    state_bytes_per_token: float
+    def __init__(self, hits: _Optional[int] = ..., misses: _Optional[int] = ..., tokens_reused: _Optional[int] = ..., ram_bytes: _Optional[int] = ..., ram_budget_bytes: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., disk_budget_bytes: _Optional[int] = ..., entries: _Optional[int] = ..., evictions: _Optional[int] = ..., pinned: _Optional[int] = ..., disk_hits: _Optional[int] = ..., rejected: _Optional[int] = ..., live_hits: _Optional[int] = ..., snapshot_hits: _Optional[int] = ..., checkpoint_hits: _Optional[int] = ..., checkpoint_bytes: _Optional[int] = ..., checkpoint_interval: _Optional[int] = ..., state_base_bytes: _Optional[int] = ..., state_bytes_per_token: _Optional[float] = ...) -> None: ...
 
 class StatusReply(_message.Message):
     __slots__ = ("model_name", "model_path", "mmproj_path", "backend", "capabilities", "context_length", "memory_rss_bytes", "queue_depth", "queue_capacity", "busy", "uptime_seconds", "cache", "version", "endpoint", "audio_sample_rate", "max_audio_clip_seconds", "note")
