@@ -12,6 +12,14 @@ client's (request sent to first delta). Prints the medians and the ratios, then 
 against the whole prefix, which the live column shows no cache can avoid), then each goal, met or not.
 Goals: >= 20x at 4k tokens from RAM, >= 10x from disk, a hit under 15 ms whatever the prefix length.
 
+Then the commonest shape of all: the same long text sent again with a different last sentence (agents and
+chat apps re-send a whole history as one text with a new tail). Nothing but tokens is shared, so this is
+token-level reuse: the sequence cut back where the decoder allows it, else a checkpoint restored. Printed per
+size (--edit-sizes): the tokens reused of the tokens the two prompts share, and cold vs live / RAM / disk
+time to first token. Goals: >= 95% of the shared tokens reused. Last, the decoder's snapshot size (state of an
+empty sequence and bytes per token, as the daemon measured them) and what the same formula gives for NVIDIA
+Nemotron 3 Nano Omni's published shapes.
+
     python bench/prompt_cache.py [--model M --mmproj P] [--backend mlx] [--runs 3] [--sizes 1000,4000,16000]
 """
 from __future__ import annotations
@@ -32,9 +40,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import StolenTime, add_model_flags, start_daemon, test_model_args  # noqa: E402
 
 from omnid.clients.client import OmniClient, audio, image, text  # noqa: E402
+from omnid.daemon.scheduler import checkpoint_interval  # noqa: E402
 from omnid.proto import omnid_pb2 as pb  # noqa: E402
 
 WORDS = "alpha budget cedar delta engine forest garden harbor island jungle kernel lemon market".split()
+#: A different last sentence for each request of the edit case (they differ from their first word on).
+ENDINGS = ["Moreover the plan holds.", "Therefore we wait.", "Instead it moves on.", "Lastly all is well."]
+#: NVIDIA Nemotron 3 Nano (the Omni model's decoder), as published: hybrid pattern
+#: "MEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEMEM*EMEMEMEME" (23 Mamba2, 23 MoE, 6 attention layers), hidden 2688,
+#: Mamba2 64 heads x 64 wide, state 128, 8 groups, conv kernel 4; attention 2 KV heads x 128; vocabulary 131,072.
+NEMOTRON = dict(mamba_layers=23, attention_layers=6, mamba_heads=64, mamba_head_dim=64, state=128, groups=8,
+                conv=4, kv_heads=2, head_dim=128, vocab=131072)
 
 
 def filler(tokens: int, seed: int) -> str:
@@ -77,14 +93,16 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--sizes", default="1000,4000,16000")
     parser.add_argument("--flash-attn", action="store_true")
+    parser.add_argument("--edit-sizes", default="4000,16000", help="sizes of the different-last-sentence case")
     args = parser.parse_args()
     stolen = StolenTime()
     sizes = [int(s) for s in args.sizes.split(",")]
+    edit_sizes = [int(s) for s in args.edit_sizes.split(",") if s]
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         model_args = test_model_args(tmp, args.model, args.mmproj, args.backend)
-        flags = ["--threads", str(args.threads), "--ctx", str(max(sizes) + 2048), "--cache-disk", str(tmp / "pc"),
+        flags = ["--threads", str(args.threads), "--ctx", str(max(sizes + edit_sizes) + 2048), "--cache-disk", str(tmp / "pc"),
                  "--cache-ram", "8G"] + (["--flash-attn"] if args.flash_attn else [])
         daemon = start_daemon(tmp, model_args, flags)
         prefixes: dict[str, list[list[pb.Part]]] = {}
@@ -102,8 +120,15 @@ def main() -> int:
                     for parts in variants:
                         rows[name]["cold"].append(ask(client, parts, "First question?"))
                         rows[name]["live"].append(ask(client, parts, "Second question?"))
+                edits = {size: filler(int(size * ratio), 7_000_000 + size) for size in edit_sizes}
+                edit_rows: dict[int, dict[str, tuple[float, float, int, int, float]]] = {size: {} for size in edits}
+                for size, body in edits.items():
+                    edit_rows[size]["cold"] = ask(client, [text(f"{body} {ENDINGS[0]}")], "Why?")
+                    edit_rows[size]["live"] = ask(client, [text(f"{body} {ENDINGS[1]}")], "Why?")
                 for name, variants in prefixes.items():  # every prefix has been displaced by another by now
                     rows[name]["ram"] = [ask(client, parts, "Third question?") for parts in variants]
+                for size, body in edits.items():
+                    edit_rows[size]["ram"] = ask(client, [text(f"{body} {ENDINGS[2]}")], "Why?")
         finally:
             daemon.stop()  # flushes the disk tier
         daemon = start_daemon(tmp, model_args, flags)
@@ -111,7 +136,12 @@ def main() -> int:
             with OmniClient(f"unix:{daemon.socket}") as client:
                 for name, variants in prefixes.items():
                     rows[name]["disk"] = [ask(client, parts, "Fourth question?") for parts in variants]
-                disk_hits = client.status().cache.disk_hits
+                for size, body in edits.items():
+                    edit_rows[size]["disk"] = ask(client, [text(f"{body} {ENDINGS[3]}")], "Why?")
+                # What the edited prompts share: the text before the last sentence (its open turn alone).
+                shared = {size: client.prefill(text(body)).prompt_tokens for size, body in edits.items()}
+                status = client.status().cache
+                disk_hits = status.disk_hits
         finally:
             daemon.stop()
 
@@ -135,7 +165,48 @@ def main() -> int:
     for name, r in rows.items():
         print(f"{name:18}" + "".join(f"{statistics.median(x[4] for x in r[k]):10.1f}" for k in kinds[1:]))
     print_goals(rows)
+    print_edits(edit_rows, shared, status)
+    print_state_sizes(status)
     return 0
+
+
+def print_edits(rows: dict[int, dict[str, tuple[float, float, int, int, float]]], shared: dict[int, int],
+                status: pb.CacheStats) -> None:
+    """The same long text with a different last sentence: reuse and time to first token per tier."""
+    kinds = ("live", "ram", "disk")
+    interval = f"checkpoints every {status.checkpoint_interval} tokens" if status.checkpoint_interval \
+        else "the sequence is cut back (attention-only decoder)"
+    print(f"same long text, different last sentence ({interval}); hits by kind: live {status.live_hits}, "
+          f"snapshot {status.snapshot_hits}, checkpoint {status.checkpoint_hits}")
+    print(f"{'tokens':>7}{'shared':>7}" + "".join(f"{k + ' reused':>13}" for k in kinds)
+          + f"{'cold ms':>9}" + "".join(f"{k + ' ms':>9}{'x':>6}" for k in kinds))
+    for size, r in rows.items():
+        cold = r["cold"][0]
+        print(f"{r['cold'][2]:7d}{shared[size]:7d}"
+              + "".join(f"{r[k][3]:6d} {100 * r[k][3] / shared[size]:5.1f}%" for k in kinds)
+              + f"{cold:9.1f}" + "".join(f"{r[k][0]:9.1f}{cold / r[k][0]:6.1f}" for k in kinds))
+    worst = min((100 * r[k][3] / shared[size], size, k) for size, r in rows.items() for k in kinds)
+    print(f"goal >= 95% of the shared tokens reused: lowest {worst[0]:.1f}% ({worst[1]} tokens, {worst[2]}), "
+          f"{'met' if worst[0] >= 95 else 'MISSED'}")
+
+
+def print_state_sizes(status: pb.CacheStats) -> None:
+    """Snapshot bytes of this decoder (measured by the daemon) and, by the same formula, of the target model."""
+    per_token, base = status.state_bytes_per_token, status.state_base_bytes
+    print(f"this decoder: a snapshot holds {base / 1024:.1f} KiB whatever its length (recurrent state, logits) "
+          f"+ {per_token:.0f} B per token (attention KV): {(base + 16_000 * per_token) / 2**20:.1f} MiB at 16k tokens; "
+          f"checkpoints hold {status.checkpoint_bytes / 2**20:.1f} MiB now")
+    n = NEMOTRON
+    conv_channels = n["mamba_heads"] * n["mamba_head_dim"] + 2 * n["groups"] * n["state"]
+    recurrent = n["mamba_layers"] * 4 * (n["mamba_heads"] * n["mamba_head_dim"] * n["state"]
+                                          + (n["conv"] - 1) * conv_channels)  # f32 states, as llama.cpp keeps them
+    kv = n["attention_layers"] * 2 * n["kv_heads"] * n["head_dim"] * 2  # f16 K and V
+    base_target = recurrent + 4 * n["vocab"]
+    print(f"Nemotron 3 Nano Omni (published shapes): recurrent state {recurrent / 2**20:.1f} MiB + logits "
+          f"{4 * n['vocab'] / 2**20:.1f} MiB per snapshot, + {kv} B per token: "
+          f"{(base_target + 16_000 * kv) / 2**20:.0f} MiB at 16k tokens, {(base_target + 131_072 * kv) / 2**20:.0f} MiB "
+          f"at 128k; with --cache-ram 8G and --ctx 32768 the daemon would checkpoint every "
+          f"{checkpoint_interval(base_target, kv, 32768, 8 << 30)} tokens")
 
 
 def print_goals(rows: dict[str, dict[str, list[tuple[float, float, int, int, float]]]]) -> None:

@@ -33,8 +33,9 @@ DEFAULT_CHECKPOINT_INTERVAL = 1024
 #: A prompt that ends with at least this many units of text gets a snapshot at its end...
 LONG_TEXT_UNITS = 256
 #: ...and, where the decoder cannot be cut back, checkpoints this many units before it: a new prompt that only
-#: changes the last sentence or two resumes there instead of a grid line up to a whole interval earlier.
-TAIL_CHECKPOINTS = (256, 32)
+#: changes its tail (the last sentence, the question, the turn's closing tokens: 10 to 60 tokens with a real
+#: tokenizer) resumes there instead of at a grid line up to a whole interval earlier. Each costs a snapshot.
+TAIL_CHECKPOINTS = (256, 64, 32)
 
 
 class Cancelled(Exception):
@@ -246,7 +247,10 @@ class DecoderSession:
                 self.check_cancelled()
                 chain, u = chain.extend(layout.codes[u:u + 1], ((0, count),)), u + 1
             self._live.set(chain)
-            kind = stops.get(u) or ("checkpoint" if grid and self.backend.n_tokens // grid > before // grid else None)
+            kind = stops.get(u)
+            if kind is None and grid and self.backend.n_tokens // grid > before // grid \
+                    and not any(u < k <= u + self._min_snapshot_tokens for k in stops):
+                kind = "checkpoint"  # a grid line, unless a planned stop follows within the minimum gap
             if kind and self.backend.n_tokens - last_saved >= self._min_snapshot_tokens:
                 self.cache.put(chain, self.backend.snapshot(), kind, hasher)
                 last_saved = self.backend.n_tokens
@@ -265,7 +269,7 @@ class DecoderSession:
             stops[n] = "snapshot"
             if not self.backend.can_truncate:
                 for back in TAIL_CHECKPOINTS:
-                    if n - back > tail:
+                    if n - back > tail and back >= self._min_snapshot_tokens:
                         stops.setdefault(n - back, "checkpoint")
         return stops
 

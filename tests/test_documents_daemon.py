@@ -89,7 +89,8 @@ def test_a_fitting_document_is_warm_for_its_first_question(daemon, pdfs) -> None
     assert not [e for e in events if e.WhichOneof("event") == "pages"]  # the whole document was used
     u = final.usage
     assert u.prompt_tokens > info.total_tokens and u.prompt_tokens - u.cached_tokens < 80  # only the question and the turn close
-    assert again.usage.cached_tokens == u.cached_tokens
+    # the whole document again, and token by token as much of the question as the two share ("Question: W...")
+    assert u.cached_tokens <= again.usage.cached_tokens < again.usage.prompt_tokens
     with daemon.client() as third:  # ingesting the same bytes again is free: same id, already warm
         repeat, progress = _ingest(third, pdfs["short"].read_bytes())
     assert repeat.document_id == info.document_id and repeat.cached and not progress

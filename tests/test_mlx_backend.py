@@ -34,8 +34,8 @@ ATOL = 1e-5
 # Media must move the logits by far more than that (measured 2.7 .. 3.4 on the tiny model).
 MIN_MEDIA_EFFECT = 1e-2
 
-PREFIX = TextSegment("<|im_start|>user\nLook: ")
-QUESTION = TextSegment(" What is it?<|im_end|>\n<|im_start|>assistant\n")
+PREFIX = TextSegment("<|im_start|>user\nLook: ", template=True)
+QUESTION = TextSegment(" What is it?<|im_end|>\n<|im_start|>assistant\n", template=True)
 
 
 @pytest.fixture(scope="session")

@@ -253,6 +253,30 @@ def test_the_live_sequence_is_cut_back_to_a_shared_prefix_with_cold_logits(backe
         rtol=0, atol=1e-4)
 
 
+def test_a_long_text_sent_again_with_a_new_last_sentence_is_reused_to_the_token(backend) -> None:
+    """One text segment, so no segment is shared: only token-level reuse (a cut, or a checkpoint just before
+    the end on decoders that cannot be cut) finds the ~1,000 shared tokens. From the cache, not the live
+    sequence: another prompt ran in between."""
+    info = backend.info
+    cache = PromptCache(info.fingerprint, ram_budget_bytes=1 << 30)
+    body = LONG_TEXT * 12
+
+    def run(ending: str) -> tuple[np.ndarray, int, str, int]:
+        session = DecoderSession(backend, cache, lambda: False, min_snapshot_tokens=32, checkpoint_interval=512)
+        stats = session.prefill(session.build_prompt([TextSegment(f"{body} {ending}")]))
+        return backend.logits().copy(), stats.cached_tokens, stats.reused_from, stats.prompt_tokens
+
+    run("Moreover the plan holds.")
+    prefill_logits(backend, cache, [TextSegment("Something else entirely.")])
+    warm, reused, source, n = run("Therefore we wait.")
+    opening = DecoderSession(backend, cache, lambda: False).build_prompt([TextSegment(body)], open_turn=True)
+    shared = sum(backend.count_tokens(segment) for segment in opening.segments)  # the turn up to the last sentence
+    assert source == ("snapshot" if backend.can_truncate else "checkpoint")
+    assert 0.95 * shared <= reused < n
+    cold = cold_logits(backend, [TextSegment(f"{body} Therefore we wait.")])
+    np.testing.assert_allclose(warm, cold, rtol=0, atol=1e-4)
+
+
 def test_a_different_earlier_image_never_reuses_the_other_images_state(backend) -> None:
     info = backend.info
     cache = PromptCache(info.fingerprint, ram_budget_bytes=1 << 30)
@@ -316,7 +340,7 @@ def test_prefill_pins_a_prefix_until_unpinned(start_daemon) -> None:
         reply = c.prefill(text(LONG_TEXT), pin=True)
         assert reply.prompt_tokens > 32 and c.status().cache.pinned == 1
         for i in range(12):  # enough other prefixes to overflow the RAM budget many times
-            final(c, text(f"{LONG_TEXT} other document {i}"), text("q"))
+            final(c, text(f"Document {i}: {LONG_TEXT}"), text("q"))
         stats = c.status().cache
         assert stats.evictions > 0 and stats.ram_bytes <= stats.ram_budget_bytes
         warm = final(c, text(LONG_TEXT), text("still here?"))
