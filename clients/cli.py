@@ -58,6 +58,10 @@ def cmd_status(args: argparse.Namespace, client_factory: ClientFactory) -> int:
     print(f"cache      {c.hits} hits, {c.misses} misses, {c.tokens_reused} tokens reused, {c.entries} entries, "
           f"{c.ram_bytes / 2**20:.1f}/{c.ram_budget_bytes / 2**20:.0f} MiB RAM, "
           f"{c.disk_bytes / 2**20:.1f} MiB disk, {c.evictions} evictions, {c.pinned} pinned")
+    resume = (f"checkpoints every {c.checkpoint_interval} tokens ({c.checkpoint_bytes / 2**20:.1f} MiB)"
+              if c.checkpoint_interval else "cut back to the shared tokens")
+    print(f"hits by    live {c.live_hits}, snapshot {c.snapshot_hits}, checkpoint {c.checkpoint_hits}; {resume}; "
+          f"state {c.state_base_bytes / 1024:.0f} KiB + {c.state_bytes_per_token:.0f} B/token")
     if status.note:
         print(f"note       {status.note}")
     return 0
