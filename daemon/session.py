@@ -137,14 +137,16 @@ class DecoderSession:
 
     # -- evaluation ------------------------------------------------------------------------------------------
 
-    def prefill(self, prompt: Prompt, *, save: bool = True) -> PrefillStats:
+    def prefill(self, prompt: Prompt, *, save: bool = True, checkpoints: bool = True) -> PrefillStats:
         """Put `prompt` in the sequence, paying only for the tokens no earlier request evaluated.
 
         The prompt is compared token by token (media by content) with the live sequence and the cache, and the
         longest shared prefix is reused in the cheapest correct way: the live sequence as it is or cut back
         (free), else a snapshot or checkpoint restored (and cut back, where the decoder allows it). The rest is
         evaluated; with `save`, snapshots are taken at the prompt's cache points and, on decoders that cannot
-        be cut back, checkpoints inside long text (see `_stops`), for the next request that shares them.
+        be cut back and with `checkpoints`, checkpoints inside long text (see `_stops`), for the next request
+        that shares them. A pipeline that resumes only from its own cache points (a meeting, clip after clip)
+        turns checkpoints off: nobody else will ever start with its prefix.
         """
         t0 = time.perf_counter()
         self.check_cancelled()
@@ -156,7 +158,7 @@ class DecoderSession:
         restore_ms = (time.perf_counter() - t_reuse) * 1000
         cached_tokens = self.backend.n_tokens
         self.cache.record_lookup(cached_tokens, source)
-        chain = self._evaluate(prompt, layout, held, hasher, save)
+        chain = self._evaluate(prompt, layout, held, hasher, save, checkpoints and not self.backend.can_truncate)
         return PrefillStats(prompt_tokens=self.backend.n_tokens, cached_tokens=cached_tokens,
                             prefill_ms=(time.perf_counter() - t0) * 1000, prefix_key=hasher.key(len(chain)),
                             restore_ms=restore_ms, reused_from=source)
@@ -216,12 +218,12 @@ class DecoderSession:
         return k == len(held) or self.backend.truncate(held.tokens_at(k))
 
     def _evaluate(self, prompt: Prompt, layout: "_Layout", held: TokenChain, hasher: ChainHasher,
-                  save: bool) -> TokenChain:
+                  save: bool, checkpoints: bool) -> TokenChain:
         """Evaluate the prompt's units after `held`, snapshotting at the stops; returns the whole chain."""
         chain, u, n = held, len(held), len(layout.codes)
         self._live.set(chain)
-        stops = self._stops(prompt, layout, u) if save else {}
-        grid = self._checkpoint_interval if save and not self.backend.can_truncate else 0
+        stops = self._stops(prompt, layout, u, checkpoints) if save else {}
+        grid = self._checkpoint_interval if save and checkpoints else 0
         last_saved = self.backend.n_tokens
         while u < n:
             self.check_cancelled()
@@ -256,7 +258,7 @@ class DecoderSession:
                 last_saved = self.backend.n_tokens
         return chain
 
-    def _stops(self, prompt: Prompt, layout: "_Layout", start: int) -> dict[int, EntryKind]:
+    def _stops(self, prompt: Prompt, layout: "_Layout", start: int, checkpoints: bool) -> dict[int, EntryKind]:
         """Where to snapshot while evaluating from unit `start`: the prompt's cache points, and the end of a
         long run of text that ends the prompt, with (where the decoder cannot be cut back) checkpoints just
         before that end, where a new prompt that changes only its last sentence stops matching this one."""
@@ -267,7 +269,7 @@ class DecoderSession:
         tail = max(start, layout.starts[last_media + 1])
         if n - tail >= LONG_TEXT_UNITS:
             stops[n] = "snapshot"
-            if not self.backend.can_truncate:
+            if checkpoints:
                 for back in TAIL_CHECKPOINTS:
                     if n - back > tail and back >= self._min_snapshot_tokens:
                         stops.setdefault(n - back, "checkpoint")

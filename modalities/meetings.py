@@ -153,7 +153,7 @@ def transcribe_clip(session: DecoderSession, transcript: Transcript, clip: Clip)
     # (every meeting shares it); not after the clip's audio, which nothing else will ever start with.
     keep = {min(prompt.cache_points)} if transcript._chain is None and prompt.cache_points else set()
     prompt = Prompt(prompt.segments, frozenset(keep | {len(prompt.segments)}))
-    stats = session.prefill(prompt)
+    stats = session.prefill(prompt, checkpoints=False)  # the meeting resumes from its own turn ends only
     _drop_snapshot(session.cache, transcript)
     transcript._last_key = stats.prefix_key
     prompt = _forget_audio(prompt)
