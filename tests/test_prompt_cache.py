@@ -407,3 +407,25 @@ def test_corrupt_disk_entries_cost_a_miss_not_a_wrong_answer(start_daemon, tmp_p
     second.stop()
     assert answer.usage.cached_tokens == 0 and stats.rejected >= 1
     assert answer.text == expected.text
+
+
+def test_a_new_last_sentence_reuses_the_shared_tokens_from_disk_after_a_restart(start_daemon, tmp_path) -> None:
+    disk = str(tmp_path / "cache")
+    body = LONG_TEXT * 12
+    first = start_daemon("--cache-disk", disk)
+    with first.client() as c:
+        final(c, text(f"{body} Moreover the plan holds."), text("Why?"))
+    first.stop()
+    second = start_daemon("--cache-disk", disk)
+    with second.client() as c:
+        warm = final(c, text(f"{body} Therefore we wait."), text("Why?"))
+        stats = c.status().cache
+        shared = c.prefill(text(body)).prompt_tokens  # the turn up to the last sentence
+    second.stop()
+    assert 0.95 * shared <= warm.usage.cached_tokens < warm.usage.prompt_tokens
+    assert stats.disk_hits >= 1 and stats.snapshot_hits + stats.checkpoint_hits == 1 and stats.live_hits == 0
+    cold_daemon = start_daemon("--cache-disk", "off")
+    with cold_daemon.client() as c:
+        cold = final(c, text(f"{body} Therefore we wait."), text("Why?"))
+    cold_daemon.stop()
+    assert cold.usage.cached_tokens == 0 and cold.text == warm.text
