@@ -1,4 +1,4 @@
-"""A tiny random-weight omni model in GGUF: a `llama` text decoder plus ONE Nemotron-layout mmproj.
+"""A tiny random-weight omni model in GGUF: a text decoder plus ONE Nemotron-layout mmproj.
 
 Why: the llama.cpp backend, the prompt cache and the pipelines must be tested through the REAL inference path
 (llama.cpp + libmtmd) without downloading a 30B model. The files written here load exactly like NVIDIA Nemotron 3
@@ -6,10 +6,17 @@ Nano Omni does in llama.cpp: a text GGUF and one projector file holding a RADIO-
 (clip.vision.projector_type=nemotron_v2_vl) and a Parakeet conformer audio encoder (clip.audio.projector_type=
 parakeet). Writing both takes a few hundredths of a second.
 
+The default text decoder is `nemotron_h_moe`, the target model's own architecture in miniature: Mamba2 layers,
+attention layers and MoE feed-forward layers (routed experts + one shared expert). Such a sequence cannot be cut
+back (its state is a recurrent state per Mamba layer plus KV for the attention layers), so the cache is tested on
+the kind of decoder users run. `decoder="llama"` writes the attention-only decoder instead, for what only an
+attention decoder can do (cutting the live sequence back).
+
 The weights are random but scaled (~1/sqrt(fan_in)) so activations neither vanish nor explode: next-token logits
 differ measurably when the image or the sound differs, which is what tests assert on (never on wording).
-Tensor names and shapes follow the vendored tools/mtmd/clip.cpp, clip-impl.h and models/{nemotron-v2-vl,
-parakeet}.cpp of llama-cpp-python 0.3.36. numpy shapes are ggml `ne` reversed.
+Tensor names and shapes follow the vendored src/models/nemotron-h.cpp and mamba-base.cpp, tools/mtmd/clip.cpp,
+clip-impl.h and models/{nemotron-v2-vl,parakeet}.cpp of llama-cpp-python 0.3.36. numpy shapes are ggml `ne`
+reversed.
 """
 from __future__ import annotations
 
@@ -19,13 +26,31 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-#: Text decoder size (the projector's output width must equal N_EMBD). One 64-wide attention head: real
-#: decoders use heads 64-128 wide, and ggml's CPU attention over a long context costs several times more per
-#: token with 16-wide heads, which would make cache-hit timings on this model unlike a real one's.
+#: Text decoder width (the projector's output width must equal N_EMBD).
 N_EMBD = 64
+
+#: The `llama` decoder. One 64-wide attention head: real decoders use heads 64-128 wide, and ggml's CPU attention
+#: over a long context costs several times more per token with 16-wide heads, which would make cache-hit timings
+#: on this model unlike a real one's.
 N_HEAD = 1
 N_LAYER = 2
 N_FF = 128
+
+#: The `nemotron_h_moe` decoder, layer by layer as in the target's hybrid_override_pattern: M = Mamba2 mixer,
+#: * = attention, E = MoE feed-forward (Nemotron 3 Nano: 23 M, 6 *, 23 E in 52 layers). llama.cpp tells the
+#: kinds apart by the per-layer arrays: head_count_kv > 0 marks attention, feed_forward_length > 0 MoE, both 0
+#: Mamba2 (src/models/nemotron-h.cpp).
+HYBRID_PATTERN = "MM*EME"
+#: Mamba2: d_inner = 2 x n_embd in 4 heads of 32, 2 groups of B/C with state 16, causal conv of width 4
+#: (Nemotron 3 Nano: 64 heads of 64, 8 groups, state 128, conv 4).
+SSM_HEADS, SSM_INNER, SSM_GROUPS, SSM_STATE, SSM_CONV = 4, 2 * N_EMBD, 2, 16, 4
+#: Attention: grouped-query, 2 query heads of 64 sharing 1 KV head, no RoPE (Nemotron-H uses none).
+H_HEAD, H_HEAD_KV, H_HEAD_DIM = 2, 1, 64
+#: MoE: 4 routed experts, top-2 by sigmoid score, one shared expert, relu^2 (Nemotron 3 Nano: 128, top-6, 1).
+N_EXPERT, N_EXPERT_USED, N_FF_EXP, N_FF_SHEXP = 4, 2, 64, 128
+
+#: The text decoders write_test_model can write; the first is the default.
+DECODERS = ("nemotron_h_moe", "llama")
 
 #: Vision encoder: a 64x64 image in 8x8 patches -> 64 patches -> 2x2 merge -> 16 LLM tokens per image.
 V_EMBD, V_HEAD, V_FF, V_LAYERS = 32, 2, 64, 1
@@ -68,19 +93,28 @@ class TestModelPaths:
 def write_test_model(
     directory: Path,
     *,
+    decoder: str = DECODERS[0],
     vision: bool = True,
     audio: bool = True,
     seed: int = 0,
     n_ctx_train: int = 32768,
 ) -> TestModelPaths:
-    """Write the text GGUF and (if any encoder is asked for) one mmproj GGUF into `directory`.
+    """Write the text GGUF (`decoder`: "nemotron_h_moe" or "llama") and, if any encoder is asked for, one mmproj
+    GGUF into `directory`. The two decoders have different file names, so both can live in one folder.
 
     Deterministic for a given seed and arguments, so two calls give byte-identical files (fingerprints match).
     """
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown test decoder {decoder!r}: one of {', '.join(DECODERS)}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    text_path = directory / "tiny-omni-text.gguf"
-    _write_text_model(text_path, np.random.default_rng(seed), n_ctx_train)
+    rng = np.random.default_rng(seed)
+    if decoder == "llama":
+        text_path = directory / "tiny-omni-text.gguf"
+        _write_llama_model(text_path, rng, n_ctx_train)
+    else:
+        text_path = directory / "tiny-omni-nemotron-h-moe.gguf"
+        _write_nemotron_h_moe_model(text_path, rng, n_ctx_train)
     if not (vision or audio):
         return TestModelPaths(text=text_path, mmproj=None)
     suffix = "vision-audio" if vision and audio else ("vision" if vision else "audio")
@@ -119,19 +153,9 @@ def _normal(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, gain:
     return (rng.standard_normal(shape) * gain / np.sqrt(fan_in)).astype(np.float32)
 
 
-def _write_text_model(path: Path, rng: np.random.Generator, n_ctx_train: int) -> None:
+def _add_vocab(w: gguf.GGUFWriter) -> int:
+    """The built-in SentencePiece vocab and the ChatML template; returns the vocab size."""
     tokens, scores, types = _vocab()
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_name("tiny-omni-test")
-    w.add_context_length(n_ctx_train)
-    w.add_embedding_length(N_EMBD)
-    w.add_block_count(N_LAYER)
-    w.add_feed_forward_length(N_FF)
-    w.add_head_count(N_HEAD)
-    w.add_head_count_kv(N_HEAD)
-    w.add_rope_dimension_count(N_EMBD // N_HEAD)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
     w.add_tokenizer_model("llama")
     w.add_token_list(tokens)
     w.add_token_scores(scores)
@@ -143,9 +167,26 @@ def _write_text_model(path: Path, rng: np.random.Generator, n_ctx_train: int) ->
     w.add_add_eos_token(False)
     w.add_add_space_prefix(False)  # as modern SentencePiece models (Gemma): no "▁" glued after special tokens
     w.add_chat_template(CHAT_TEMPLATE)
+    return len(tokens)
+
+
+def _write_llama_model(path: Path, rng: np.random.Generator, n_ctx_train: int) -> None:
+    """The attention-only decoder: 2 llama blocks (RoPE attention + SwiGLU), tied embeddings."""
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("tiny-omni-test")
+    w.add_context_length(n_ctx_train)
+    w.add_embedding_length(N_EMBD)
+    w.add_block_count(N_LAYER)
+    w.add_feed_forward_length(N_FF)
+    w.add_head_count(N_HEAD)
+    w.add_head_count_kv(N_HEAD)
+    w.add_rope_dimension_count(N_EMBD // N_HEAD)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    n_vocab = _add_vocab(w)
 
     f16 = np.float16
-    w.add_tensor("token_embd.weight", rng.standard_normal((len(tokens), N_EMBD)).astype(f16))
+    w.add_tensor("token_embd.weight", rng.standard_normal((n_vocab, N_EMBD)).astype(f16))
     for i in range(N_LAYER):
         p = f"blk.{i}"
         w.add_tensor(f"{p}.attn_norm.weight", np.ones(N_EMBD, np.float32))
@@ -157,6 +198,91 @@ def _write_text_model(path: Path, rng: np.random.Generator, n_ctx_train: int) ->
         w.add_tensor(f"{p}.ffn_down.weight", _normal(rng, (N_EMBD, N_FF), N_FF).astype(f16))
     w.add_tensor("output_norm.weight", np.ones(N_EMBD, np.float32))
     _finish(w)
+
+
+def _write_nemotron_h_moe_model(path: Path, rng: np.random.Generator, n_ctx_train: int) -> None:
+    """The hybrid decoder, keys and layout as llama.cpp's converter writes Nemotron-H MoE (conversion/nemotron.py).
+
+    Every block is one pre-RMSNorm + one mixer (Mamba2, attention or MoE) + the residual, as in the target.
+    """
+    pattern = HYBRID_PATTERN
+    w = gguf.GGUFWriter(str(path), "nemotron_h_moe")
+    w.add_name("tiny-omni-test-nemotron-h-moe")
+    w.add_context_length(n_ctx_train)
+    w.add_embedding_length(N_EMBD)
+    w.add_block_count(len(pattern))
+    w.add_feed_forward_length([N_FF_EXP if kind == "E" else 0 for kind in pattern])
+    w.add_head_count(H_HEAD)
+    w.add_head_count_kv([H_HEAD_KV if kind == "*" else 0 for kind in pattern])
+    w.add_key_length(H_HEAD_DIM)
+    w.add_value_length(H_HEAD_DIM)
+    w.add_layer_norm_eps(1e-5)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_ssm_conv_kernel(SSM_CONV)
+    w.add_ssm_state_size(SSM_STATE)
+    w.add_ssm_group_count(SSM_GROUPS)
+    w.add_ssm_inner_size(SSM_INNER)
+    w.add_ssm_time_step_rank(SSM_HEADS)  # llama.cpp reads the number of Mamba2 heads from this key
+    w.add_expert_count(N_EXPERT)
+    w.add_expert_used_count(N_EXPERT_USED)
+    w.add_expert_feed_forward_length(N_FF_EXP)
+    w.add_expert_shared_feed_forward_length(N_FF_SHEXP)
+    w.add_expert_shared_count(1)
+    w.add_expert_weights_norm(True)
+    w.add_expert_weights_scale(1.0)
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    n_vocab = _add_vocab(w)
+
+    f16 = np.float16
+    w.add_tensor("token_embd.weight", rng.standard_normal((n_vocab, N_EMBD)).astype(f16))
+    for i, kind in enumerate(pattern):
+        p = f"blk.{i}"
+        w.add_tensor(f"{p}.attn_norm.weight", np.ones(N_EMBD, np.float32))  # every block's pre-norm
+        if kind == "M":
+            _add_mamba2(w, rng, p)
+        elif kind == "*":
+            q_width = H_HEAD * H_HEAD_DIM
+            w.add_tensor(f"{p}.attn_q.weight", _normal(rng, (q_width, N_EMBD), N_EMBD).astype(f16))
+            for name in ("attn_k", "attn_v"):
+                w.add_tensor(f"{p}.{name}.weight",
+                             _normal(rng, (H_HEAD_KV * H_HEAD_DIM, N_EMBD), N_EMBD).astype(f16))
+            w.add_tensor(f"{p}.attn_output.weight", _normal(rng, (N_EMBD, q_width), q_width).astype(f16))
+        else:
+            _add_moe(w, rng, p)
+    w.add_tensor("output_norm.weight", np.ones(N_EMBD, np.float32))
+    _finish(w)
+
+
+def _add_mamba2(w: gguf.GGUFWriter, rng: np.random.Generator, p: str) -> None:
+    """One Mamba2 mixer: in_proj -> causal conv over x,B,C -> selective scan -> gated grouped RMSNorm -> out_proj.
+
+    dt and A are initialised as Mamba does (dt in [1e-3, 1e-1] through softplus, A = -[1, 16]): the state then
+    remembers for tens of tokens, so what an image leaves in it still shows in the logits after the question.
+    """
+    f16 = np.float16
+    conv_width = SSM_INNER + 2 * SSM_GROUPS * SSM_STATE  # x, B and C go through the conv
+    in_width = SSM_INNER + conv_width + SSM_HEADS  # z (gate), xBC, dt
+    w.add_tensor(f"{p}.ssm_in.weight", _normal(rng, (in_width, N_EMBD), N_EMBD).astype(f16))
+    w.add_tensor(f"{p}.ssm_conv1d.weight", _normal(rng, (conv_width, SSM_CONV), SSM_CONV))
+    w.add_tensor(f"{p}.ssm_conv1d.bias", np.zeros(conv_width, np.float32))
+    dt = np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), SSM_HEADS))
+    w.add_tensor(f"{p}.ssm_dt.bias", (dt + np.log(-np.expm1(-dt))).astype(np.float32))  # softplus^-1(dt)
+    w.add_tensor(f"{p}.ssm_a", -rng.uniform(1.0, 16.0, (SSM_HEADS, 1)).astype(np.float32))
+    w.add_tensor(f"{p}.ssm_d", np.ones((SSM_HEADS, 1), np.float32))
+    w.add_tensor(f"{p}.ssm_norm.weight", np.ones((SSM_GROUPS, SSM_INNER // SSM_GROUPS), np.float32))
+    w.add_tensor(f"{p}.ssm_out.weight", _normal(rng, (N_EMBD, SSM_INNER), SSM_INNER).astype(f16))
+
+
+def _add_moe(w: gguf.GGUFWriter, rng: np.random.Generator, p: str) -> None:
+    """One MoE feed-forward: a sigmoid router (+ score bias) picking N_EXPERT_USED relu^2 experts, plus the shared
+    expert every token goes through."""
+    f16 = np.float16
+    w.add_tensor(f"{p}.ffn_gate_inp.weight", _normal(rng, (N_EXPERT, N_EMBD), N_EMBD, 2.0))
+    w.add_tensor(f"{p}.exp_probs_b.bias", np.zeros(N_EXPERT, np.float32))
+    w.add_tensor(f"{p}.ffn_up_exps.weight", _normal(rng, (N_EXPERT, N_FF_EXP, N_EMBD), N_EMBD).astype(f16))
+    w.add_tensor(f"{p}.ffn_down_exps.weight", _normal(rng, (N_EXPERT, N_EMBD, N_FF_EXP), N_FF_EXP).astype(f16))
+    w.add_tensor(f"{p}.ffn_up_shexp.weight", _normal(rng, (N_FF_SHEXP, N_EMBD), N_EMBD).astype(f16))
+    w.add_tensor(f"{p}.ffn_down_shexp.weight", _normal(rng, (N_EMBD, N_FF_SHEXP), N_FF_SHEXP).astype(f16))
 
 
 def _finish(w: gguf.GGUFWriter) -> None:
