@@ -14,22 +14,26 @@ import grpc
 
 
 def add_model_flags(parser: argparse.ArgumentParser, threads: int = 1) -> None:
-    """--model/--mmproj/--backend/--threads: a real model to measure, or (default) the tiny test model."""
+    """--model/--mmproj/--backend/--decoder/--threads: a real model to measure, or (default) the tiny test model."""
     parser.add_argument("--model", default="", help="a .gguf or MLX folder (default: the tiny test model)")
     parser.add_argument("--mmproj", default="")
     parser.add_argument("--backend", default="auto", choices=["auto", "llama.cpp", "mlx"])
+    parser.add_argument("--decoder", default="nemotron_h_moe", choices=["nemotron_h_moe", "llama"],
+                        help="the tiny llama.cpp test model's decoder: hybrid like the target (default) or attention-only")
     parser.add_argument("--threads", type=int, default=threads)
 
 
-def test_model_args(tmp: Path, model: str = "", mmproj: str = "", backend: str = "auto") -> dict[str, str]:
-    """The named model, or the tiny random-weight test model written into tmp for the chosen backend."""
+def test_model_args(tmp: Path, model: str = "", mmproj: str = "", backend: str = "auto",
+                    decoder: str = "nemotron_h_moe") -> dict[str, str]:
+    """The named model, or the tiny random-weight test model written into tmp for the chosen backend (on
+    llama.cpp with the chosen decoder)."""
     if model:
         return {"model": model, "mmproj": mmproj, "backend": backend}
     if backend == "mlx":
         from omnid.models.mlx_test_model import write_mlx_test_model
         return {"model": str(write_mlx_test_model(tmp / "mlx-model")), "mmproj": "", "backend": "mlx"}
     from omnid.models.gguf_test_model import write_test_model
-    paths = write_test_model(tmp / "model")
+    paths = write_test_model(tmp / "model", decoder=decoder)
     return {"model": str(paths.text), "mmproj": str(paths.mmproj or ""), "backend": "llama.cpp"}
 
 

@@ -71,7 +71,7 @@ def main() -> int:
     stolen = StolenTime()
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_args = test_model_args(Path(tmp), args.model, args.mmproj, args.backend)
+        model_args = test_model_args(Path(tmp), args.model, args.mmproj, args.backend, args.decoder)
         backend = load_backend(model_args["model"], model_args["mmproj"], model_args["backend"],
                                context_length=4096, threads=args.threads)
         daemon = start_daemon(Path(tmp), model_args, ["--threads", str(args.threads), "--ctx", "4096",

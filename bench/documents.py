@@ -105,7 +105,7 @@ def main() -> int:
         tmp = Path(tmp_name)
         pdf = tmp / "report.pdf"
         pdf.write_bytes(data)
-        model_args = test_model_args(tmp, args.model, args.mmproj, args.backend)
+        model_args = test_model_args(tmp, args.model, args.mmproj, args.backend, args.decoder)
         flags = ["--threads", str(args.threads), "--ctx", str(args.ctx), "--allow-read", str(tmp),
                  "--cache-disk", "off", "--data-dir", str(tmp / "data")]
         stages: dict[str, float] = {}

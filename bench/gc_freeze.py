@@ -44,7 +44,7 @@ def main() -> int:
     stolen = StolenTime()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        model = test_model_args(tmp, args.model, args.mmproj, args.backend)
+        model = test_model_args(tmp, args.model, args.mmproj, args.backend, args.decoder)
         config = DaemonConfig(model=model["model"], mmproj=model["mmproj"], backend=model["backend"],
                               context_length=4096, threads=args.threads, cache_disk_dir=None,
                               data_dir=tmp / "data")

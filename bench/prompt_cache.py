@@ -101,7 +101,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        model_args = test_model_args(tmp, args.model, args.mmproj, args.backend)
+        model_args = test_model_args(tmp, args.model, args.mmproj, args.backend, args.decoder)
         flags = ["--threads", str(args.threads), "--ctx", str(max(sizes + edit_sizes) + 2048), "--cache-disk", str(tmp / "pc"),
                  "--cache-ram", "8G"] + (["--flash-attn"] if args.flash_attn else [])
         daemon = start_daemon(tmp, model_args, flags)

@@ -116,7 +116,7 @@ def main() -> int:
     width, height = (int(v) for v in args.size.split("x"))
 
     with tempfile.TemporaryDirectory(prefix="omnid-bench-screen-") as tmp:
-        model = test_model_args(Path(tmp), args.model, args.mmproj, args.backend)
+        model = test_model_args(Path(tmp), args.model, args.mmproj, args.backend, args.decoder)
         xvfb = Xvfb(width, height)
         os.environ["DISPLAY"] = xvfb.display
         os.environ.pop("WAYLAND_DISPLAY", None)

@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                                            "to run the whole path on without downloading anything.")
     make.add_argument("directory", type=Path)
     make.add_argument("--backend", default="llama.cpp", choices=["llama.cpp", "mlx"])
+    make.add_argument("--decoder", default="nemotron_h_moe", choices=["nemotron_h_moe", "llama"],
+                      help="llama.cpp text decoder: the hybrid Mamba2/attention/MoE one of Nemotron 3 Nano Omni "
+                           "(default) or an attention-only llama")
     make.add_argument("--no-vision", action="store_true")
     make.add_argument("--no-audio", action="store_true")
     make.add_argument("--seed", type=int, default=0)
@@ -93,7 +96,8 @@ def make_test_model(args: argparse.Namespace) -> int:
         print(f"wrote {folder}\nrun: omnid serve --model {folder}")
         return 0
     from omnid.models.gguf_test_model import write_test_model
-    paths = write_test_model(args.directory, vision=not args.no_vision, audio=not args.no_audio, seed=args.seed)
+    paths = write_test_model(args.directory, decoder=args.decoder, vision=not args.no_vision, audio=not args.no_audio,
+                             seed=args.seed)
     mmproj = f" --mmproj {paths.mmproj}" if paths.mmproj else ""
     print(f"wrote {paths.text}" + (f"\nwrote {paths.mmproj}" if paths.mmproj else ""))
     print(f"run: omnid serve --model {paths.text}{mmproj}")
