@@ -28,8 +28,16 @@ os.environ.setdefault("MLX_DISABLE_COMPILE", "1")
 
 @pytest.fixture(scope="session")
 def test_model(tmp_path_factory: pytest.TempPathFactory) -> TestModelPaths:
-    """The tiny omni model: text GGUF + one mmproj with a vision and a Parakeet audio encoder."""
+    """The tiny omni model: a hybrid Mamba2 + attention + MoE text GGUF (nemotron_h_moe, as the target model) + one
+    mmproj with a vision and a Parakeet audio encoder. Its sequence cannot be cut back, only restored."""
     return write_test_model(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="session")
+def test_model_llama(tmp_path_factory: pytest.TempPathFactory) -> TestModelPaths:
+    """The same omni model with an attention-only `llama` decoder: for what only such a decoder can do (cutting
+    the live sequence back), and to check cache correctness on both kinds of decoder."""
+    return write_test_model(tmp_path_factory.mktemp("model-llama"), decoder="llama")
 
 
 class RunningDaemon:

@@ -1,5 +1,8 @@
 """LlamaCppBackend through the real llama.cpp + libmtmd path, on the tiny random-weight test model.
 
+The model is the hybrid one (nemotron_h_moe: Mamba2 + attention + MoE, as the target); what only an
+attention-only decoder can do (cutting the sequence back) runs on the `llama` decoder.
+
 Random weights: assertions are on logits, token counts and structure, never on wording. Whatever could abort the
 C library (probing degenerate media, loading odd files) runs in a child process, so a SIGABRT fails one test
 instead of killing the session.
@@ -25,6 +28,7 @@ from omnid.models.base import (  # noqa: E402
     Snapshot,
     TextSegment,
 )
+import omnid.models.gguf_test_model as tiny  # noqa: E402
 from omnid.models.gguf_test_model import TestModelPaths, write_test_model  # noqa: E402
 from omnid.models.llama_cpp_backend import MIN_AUDIO_SECONDS, LlamaCppBackend  # noqa: E402
 
@@ -63,6 +67,15 @@ def backend(paths: TestModelPaths) -> LlamaCppBackend:
     b.close()
 
 
+@pytest.fixture(scope="session")
+def llama_backend(model_dir: Path) -> LlamaCppBackend:
+    """The attention-only decoder, with the same projector."""
+    llama = write_test_model(model_dir / "llama", decoder="llama")
+    b = LlamaCppBackend(llama.text, llama.mmproj, n_ctx=2048, n_threads=1)
+    yield b
+    b.close()
+
+
 @pytest.fixture()
 def fresh(backend: LlamaCppBackend) -> LlamaCppBackend:
     backend.reset()
@@ -90,6 +103,38 @@ def test_test_model_is_deterministic(tmp_path: Path, paths: TestModelPaths) -> N
     again = write_test_model(tmp_path / "again")
     assert again.text.read_bytes() == paths.text.read_bytes()
     assert again.mmproj.read_bytes() == paths.mmproj.read_bytes()
+    llama = write_test_model(tmp_path / "llama", decoder="llama")
+    assert llama.text.name != paths.text.name and llama.mmproj.read_bytes() == paths.mmproj.read_bytes()
+    assert write_test_model(tmp_path / "llama-again", decoder="llama").text.read_bytes() == llama.text.read_bytes()
+    with pytest.raises(ValueError, match="unknown test decoder"):
+        write_test_model(tmp_path / "bad", decoder="mamba")
+
+
+def test_test_model_has_the_targets_layer_kinds(paths: TestModelPaths, backend: LlamaCppBackend) -> None:
+    """Mamba2, attention and MoE layers, told apart the way llama.cpp does (per-layer head_count_kv and
+    feed_forward_length), and llama.cpp loads the file as a hybrid decoder it must never cut back."""
+    import gguf
+
+    reader = gguf.GGUFReader(paths.text)
+    field = lambda key: reader.fields[f"nemotron_h_moe.{key}"]  # noqa: E731
+    assert bytes(reader.fields["general.architecture"].parts[-1]).decode() == "nemotron_h_moe"
+    head_count_kv = [int(field("attention.head_count_kv").parts[i][0]) for i in field("attention.head_count_kv").data]
+    feed_forward = [int(field("feed_forward_length").parts[i][0]) for i in field("feed_forward_length").data]
+    kinds = "".join("*" if kv else "E" if ff else "M" for kv, ff in zip(head_count_kv, feed_forward))
+    assert kinds == tiny.HYBRID_PATTERN and {"M", "*", "E"} <= set(kinds)
+    assert int(field("expert_count").parts[-1][0]) == 4 and int(field("expert_used_count").parts[-1][0]) == 2
+    assert int(field("expert_shared_count").parts[-1][0]) == 1
+    names = {t.name: tuple(int(d) for d in t.shape) for t in reader.tensors}
+    for i, kind in enumerate(kinds):
+        mixer = {"M": ("ssm_in", "ssm_conv1d", "ssm_out"), "*": ("attn_q", "attn_k", "attn_v", "attn_output"),
+                 "E": ("ffn_gate_inp", "ffn_up_exps", "ffn_down_exps", "ffn_up_shexp", "ffn_down_shexp")}[kind]
+        assert all(f"blk.{i}.{name}.weight" in names for name in mixer), (i, kind)
+    assert names["blk.3.ffn_up_exps.weight"] == (tiny.N_EMBD, tiny.N_FF_EXP, 4)  # ggml ne: one slab per expert
+
+    model = backend._llm._model.model
+    assert backend._lc.llama_model_is_hybrid(model) and not backend._lc.llama_model_is_recurrent(model)
+    assert backend._lc.llama_model_n_layer(model) == len(kinds)
+    assert not backend.can_truncate
 
 
 def test_info(backend: LlamaCppBackend, paths: TestModelPaths) -> None:
@@ -159,27 +204,53 @@ def test_tokens_in_one_decode_match_separate_appends(fresh: LlamaCppBackend) -> 
     fresh.append_tokens(tokens)
     assert fresh.n_tokens == len(tokens) == sum(fresh.count_tokens(s) for s in segments)
     np.testing.assert_allclose(fresh.logits(), separate, rtol=0, atol=1e-5)
-    # the sequence can be cut back between any two tokens, and goes on as if never longer
-    assert fresh.truncate(len(tokens) - 3) and fresh.n_tokens == len(tokens) - 3
-    fresh.append_tokens(tokens[-3:])
-    np.testing.assert_allclose(fresh.logits(), separate, rtol=0, atol=1e-5)
 
 
-def test_no_cut_inside_media_and_positions_run_on_after_a_restore(fresh: LlamaCppBackend) -> None:
-    fresh.append(USER)
-    start = fresh.n_tokens
-    fresh.append(_image(3))
-    end = fresh.n_tokens
-    assert not fresh.truncate(start + 1) and fresh.n_tokens == end  # inside the image: refused, unchanged
-    fresh.append(ASK)
-    expected = fresh.logits()
-    snapshot = fresh.snapshot()
-    fresh.reset()
-    fresh.restore(snapshot)  # the media spans travel with the snapshot
-    assert not fresh.truncate(start + 1)
-    assert fresh.truncate(end)
-    fresh.append(ASK)
-    np.testing.assert_allclose(fresh.logits(), expected, rtol=0, atol=1e-5)
+
+def test_an_attention_decoder_is_cut_back_between_any_two_tokens(llama_backend: LlamaCppBackend) -> None:
+    """Cutting back is for attention-only decoders (a hybrid sequence cannot be cut at all: see below): after
+    one decode, the sequence can be cut back between any two tokens and goes on as if never longer."""
+    b = llama_backend
+    segments = [USER, TextSegment("hello world"), ASK]
+    separate = _logits_after(b, *segments)
+    b.reset()
+    tokens = [t for s in segments for t in b.tokenize(s)]
+    b.append_tokens(tokens)
+    assert b.truncate(len(tokens) - 3) and b.n_tokens == len(tokens) - 3
+    b.append_tokens(tokens[-3:])
+    np.testing.assert_allclose(b.logits(), separate, rtol=0, atol=1e-5)
+
+
+def test_no_cut_inside_media_and_positions_run_on_after_a_restore(llama_backend: LlamaCppBackend) -> None:
+    """On the attention-only decoder (the only kind that can be cut back)."""
+    b = llama_backend
+    b.reset()
+    b.append(USER)
+    start = b.n_tokens
+    b.append(_image(3))
+    end = b.n_tokens
+    assert not b.truncate(start + 1) and b.n_tokens == end  # inside the image: refused, unchanged
+    b.append(ASK)
+    expected = b.logits()
+    snapshot = b.snapshot()
+    b.reset()
+    b.restore(snapshot)  # the media spans travel with the snapshot
+    assert not b.truncate(start + 1)
+    assert b.truncate(end)
+    b.append(ASK)
+    np.testing.assert_allclose(b.logits(), expected, rtol=0, atol=1e-5)
+
+
+def test_a_hybrid_sequence_is_never_cut_back(fresh: LlamaCppBackend) -> None:
+    """Its Mamba state holds every token: cutting only the attention KV would leave a state from the longer
+    sequence. truncate refuses every shorter length and leaves the sequence as it was."""
+    segments = [USER, TextSegment("hello world"), ASK]
+    counts = [fresh.append(segment) for segment in segments]
+    before = fresh.logits()
+    assert not fresh.can_truncate
+    for point in (0, 1, counts[0], counts[0] + counts[1], sum(counts) - 1):
+        assert not fresh.truncate(point)
+    assert fresh.n_tokens == sum(counts) and np.array_equal(fresh.logits(), before)
 
 
 def test_should_stop_interrupts_long_text(paths: TestModelPaths) -> None:
@@ -349,6 +420,50 @@ def test_snapshot_restore_identical(fresh: LlamaCppBackend) -> None:
     assert np.array_equal(fresh.logits(), before)
     assert _greedy(fresh, 5) == continuation
     assert np.array_equal(fresh.logits(), after_continuation)
+
+
+def _recurrent_state_bytes() -> int:
+    """What Mamba2 layers keep per sequence in llama.cpp: the conv window over x,B,C and the SSM state (f32)."""
+    conv = (tiny.SSM_CONV - 1) * (tiny.SSM_INNER + 2 * tiny.SSM_GROUPS * tiny.SSM_STATE)
+    return tiny.HYBRID_PATTERN.count("M") * (conv + tiny.SSM_STATE * tiny.SSM_INNER) * 4
+
+
+def test_hybrid_snapshot_restored_over_other_content_gives_the_cold_logits(fresh: LlamaCppBackend,
+                                                                          paths: TestModelPaths) -> None:
+    """A snapshot carries the Mamba layers' recurrent state, not only the attention KV: restored into a sequence
+    that held other text and media (so another recurrent state), the next-token logits and what follows are
+    exactly those of a cold run."""
+    prefix = [USER, _image(1), TextSegment("hello world"), _tone(440)]
+    for segment in prefix:
+        fresh.append(segment)
+    snap = fresh.snapshot()
+    # The state is KV per token plus a fixed recurrent part: two sizes give both.
+    short = int(fresh._lc.llama_state_seq_get_size(fresh._ctx, 0))
+    fresh.append(ASK)
+    longer = int(fresh._lc.llama_state_seq_get_size(fresh._ctx, 0))
+    per_token = (longer - short) / fresh.count_tokens(ASK)
+    assert short - per_token * snap.n_tokens >= _recurrent_state_bytes()
+
+    cold = LlamaCppBackend(paths.text, paths.mmproj, n_ctx=2048, n_threads=1)
+    try:
+        for segment in (*prefix, ASK):
+            cold.append(segment)
+        cold_logits = cold.logits()
+        cold_continuation = _greedy(cold, 4)
+        cold_after = cold.logits()
+    finally:
+        cold.close()
+
+    fresh.reset()
+    for segment in (USER, _image(2), TextSegment("something else entirely " * 8), _noise()):
+        fresh.append(segment)
+    fresh.append(ASK)
+    assert np.abs(fresh.logits() - cold_logits).max() > 1e-2  # the other content's state really differs
+    fresh.restore(snap)
+    fresh.append(ASK)
+    assert np.array_equal(fresh.logits(), cold_logits)
+    assert _greedy(fresh, 4) == cold_continuation
+    assert np.array_equal(fresh.logits(), cold_after)
 
 
 def test_snapshot_in_a_fresh_backend(fresh: LlamaCppBackend, paths: TestModelPaths) -> None:
