@@ -1,8 +1,10 @@
 """The shared prompt cache: correct reuse (logits equal to a cold run), never the wrong image's state, bounded
 memory, a disk tier that survives restarts and refuses what it cannot trust.
 
-The logit checks run in-process on the real backends (llama.cpp with libmtmd; mlx-vlm's hybrid
-Mamba + attention model when mlx is installed); the rest runs against real daemons.
+The logit checks run in-process on the real backends: llama.cpp with libmtmd on both kinds of decoder (the
+hybrid Mamba2 + attention + MoE one of the target model, whose sequence can only be restored, and an
+attention-only one, which can be cut back), and mlx-vlm's hybrid Mamba + attention model when mlx is installed.
+The rest runs against real daemons (on the hybrid model).
 """
 from __future__ import annotations
 
@@ -177,9 +179,9 @@ def test_disk_budget_evicts_oldest(tmp_path: Path) -> None:
 
 # -- correctness on the real backends: reuse == cold, and different media never share state --------------------
 
-def _llama_backend(test_model):
+def _llama_backend(model):
     from omnid.models.llama_cpp_backend import LlamaCppBackend
-    return LlamaCppBackend(test_model.text, test_model.mmproj, n_ctx=4096, n_threads=1)
+    return LlamaCppBackend(model.text, model.mmproj, n_ctx=4096, n_threads=1)
 
 
 def _mlx_backend(tmp_path_factory):
@@ -189,9 +191,13 @@ def _mlx_backend(tmp_path_factory):
     return MlxBackend(write_mlx_test_model(tmp_path_factory.mktemp("mlx")), n_ctx=4096)
 
 
-@pytest.fixture(scope="module", params=["llama.cpp", "mlx"])
-def backend(request, test_model, tmp_path_factory):
-    b = _llama_backend(test_model) if request.param == "llama.cpp" else _mlx_backend(tmp_path_factory)
+@pytest.fixture(scope="module", params=["llama.cpp-hybrid", "llama.cpp-attention", "mlx"])
+def backend(request, tmp_path_factory):
+    if request.param == "mlx":
+        b = _mlx_backend(tmp_path_factory)
+    else:
+        b = _llama_backend(request.getfixturevalue(
+            "test_model" if request.param == "llama.cpp-hybrid" else "test_model_llama"))
     yield b
     b.close()
 
