@@ -57,6 +57,13 @@ def rpc_error(call) -> grpc.RpcError:
 
 # -- answers ----------------------------------------------------------------------------------------------------
 
+def test_the_suite_runs_on_the_hybrid_decoder(daemon, test_model) -> None:
+    """The shared llama.cpp daemon serves the Nemotron-H-style hybrid test model, the target's kind of decoder."""
+    with daemon.client() as c:
+        status = c.status()
+    assert status.model_path == str(test_model.text) and status.model_name == "tiny-omni-test-nemotron-h-moe"
+
+
 def test_text_streams_deltas_and_usage(client: OmniClient) -> None:
     final = answer(client, text("Hello there"), max_tokens=16)
     u = final.usage
