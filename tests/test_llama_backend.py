@@ -206,6 +206,16 @@ def test_tokens_in_one_decode_match_separate_appends(fresh: LlamaCppBackend) -> 
     np.testing.assert_allclose(fresh.logits(), separate, rtol=0, atol=1e-5)
 
 
+def test_the_attention_only_decoder_answers_text_image_and_audio(llama_backend: LlamaCppBackend) -> None:
+    b = llama_backend
+    model = b._llm._model.model
+    assert not b._lc.llama_model_is_hybrid(model) and not b._lc.llama_model_is_recurrent(model) and b.can_truncate
+    assert b.info.capabilities == {"text", "image", "audio"}
+    plain = _logits_after(b, USER, TextSegment("hello world"), ASK)
+    assert np.isfinite(plain).all()
+    assert np.abs(_logits_after(b, USER, _image(1), ASK) - _logits_after(b, USER, _image(2), ASK)).max() > 1e-2
+    assert np.abs(_logits_after(b, USER, _tone(440), ASK) - _logits_after(b, USER, _noise(), ASK)).max() > 1e-2
+
 
 def test_an_attention_decoder_is_cut_back_between_any_two_tokens(llama_backend: LlamaCppBackend) -> None:
     """Cutting back is for attention-only decoders (a hybrid sequence cannot be cut at all: see below): after
