@@ -19,7 +19,8 @@ def add_model_flags(parser: argparse.ArgumentParser, threads: int = 1) -> None:
     parser.add_argument("--mmproj", default="")
     parser.add_argument("--backend", default="auto", choices=["auto", "llama.cpp", "mlx"])
     parser.add_argument("--decoder", default="nemotron_h_moe", choices=["nemotron_h_moe", "llama"],
-                        help="the tiny llama.cpp test model's decoder: hybrid like the target (default) or attention-only")
+                        help="the tiny llama.cpp test model's decoder: hybrid like the target (default) "
+                             "or attention-only")
     parser.add_argument("--threads", type=int, default=threads)
 
 

@@ -5,7 +5,9 @@ per Mamba layer plus KV for its one attention layer; the attention-only llama on
 For each, in-process on the real llama.cpp path: llama_state_seq_get_size of the sequence at 0, N and 2N
 tokens (the difference gives the bytes per token, the rest is the fixed recurrent state), the snapshot payload
 at N tokens, prefill speed and decode speed after an N-token prefix (median of --runs), then the hybrid / llama
-ratios.
+ratios. Last, the same sizes from the layer shapes (llama.cpp keeps the Mamba2 conv window and SSM state in f32,
+attention K and V in f16), checked against the tiny models' measured sizes and then applied to Nemotron 3
+Nano's published shapes, so the figures can be read for the target model.
 
     python bench/decoders.py [--tokens 1000] [--runs 5] [--threads 1]
 """
@@ -16,16 +18,51 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import StolenTime  # noqa: E402
 
+import omnid.models.gguf_test_model as tiny  # noqa: E402
 from omnid.models.base import TextSegment  # noqa: E402
 from omnid.models.gguf_test_model import DECODERS, write_test_model  # noqa: E402
 from omnid.models.llama_cpp_backend import LlamaCppBackend  # noqa: E402
 
 DECODE_TOKENS = 64
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """What a decoder's sequence state is made of."""
+
+    mamba_layers: int = 0
+    conv: int = 0
+    d_inner: int = 0
+    groups: int = 0
+    d_state: int = 0
+    attention_layers: int = 0
+    kv_heads: int = 0
+    head_dim: int = 0
+
+    def recurrent_bytes(self) -> int:
+        """Per Mamba2 layer: the last conv-1 inputs of x, B and C, and the SSM state, in f32."""
+        conv = (self.conv - 1) * (self.d_inner + 2 * self.groups * self.d_state) if self.mamba_layers else 0
+        return self.mamba_layers * (conv + self.d_state * self.d_inner) * 4
+
+    def kv_bytes_per_token(self) -> int:
+        return self.attention_layers * self.kv_heads * self.head_dim * 2 * 2  # K and V, f16
+
+
+SHAPES = {
+    "nemotron_h_moe": Shapes(tiny.HYBRID_PATTERN.count("M"), tiny.SSM_CONV, tiny.SSM_INNER, tiny.SSM_GROUPS,
+                             tiny.SSM_STATE, tiny.HYBRID_PATTERN.count("*"), tiny.H_HEAD_KV, tiny.H_HEAD_DIM),
+    "llama": Shapes(attention_layers=tiny.N_LAYER, kv_heads=tiny.N_HEAD, head_dim=tiny.N_EMBD // tiny.N_HEAD),
+}
+#: NVIDIA Nemotron 3 Nano 30B-A3B (the Omni model's decoder): hybrid_override_pattern
+#: MEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEMEM*EMEMEMEME, 64 Mamba2 heads of 64, 8 groups, state 128, conv 4;
+#: attention 32 query heads, 2 KV heads of 128.
+NEMOTRON_3_NANO = Shapes(23, 4, 64 * 64, 8, 128, 6, 2, 128)
 
 
 def measure(model: Path, n_tokens: int, runs: int, threads: int) -> dict[str, float]:
@@ -83,6 +120,16 @@ def main() -> int:
     for label, key, fmt in rows:
         ratio = f"{hybrid[key] / llama[key]:9.2f}" if llama[key] else f"{'':>9}"
         print(f"{label:44}{fmt.format(hybrid[key]):>16}{fmt.format(llama[key]):>12}{ratio}")
+    print("from the layer shapes (measured above: the rest is llama.cpp's headers and 12 B per token of cell data)")
+    for name in DECODERS:
+        shape, got = SHAPES[name], results[name]
+        print(f"  {name:15} recurrent {shape.recurrent_bytes():>9,} B (measured fixed part {got['recurrent']:,.0f}), "
+              f"KV {shape.kv_bytes_per_token()} B/token (measured {got['per_token']:.0f})")
+    real = NEMOTRON_3_NANO
+    per_token = real.kv_bytes_per_token() + 12
+    print(f"  Nemotron 3 Nano: recurrent {real.recurrent_bytes() / 2**20:.1f} MiB per sequence, KV "
+          f"{per_token:,} B/token -> its sequence state at 1k / 4k / 16k tokens: "
+          + " / ".join(f"{(real.recurrent_bytes() + n * per_token) / 2**20:.0f} MiB" for n in (1024, 4096, 16384)))
     return 0
 
 
