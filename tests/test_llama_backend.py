@@ -110,6 +110,19 @@ def test_test_model_is_deterministic(tmp_path: Path, paths: TestModelPaths) -> N
         write_test_model(tmp_path / "bad", decoder="mamba")
 
 
+def test_make_test_model_writes_either_decoder(tmp_path: Path, paths: TestModelPaths,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from omnid.daemon.cli import main
+
+    assert main(["make-test-model", str(tmp_path / "hybrid")]) == 0
+    assert main(["make-test-model", "--decoder", "llama", "--no-audio", str(tmp_path / "llama")]) == 0
+    assert (tmp_path / "hybrid" / paths.text.name).read_bytes() == paths.text.read_bytes()
+    llama = write_test_model(tmp_path / "reference", decoder="llama", audio=False)
+    assert (tmp_path / "llama" / llama.text.name).read_bytes() == llama.text.read_bytes()
+    assert (tmp_path / "llama" / llama.mmproj.name).read_bytes() == llama.mmproj.read_bytes()
+    assert f"--model {tmp_path / 'hybrid' / paths.text.name}" in capsys.readouterr().out
+
+
 def test_test_model_has_the_targets_layer_kinds(paths: TestModelPaths, backend: LlamaCppBackend) -> None:
     """Mamba2, attention and MoE layers, told apart the way llama.cpp does (per-layer head_count_kv and
     feed_forward_length), and llama.cpp loads the file as a hybrid decoder it must never cut back."""
