@@ -6,8 +6,8 @@ For each, in-process on the real llama.cpp path: llama_state_seq_get_size of the
 tokens (the difference gives the bytes per token, the rest is the fixed recurrent state), the snapshot payload
 at N tokens, prefill speed and decode speed after an N-token prefix (median of --runs), then the hybrid / llama
 ratios. Last, the same sizes from the layer shapes (llama.cpp keeps the Mamba2 conv window and SSM state in f32,
-attention K and V in f16), checked against the tiny models' measured sizes and then applied to Nemotron 3
-Nano's published shapes, so the figures can be read for the target model.
+attention K and V in f16), checked against the measured ones: the formula bench/prompt_cache.py applies to
+Nemotron 3 Nano's published shapes to read the figures for the target model.
 
     python bench/decoders.py [--tokens 1000] [--runs 5] [--threads 1]
 """
@@ -59,10 +59,6 @@ SHAPES = {
                              tiny.SSM_STATE, tiny.HYBRID_PATTERN.count("*"), tiny.H_HEAD_KV, tiny.H_HEAD_DIM),
     "llama": Shapes(attention_layers=tiny.N_LAYER, kv_heads=tiny.N_HEAD, head_dim=tiny.N_EMBD // tiny.N_HEAD),
 }
-#: NVIDIA Nemotron 3 Nano 30B-A3B (the Omni model's decoder): hybrid_override_pattern
-#: MEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEMEM*EMEMEMEME, 64 Mamba2 heads of 64, 8 groups, state 128, conv 4;
-#: attention 32 query heads, 2 KV heads of 128.
-NEMOTRON_3_NANO = Shapes(23, 4, 64 * 64, 8, 128, 6, 2, 128)
 
 
 def measure(model: Path, n_tokens: int, runs: int, threads: int) -> dict[str, float]:
@@ -125,11 +121,6 @@ def main() -> int:
         shape, got = SHAPES[name], results[name]
         print(f"  {name:15} recurrent {shape.recurrent_bytes():>9,} B (measured fixed part {got['recurrent']:,.0f}), "
               f"KV {shape.kv_bytes_per_token()} B/token (measured {got['per_token']:.0f})")
-    real = NEMOTRON_3_NANO
-    per_token = real.kv_bytes_per_token() + 12
-    print(f"  Nemotron 3 Nano: recurrent {real.recurrent_bytes() / 2**20:.1f} MiB per sequence, KV "
-          f"{per_token:,} B/token -> its sequence state at 1k / 4k / 16k tokens: "
-          + " / ".join(f"{(real.recurrent_bytes() + n * per_token) / 2**20:.0f} MiB" for n in (1024, 4096, 16384)))
     return 0
 
 
