@@ -29,7 +29,7 @@ from omnid.models.base import TextSegment  # noqa: E402
 from omnid.models.gguf_test_model import DECODERS, write_test_model  # noqa: E402
 from omnid.models.llama_cpp_backend import LlamaCppBackend  # noqa: E402
 
-DECODE_TOKENS = 64
+DECODE_TOKENS = 256
 
 
 @dataclass(frozen=True)
