@@ -112,3 +112,34 @@ def start_daemon(tmp: Path, model_args: dict[str, str], extra: list[str], timeou
         time.sleep(0.1)
     process.kill()
     raise TimeoutError("the daemon did not start in time")
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """What a decoder's sequence state is made of."""
+
+    mamba_layers: int = 0
+    conv: int = 0
+    d_inner: int = 0
+    groups: int = 0
+    d_state: int = 0
+    attention_layers: int = 0
+    kv_heads: int = 0
+    head_dim: int = 0
+
+    def recurrent_bytes(self) -> int:
+        """Per Mamba2 layer: the last conv-1 inputs of x, B and C, and the SSM state, in f32."""
+        conv = (self.conv - 1) * (self.d_inner + 2 * self.groups * self.d_state) if self.mamba_layers else 0
+        return self.mamba_layers * (conv + self.d_state * self.d_inner) * 4
+
+    def kv_bytes_per_token(self) -> int:
+        return self.attention_layers * self.kv_heads * self.head_dim * 2 * 2  # K and V, f16
+
+
+#: NVIDIA Nemotron 3 Nano (the Omni model's decoder), as published: hybrid pattern
+#: "MEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEMEM*EMEMEMEME" (23 Mamba2, 23 MoE, 6 attention layers), hidden 2688,
+#: Mamba2 64 heads x 64 wide (inner 4096), state 128, 8 groups, conv kernel 4; attention 2 KV heads x 128.
+NEMOTRON_3_NANO = Shapes(mamba_layers=23, conv=4, d_inner=4096, groups=8, d_state=128, attention_layers=6,
+                         kv_heads=2, head_dim=128)
+#: Its vocabulary (a snapshot also holds the last logits, one float each).
+NEMOTRON_3_NANO_VOCAB = 131_072

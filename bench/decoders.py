@@ -18,11 +18,10 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import StolenTime  # noqa: E402
+from _common import Shapes, StolenTime  # noqa: E402
 
 import omnid.models.gguf_test_model as tiny  # noqa: E402
 from omnid.models.base import TextSegment  # noqa: E402
@@ -30,28 +29,6 @@ from omnid.models.gguf_test_model import DECODERS, write_test_model  # noqa: E40
 from omnid.models.llama_cpp_backend import LlamaCppBackend  # noqa: E402
 
 DECODE_TOKENS = 256
-
-
-@dataclass(frozen=True)
-class Shapes:
-    """What a decoder's sequence state is made of."""
-
-    mamba_layers: int = 0
-    conv: int = 0
-    d_inner: int = 0
-    groups: int = 0
-    d_state: int = 0
-    attention_layers: int = 0
-    kv_heads: int = 0
-    head_dim: int = 0
-
-    def recurrent_bytes(self) -> int:
-        """Per Mamba2 layer: the last conv-1 inputs of x, B and C, and the SSM state, in f32."""
-        conv = (self.conv - 1) * (self.d_inner + 2 * self.groups * self.d_state) if self.mamba_layers else 0
-        return self.mamba_layers * (conv + self.d_state * self.d_inner) * 4
-
-    def kv_bytes_per_token(self) -> int:
-        return self.attention_layers * self.kv_heads * self.head_dim * 2 * 2  # K and V, f16
 
 
 SHAPES = {

@@ -37,7 +37,8 @@ import soundfile
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import StolenTime, add_model_flags, start_daemon, test_model_args  # noqa: E402
+from _common import (  # noqa: E402
+    NEMOTRON_3_NANO, NEMOTRON_3_NANO_VOCAB, StolenTime, add_model_flags, start_daemon, test_model_args)
 
 from omnid.clients.client import OmniClient, audio, image, text  # noqa: E402
 from omnid.daemon.scheduler import checkpoint_interval  # noqa: E402
@@ -46,11 +47,7 @@ from omnid.proto import omnid_pb2 as pb  # noqa: E402
 WORDS = "alpha budget cedar delta engine forest garden harbor island jungle kernel lemon market".split()
 #: A different last sentence for each request of the edit case (they differ from their first word on).
 ENDINGS = ["Moreover the plan holds.", "Therefore we wait.", "Instead it moves on.", "Lastly all is well."]
-#: NVIDIA Nemotron 3 Nano (the Omni model's decoder), as published: hybrid pattern
-#: "MEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEMEM*EMEMEMEME" (23 Mamba2, 23 MoE, 6 attention layers), hidden 2688,
-#: Mamba2 64 heads x 64 wide, state 128, 8 groups, conv kernel 4; attention 2 KV heads x 128; vocabulary 131,072.
-NEMOTRON = dict(mamba_layers=23, attention_layers=6, mamba_heads=64, mamba_head_dim=64, state=128, groups=8,
-                conv=4, kv_heads=2, head_dim=128, vocab=131072)
+
 
 
 def filler(tokens: int, seed: int) -> str:
@@ -196,14 +193,12 @@ def print_state_sizes(status: pb.CacheStats) -> None:
     print(f"this decoder: a snapshot holds {base / 1024:.1f} KiB whatever its length (recurrent state, logits) "
           f"+ {per_token:.0f} B per token (attention KV): {(base + 16_000 * per_token) / 2**20:.1f} MiB at 16k tokens; "
           f"checkpoints hold {status.checkpoint_bytes / 2**20:.1f} MiB now")
-    n = NEMOTRON
-    conv_channels = n["mamba_heads"] * n["mamba_head_dim"] + 2 * n["groups"] * n["state"]
-    recurrent = n["mamba_layers"] * 4 * (n["mamba_heads"] * n["mamba_head_dim"] * n["state"]
-                                          + (n["conv"] - 1) * conv_channels)  # f32 states, as llama.cpp keeps them
-    kv = n["attention_layers"] * 2 * n["kv_heads"] * n["head_dim"] * 2  # f16 K and V
-    base_target = recurrent + 4 * n["vocab"]
+    target = NEMOTRON_3_NANO
+    recurrent = target.recurrent_bytes()
+    kv = target.kv_bytes_per_token() + 12  # + llama.cpp's per-cell position and sequence bookkeeping
+    base_target = recurrent + 4 * NEMOTRON_3_NANO_VOCAB
     print(f"Nemotron 3 Nano Omni (published shapes): recurrent state {recurrent / 2**20:.1f} MiB + logits "
-          f"{4 * n['vocab'] / 2**20:.1f} MiB per snapshot, + {kv} B per token: "
+          f"{4 * NEMOTRON_3_NANO_VOCAB / 2**20:.1f} MiB per snapshot, + {kv} B per token: "
           f"{(base_target + 16_000 * kv) / 2**20:.0f} MiB at 16k tokens, {(base_target + 131_072 * kv) / 2**20:.0f} MiB "
           f"at 128k; with --cache-ram 8G and --ctx 32768 the daemon would checkpoint every "
           f"{checkpoint_interval(base_target, kv, 32768, 8 << 30)} tokens")
