@@ -22,6 +22,7 @@ import numpy as np
 from omnid.clients.documents import DocumentsClient
 from omnid.clients.meetings import MeetingsClient
 from omnid.daemon.config import default_socket_path
+from omnid.daemon.private_paths import check_socket
 from omnid.proto import omnid_pb2 as pb
 from omnid.proto import omnid_pb2_grpc
 from omnid.clients.screen import ScreenClient
@@ -78,6 +79,7 @@ class CoreClient:
         """endpoint: 'unix:/path' (default: the daemon's socket) or a loopback 'HOST:PORT' (needs a token,
         from `token` or the OMNID_TOKEN environment variable)."""
         self.endpoint = endpoint or f"unix:{default_socket_path()}"
+        _check_unix_endpoint(self.endpoint)
         token = token or os.environ.get("OMNID_TOKEN")
         self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -131,6 +133,21 @@ class CoreClient:
 
     def unpin(self, prefix_id: str) -> bool:
         return self.stub.Unpin(pb.UnpinRequest(prefix_id=prefix_id), metadata=self.metadata).was_pinned
+
+
+def _check_unix_endpoint(endpoint: str) -> None:
+    """Refuse (UnsafePath, a PermissionError naming the path and why) a socket another user owns or could have
+    put there, before anything is sent: a squatter on the socket's folder would receive the prompts
+    (daemon/private_paths.py). A missing folder means no daemon, said at once: waiting for one to appear in a
+    folder nobody checked is how a squatter would get in."""
+    if not endpoint.startswith("unix:"):
+        return  # TCP (loopback, token) or an abstract socket: no file to check
+    path = Path(endpoint[len("unix://"):] if endpoint.startswith("unix://") else endpoint[len("unix:"):])
+    try:
+        check_socket(path)
+    except FileNotFoundError:
+        raise DaemonNotRunning(f"no omnid daemon answers at {endpoint} ({path.parent} does not exist). Start one "
+                               "with `omnid serve`, or point the client at it with --socket / OMNID_SOCKET") from None
 
 
 class OmniClient(MeetingsClient, DocumentsClient, CoreClient, ScreenClient):

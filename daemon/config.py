@@ -34,9 +34,15 @@ def cache_dir() -> Path:
 
 
 def private_dir(path: Path) -> Path:
-    """Create a directory only the user can enter (and tighten it if it exists)."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path, 0o700)
+    """Create `path` 0700 if it is missing (its parents as `mkdir -p` makes them); an existing folder is left as
+    it is: it is someone's choice (`--socket /tmp/omnid.sock` must not chmod /tmp). Whether an existing folder
+    is safe to use is private_paths.check_private_dir's question."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        return path
+    os.chmod(path, 0o700)  # exactly 0700 whatever the umask
     return path
 
 

@@ -6,13 +6,16 @@ through this base class (e.g. `resolve_part` asks the documents mixin for a Docu
 """
 from __future__ import annotations
 
+import errno
 import logging
+import re
+import sqlite3
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterator, NoReturn
 
 import grpc
 
+from omnid.daemon.allowed_files import AllowedFile, PermissionDenied, open_allowed
 from omnid.daemon.config import DaemonConfig
 from omnid.daemon.sampling import SamplingParams
 from omnid.daemon.scheduler import Job, QueueFull, Scheduler, ShuttingDown
@@ -27,8 +30,16 @@ class NotFound(LookupError):
     """An unknown document, meeting, cache entry or device: NOT_FOUND."""
 
 
-class PermissionDenied(PermissionError):
-    """A path outside what the daemon may read: PERMISSION_DENIED."""
+#: What Python prints for an object without a readable form ("<_io.BytesIO object at 0x7f...>"): a heap address
+#: is nobody's business, and says nothing to the client anyway.
+_OBJECT_REPR = re.compile(r"<([\w.]+) object at 0x[0-9a-fA-F]+>")
+#: OSErrors whose cause is known, with what to tell the client (never the daemon's own paths).
+_OS_ERRORS = {
+    errno.ENOSPC: (grpc.StatusCode.RESOURCE_EXHAUSTED, "the daemon's disk is full; free some space and try again"),
+    errno.EDQUOT: (grpc.StatusCode.RESOURCE_EXHAUSTED, "the daemon's user is over its disk quota"),
+    errno.ELOOP: (grpc.StatusCode.INVALID_ARGUMENT, "too many levels of symbolic links (a symlink loop)"),
+    errno.ENAMETOOLONG: (grpc.StatusCode.INVALID_ARGUMENT, "a path or file name is too long"),
+}
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -50,14 +61,27 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.PERMISSION_DENIED, str(exc)
     if isinstance(exc, (ValueError, TypeError)):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, OSError) and exc.errno in _OS_ERRORS:
+        return _OS_ERRORS[exc.errno]
+    if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):  # "database or disk is full"
+        return _OS_ERRORS[errno.ENOSPC]
+    if isinstance(exc, FileNotFoundError):
+        return grpc.StatusCode.NOT_FOUND, str(exc) if exc.errno is None else "no such file"
+    if isinstance(exc, PermissionError):
+        return grpc.StatusCode.PERMISSION_DENIED, str(exc) if exc.errno is None else "permission denied"
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+
+
+def clean_message(message: str) -> str:
+    """A status message without heap addresses ("<_io.BytesIO object at 0x...>" becomes "the data")."""
+    return _OBJECT_REPR.sub("the data", message)
 
 
 def abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
     code, message = status_for(exc)
     if code == grpc.StatusCode.INTERNAL:
         log.error("internal error serving a call", exc_info=exc)
-    context.abort(code, message)
+    context.abort(code, clean_message(message))
     raise AssertionError("unreachable")  # context.abort raises
 
 
@@ -182,13 +206,8 @@ class RpcBase:
         except Exception as exc:
             abort(context, exc)
 
-    def readable_path(self, path: str) -> Path:
-        """A client-named path, if it lies under one of the folders the daemon was allowed to read."""
-        resolved = Path(path).expanduser().resolve()
-        for root in self.config.allow_read:
-            if resolved.is_relative_to(Path(root).expanduser().resolve()):
-                if not resolved.is_file():
-                    raise NotFound(f"no such file: {resolved}")
-                return resolved
-        allowed = ", ".join(str(p) for p in self.config.allow_read) or "none (start omnid with --allow-read DIR)"
-        raise PermissionDenied(f"the daemon may not read {resolved}; allowed folders: {allowed}")
+    def open_readable(self, path: str) -> AllowedFile:
+        """A client-named file, opened if it lies under one of the folders the daemon was allowed to read.
+        Read it through the returned object only: opening the name again would undo the check
+        (daemon/allowed_files.py)."""
+        return open_allowed(path, self.config.allow_read)

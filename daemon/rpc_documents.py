@@ -109,10 +109,10 @@ class DocumentRpcs(RpcBase):
         if source == "data":
             data, name = request.data, request.name or "document.pdf"
         elif source == "path":
-            path = self.readable_path(request.path)
-            if path.stat().st_size > MAX_PDF_BYTES:
-                raise TooLarge(f"{path.name} is {path.stat().st_size} bytes; the limit is {MAX_PDF_BYTES}")
-            data, name = path.read_bytes(), request.name or path.name
+            with self.open_readable(request.path) as opened:  # read through this descriptor only
+                if opened.size > MAX_PDF_BYTES:
+                    raise TooLarge(f"{opened.name} is {opened.size} bytes; the limit is {MAX_PDF_BYTES}")
+                data, name = opened.read(MAX_PDF_BYTES + 1), request.name or opened.name
         else:
             raise InputError("give the PDF's bytes (data) or a path the daemon may read")
         if len(data) > MAX_PDF_BYTES:

@@ -10,8 +10,10 @@ next to it (the path a client named is stored as is); a live meeting's audio is 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -78,22 +80,27 @@ class MeetingRpcs(RpcBase):
         settings = self.call(context, lambda: self._settings(request.summary, request.language, None))
         max_clip = self.call(context, lambda: self._clip_seconds(FILE_CLIP_SECONDS))
         if request.path:
-            path = self.call(context, lambda: self.readable_path(request.path))
-            stream = self.call(context, lambda: AudioStream(path))
-            meeting_id = self.meeting_store.create(request.title or path.name, str(path), "transcribing")
-            audio_path, rate, total, blocks = str(path), stream.rate, stream.seconds, stream.blocks()
+            opened = self.call(context, lambda: self.open_readable(request.path))
+            stream = self.call(context, lambda: AudioStream(opened.file))  # owns the descriptor: never reopened
+            meeting_id = self.call(context, lambda: self.meeting_store.create(request.title or opened.name,
+                                                                               request.path, "transcribing"))
+            audio_path, rate, total, blocks = request.path, stream.rate, stream.seconds, stream.blocks()
         elif source == "encoded":
             stream = self.call(context, lambda: AudioStream(request.audio.encoded))
-            meeting_id = self.meeting_store.create(request.title or "upload", "", "transcribing")
-            audio_path = self._keep(meeting_id, stream.format.lower(), lambda p: p.write_bytes(request.audio.encoded))
+            meeting_id = self.call(context, lambda: self.meeting_store.create(request.title or "upload", "",
+                                                                               "transcribing"))
+            audio_path = self.call(context, lambda: self._keep(meeting_id, stream.format.lower(),
+                                                               lambda p: p.write_bytes(request.audio.encoded)))
             rate, total, blocks = stream.rate, stream.seconds, stream.blocks()
         elif source == "pcm":
             pcm = request.audio.pcm
             samples = self.call(context, lambda: pcm_from_f32le(pcm.f32le, pcm.sample_rate, pcm.channels))
             if not len(samples):
                 self.call(context, lambda: _raise(InputError("the audio has no samples")))
-            meeting_id = self.meeting_store.create(request.title or "upload", "", "transcribing")
-            audio_path = self._keep(meeting_id, "wav", lambda p: _write_wav(p, samples, pcm.sample_rate))
+            meeting_id = self.call(context, lambda: self.meeting_store.create(request.title or "upload", "",
+                                                                               "transcribing"))
+            audio_path = self.call(context, lambda: self._keep(meeting_id, "wav",
+                                                               lambda p: _write_wav(p, samples, pcm.sample_rate)))
             rate, total, blocks = pcm.sample_rate, len(samples) / pcm.sample_rate, pcm_blocks(samples)
         else:
             self.call(context, lambda: _raise(InputError("no audio: set path, audio.encoded or audio.pcm")))
@@ -157,7 +164,10 @@ class MeetingRpcs(RpcBase):
         if action in ("pause", "resume"):
             raise InputError(f"meeting {meeting_id} is not being recorded (it is {found[0].state})")
         row = found[0]
-        return pb.MeetingState(meeting_id=row.id, state="stopped", recorded_seconds=row.duration,
+        # A meeting whose daemon died (SIGKILL, a crash) was marked "interrupted" at the next start-up: say so,
+        # so a client does not take a cut-off transcript for a finished one. So is one that failed.
+        state = row.state if row.state in ("interrupted", "failed") else "stopped"
+        return pb.MeetingState(meeting_id=row.id, state=state, recorded_seconds=row.duration,
                                audio_path=row.audio_path)
 
     def ListAudioDevices(self, request: pb.ListAudioDevicesRequest,
@@ -262,9 +272,16 @@ class MeetingRpcs(RpcBase):
                             MAX_CLIP_TOKENS)
 
     def _keep(self, meeting_id: str, extension: str, write: Callable[[Path], object]) -> str:
-        """Uploaded audio is kept next to its transcript (a path the client named is stored as is)."""
+        """Uploaded audio is kept next to its transcript (a path the client named is stored as is). If it cannot
+        be written (a full disk), nothing half-written stays and the meeting is marked failed."""
         path = self.audio_dir / f"{meeting_id}.{extension}"
-        write(path)
+        try:
+            write(path)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            with contextlib.suppress(sqlite3.Error):
+                self.meeting_store.update(meeting_id, state="failed")
+            raise
         self.meeting_store.update(meeting_id, audio_path=str(path))
         return str(path)
 

@@ -6,6 +6,11 @@ Endpoints, private by default:
 Both serve the same servicer, the standard grpc.health.v1 service and server reflection (so grpcurl and
 other languages need no copy of our .proto). SIGTERM/SIGINT stop the daemon: queued and running calls end
 with UNAVAILABLE, the socket file is removed.
+
+The socket is only ever taken over or removed when it is safe to: its folder must be this user's and not
+writable by others (private_paths), a path that is not a socket is never deleted, a socket a live daemon
+answers on is left alone (this daemon refuses to start), and on the way out a daemon removes the socket
+it made itself, never one that replaced it.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import os
 import secrets
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
@@ -25,10 +31,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from omnid.daemon.config import DaemonConfig, cache_dir, private_dir
+from omnid.daemon.private_paths import UnsafePath, check_private_dir, read_private_token, socket_identity
 from omnid.daemon.prompt_cache import PromptCache
 from omnid.daemon.rpc_core import CoreRpcs
 from omnid.daemon.rpc_screen import ScreenRpcs
@@ -53,7 +61,7 @@ class TokenAuth(grpc.ServerInterceptor):
     """Refuses every call on the TCP endpoint that lacks `authorization: Bearer <token>`."""
 
     def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
 
         def deny(request, context):
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token (authorization: Bearer TOKEN)")
@@ -62,12 +70,61 @@ class TokenAuth(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation, handler_call_details):
         given = dict(handler_call_details.invocation_metadata).get("authorization", "")
-        if hmac.compare_digest(given.encode(), self._expected):
+        scheme, _, credentials = given.strip().partition(" ")
+        # The scheme is case-insensitive (RFC 7235 section 2.1): "bearer TOKEN" is as good as "Bearer TOKEN".
+        if scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), self._expected):
             return continuation(handler_call_details)
         handler = continuation(handler_call_details)
         if handler is not None and handler.response_streaming:
             return self._deny_stream
         return self._deny
+
+
+class UndecodableRequests(grpc.ServerInterceptor):
+    """Ends a call whose request does not parse (a text or path that is not UTF-8, a truncated message) with
+    INVALID_ARGUMENT and protobuf's reason. grpc's own answer is INTERNAL "Exception deserializing request!",
+    which tells the client nothing and reads as the daemon's fault.
+
+    A deserializer that raises cannot choose the status, so a failed parse is passed on as `_Undecodable`
+    and the wrapped handler refuses it before the servicer sees it.
+    """
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+            return handler
+        deserialize = handler.request_deserializer
+
+        def parse(raw: bytes):
+            try:
+                return deserialize(raw)
+            except DecodeError as exc:
+                return _Undecodable(str(exc))
+
+        if handler.response_streaming:
+            stream = handler.unary_stream
+
+            def unary_stream(request, context):
+                _refuse_undecodable(request, context)
+                yield from stream(request, context)
+            return handler._replace(request_deserializer=parse, unary_stream=unary_stream)
+        unary = handler.unary_unary
+
+        def unary_unary(request, context):
+            _refuse_undecodable(request, context)
+            return unary(request, context)
+        return handler._replace(request_deserializer=parse, unary_unary=unary_unary)
+
+
+class _Undecodable:
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _refuse_undecodable(request: object, context: grpc.ServicerContext) -> None:
+    if isinstance(request, _Undecodable):
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                      f"the request could not be parsed ({request.reason}); text and paths must be valid UTF-8")
 
 
 def parse_loopback(address: str) -> tuple[str, int]:
@@ -76,6 +133,8 @@ def parse_loopback(address: str) -> tuple[str, int]:
     host = host.strip("[]")
     if not sep or not port.isdigit():
         raise ValueError(f"--tcp takes HOST:PORT, got {address!r}")
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"--tcp port must be 1-65535, got {port} in {address!r}")
     if host == "localhost":
         host = "127.0.0.1"
     try:
@@ -89,12 +148,12 @@ def parse_loopback(address: str) -> tuple[str, int]:
 
 
 def read_or_create_token(path: Path) -> str:
-    """The token in `path`; a new random one (written with mode 0600) if the file does not exist."""
-    if path.exists():
-        token = path.read_text().strip()
-        if not token:
-            raise ValueError(f"the token file {path} is empty")
-        return token
+    """The token in `path` (only this user may read it, 16 bytes at least); a new random one (written with
+    mode 0600) if the file does not exist. A missing folder is created 0700; an existing one is left as it is."""
+    try:
+        return read_private_token(path)
+    except FileNotFoundError:
+        pass
     private_dir(path.parent)
     token = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -115,6 +174,8 @@ class Daemon:
         self.servicer: OmniServicer | None = None
         self.endpoints: list[str] = []
         self._stopped = threading.Event()
+        #: (device, inode) of the socket this daemon made: the only socket file it removes on the way out.
+        self._socket_made: tuple[int, int] | None = None
 
     def _load_backend(self) -> Backend:
         model, note = self.config.model, ""
@@ -145,14 +206,15 @@ class Daemon:
         self.scheduler.start()
         self.endpoints = [f"unix:{self.config.socket_path}"] + ([f"{tcp[0]}:{tcp[1]}"] if tcp else [])
         self.servicer = OmniServicer(self.scheduler, self.config, ", ".join(self.endpoints))
-        self.servers.append(self._server([]))
+        self.servers.append(self._server([UndecodableRequests()]))
         old_umask = os.umask(0o177)  # the socket file is created 0600
         try:
             self.servers[0].add_insecure_port(self.endpoints[0])
         finally:
             os.umask(old_umask)
+        self._socket_made = socket_identity(self.config.socket_path)
         if tcp:
-            self.servers.append(self._server([TokenAuth(token or "")]))
+            self.servers.append(self._server([TokenAuth(token or ""), UndecodableRequests()]))
             host = f"[{tcp[0]}]" if ":" in tcp[0] else tcp[0]
             if not self.servers[1].add_insecure_port(f"{host}:{tcp[1]}"):
                 raise OSError(f"could not listen on {self.config.tcp}")
@@ -190,7 +252,8 @@ class Daemon:
         events = [server.stop(grace) for server in self.servers]
         for event in events:
             event.wait(grace + 1)
-        self.config.socket_path.unlink(missing_ok=True)
+        if self._socket_made is not None and socket_identity(self.config.socket_path) == self._socket_made:
+            self.config.socket_path.unlink(missing_ok=True)
         self._stopped.set()
 
 
@@ -234,16 +297,28 @@ def _stop_when_orphaned(daemon: Daemon, parent: int, interval: float = 0.5) -> N
 
 
 def _claim_socket(path: Path) -> None:
-    """Make the socket's private directory; refuse to start over a live daemon, remove a stale socket."""
+    """Make sure `path` is ours to listen on: its folder private (created 0700 if missing, checked if not),
+    nothing there, or a stale socket of ours that nobody answers on (removed). Refuses, with the reason, a
+    folder others control, a file that is not a socket, another user's socket and a live daemon's."""
     private_dir(path.parent)
-    if not path.exists():
+    check_private_dir(path.parent)
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
         return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise UnsafePath(f"{path} exists and is not a socket: refusing to replace it (move it away, or pass "
+                         "another --socket)")
+    if info.st_uid != os.getuid():
+        raise UnsafePath(f"refusing {path}: the socket belongs to uid {info.st_uid}, not to you (uid {os.getuid()})")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(str(path))
-    except OSError:
-        path.unlink()  # nobody listens: a daemon that died
+    except (ConnectionRefusedError, FileNotFoundError):
+        path.unlink(missing_ok=True)  # nobody listens: a daemon that died
         return
+    except OSError as exc:
+        raise OSError(f"cannot tell whether a daemon listens on {path}: {exc.strerror}") from None
     finally:
         probe.close()
     raise OSError(f"another omnid is already listening on {path} (stop it, or pass --socket)")

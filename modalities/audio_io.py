@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import math
 import os
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import numpy as np
 import soundfile
@@ -28,7 +28,8 @@ def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
     try:
         samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        raise InputError(f"the audio could not be decoded (WAV, FLAC, OGG and MP3 are supported): {exc}") from None
+        raise InputError(f"the audio could not be decoded (WAV, FLAC, OGG and MP3 are supported): "
+                         f"{_reason(exc)}") from None
     _check_rate(rate)
     return to_mono(samples), rate
 
@@ -118,14 +119,19 @@ class AudioStream:
     bad file is refused before any decoder work is queued.
     """
 
-    def __init__(self, source: bytes | str | os.PathLike[str]) -> None:
+    def __init__(self, source: bytes | str | os.PathLike[str] | BinaryIO) -> None:
+        """`source`: encoded bytes, a path, or an open binary file, which the stream then owns (it is closed
+        with the stream): that is how a file checked through its descriptor is read without opening it again."""
         if isinstance(source, (bytes, bytearray)) and not source:
             raise InputError("the audio is empty")
+        self._owned = source if hasattr(source, "read") else None
         try:
             self._file = soundfile.SoundFile(io.BytesIO(source) if isinstance(source, (bytes, bytearray))
-                                             else os.fspath(source))
+                                             else source if self._owned else os.fspath(source))
         except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-            raise InputError(f"the audio could not be decoded (WAV, FLAC, OGG and MP3 are supported): {exc}") from None
+            self._close_owned()
+            raise InputError(f"the audio could not be decoded (WAV, FLAC, OGG and MP3 are supported): "
+                             f"{_reason(exc)}") from None
         self.rate = int(self._file.samplerate)
         self.channels = int(self._file.channels)
         try:
@@ -139,7 +145,7 @@ class AudioStream:
             if self.frames == 0:
                 raise InputError("the audio has no samples")
         except InputError:
-            self._file.close()
+            self.close()
             raise
 
     @property
@@ -153,17 +159,29 @@ class AudioStream:
                 try:
                     block = self._file.read(block_frames, dtype="float32", always_2d=True)
                 except (soundfile.LibsndfileError, RuntimeError, ValueError) as exc:
-                    raise InputError(f"the audio is corrupt after {self._file.tell() / self.rate:.1f} s: {exc}") from None
+                    raise InputError(f"the audio is corrupt after {self._file.tell() / self.rate:.1f} s: "
+                                     f"{_reason(exc)}") from None
                 if len(block) == 0:
                     return
                 if not np.all(np.isfinite(block)):
                     raise InputError("the audio contains NaN or infinite samples")
                 yield to_mono(block)
         finally:
-            self._file.close()
+            self.close()
 
     def close(self) -> None:
         self._file.close()
+        self._close_owned()
+
+    def _close_owned(self) -> None:
+        if self._owned is not None:
+            self._owned.close()
+
+
+def _reason(exc: Exception) -> str:
+    """libsndfile's own words ("Format not recognised."), without soundfile's "Error opening <_io.BytesIO object
+    at 0x7f...>: " in front: a heap address in a status message says nothing to the client."""
+    return getattr(exc, "error_string", "") or str(exc)
 
 
 def pcm_blocks(samples: np.ndarray, block_frames: int = STREAM_BLOCK_FRAMES) -> Iterator[np.ndarray]:

@@ -120,7 +120,8 @@ class DocumentStore:
                         [(doc.id, p.number, p.kind, p.text, p.tokens) for p in doc.pages])
                     self._db.execute("COMMIT")
                 except BaseException:
-                    self._db.execute("ROLLBACK")
+                    if self._db.in_transaction:  # SQLite has already rolled back a COMMIT that hit a full disk
+                        self._db.execute("ROLLBACK")
                     shutil.rmtree(final, ignore_errors=True)
                     raise
         finally:
