@@ -34,6 +34,7 @@ from PIL import EpsImagePlugin, Image
 from _common import start_daemon
 from conftest import wav_bytes
 from documents_pdfs import make_report
+from pulse_mic import PulseMic, PulseUnavailable
 from omnid.clients.client import DaemonNotRunning, OmniClient, text
 from omnid.daemon.config import private_dir
 from omnid.modalities.images import MAX_PIXELS, decode_image
@@ -655,3 +656,47 @@ def test_meetings_sigkill_is_reported_interrupted(tmp_path: Path, test_model) ->
             assert c.control_meeting("status", meeting_id).state == "interrupted"
     finally:
         second.stop()
+
+
+def test_meetings_live_recording_killed_is_interrupted(tmp_path: Path, test_model) -> None:
+    """The same for a live recording (a PulseAudio virtual microphone; skipped where there is none): the spool
+    and the row survive the kill, and the next daemon reports the meeting interrupted."""
+    try:
+        mic = PulseMic()
+    except PulseUnavailable as exc:
+        pytest.skip(str(exc))
+    old = mic.activate()  # the daemon started below inherits PULSE_SERVER
+    model = {"model": str(test_model.text), "mmproj": str(test_model.mmproj), "backend": "auto"}
+    flags = ["--threads", "1", "--ctx", "4096", "--cache-disk", "off"]
+    try:
+        first = start_daemon(tmp_path, model, flags)
+        try:
+            with OmniClient(f"unix:{first.socket}") as c:
+                stream = c.record_meeting(title="killed live", device="pulse")
+                deadline = time.monotonic() + 60
+                state = c.control_meeting("status")
+                while state.state != "recording" and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    state = c.control_meeting("status")
+                assert state.state == "recording"
+                time.sleep(1.0)  # a second of audio in the spool
+                first.process.kill()
+                first.process.wait(20)
+                with pytest.raises(grpc.RpcError):
+                    list(stream)
+        finally:
+            first.stop()
+        second = start_daemon(tmp_path, model, flags)
+        try:
+            with OmniClient(f"unix:{second.socket}") as c:
+                assert c.control_meeting("status", state.meeting_id).state == "interrupted"
+                assert c.control_meeting("status").state == "none"  # nothing is being recorded now
+        finally:
+            second.stop()
+    finally:
+        for key, value in old.items():
+            if value:
+                os.environ[key] = value
+            else:
+                os.environ.pop(key, None)
+        mic.close()
