@@ -25,7 +25,11 @@ class UnsafePath(PermissionError):
 def check_private_dir(path: Path) -> None:
     """Raise UnsafePath unless `path` is a folder of this user (or root) that no one else can write
     (or a sticky one, like /tmp). A missing folder raises FileNotFoundError."""
-    info = os.stat(path)  # through a link: what matters is the folder the socket ends up in
+    link = os.lstat(path)
+    if stat.S_ISLNK(link.st_mode) and link.st_uid not in (os.getuid(), 0):
+        # Whoever made the link can point it elsewhere between this check and the connect.
+        raise UnsafePath(f"refusing {path}: it is a link made by uid {link.st_uid}, not by you (uid {os.getuid()})")
+    info = os.stat(path)  # through a link of ours: what matters is the folder the socket ends up in
     if not stat.S_ISDIR(info.st_mode):
         raise UnsafePath(f"refusing {path}: it is not a folder")
     if info.st_uid not in (os.getuid(), 0):

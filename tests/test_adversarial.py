@@ -303,6 +303,26 @@ def test_socket_another_user_squats_the_default_folder(squatter, test_model, tmp
         shutil.rmtree(shared, ignore_errors=True)
 
 
+def test_socket_another_users_link_as_the_folder_is_refused(squatter, tmp_path: Path) -> None:
+    """The squatter makes the victim's folder name a link (to a folder the victim would accept): he can point
+    it at his own folder between the victim's check and connect, so the link itself is refused."""
+    python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else shutil.which("python3")
+    if not python or python.startswith("/root"):
+        pytest.skip("no python the second user can run")
+    shared = Path(tempfile.mkdtemp(prefix="omnid-shared-"))
+    os.chmod(shared, 0o1777)
+    folder = shared / "omnid"
+    try:
+        made = subprocess.run([python, "-c", "import os, sys; os.symlink(sys.argv[1], sys.argv[2])", str(shared),
+                               str(folder)], user=squatter.pw_uid, group=squatter.pw_gid, extra_groups=[])
+        assert made.returncode == 0
+        with pytest.raises(PermissionError) as info:
+            OmniClient(f"unix:{folder / 'omnid.sock'}", connect_timeout=1)
+        assert str(folder) in str(info.value) and "link" in str(info.value)
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
 def test_socket_another_users_socket_is_refused(squatter, tmp_path: Path) -> None:
     """Even in a sticky shared folder (like /tmp, where anyone may create names), a socket another user made is
     not the victim's daemon."""
