@@ -11,8 +11,8 @@ from typing import Iterator
 
 import grpc
 
-from omnid.daemon.rpc_base import RpcBase, sampling_from, stream_answer
-from omnid.daemon.session import DecoderSession
+from omnid.daemon import jobs
+from omnid.daemon.rpc_base import RpcBase, sampling_from
 from omnid.modalities.audio_clips import MAX_CLIP_TOKENS, clip_seconds, cut_stream, padded
 from omnid.modalities.audio_io import audio_segment, decode_audio, pcm_from_f32le
 from omnid.modalities.images import decode_image
@@ -93,29 +93,15 @@ class CoreRpcs(RpcBase):
         segments = self.call(context, lambda: self.segments_from_parts(list(request.parts)))
         sampling = self.call(context, lambda: sampling_from(request.sampling))
         max_tokens = request.max_tokens or self.config.default_max_tokens
-        system = request.system or None
-
-        def job(session: DecoderSession, emit) -> None:
-            stats = session.prefill(session.build_prompt(segments, system))
-            stream_answer(session, stats, max_tokens, sampling, emit, pb.GenerateEvent)
-
-        yield from self.stream_job(job, context, "generate")
+        job = jobs.generate(segments, request.system or None, max_tokens, sampling)
+        yield from self.answer_stream(job, context, "generate", pb.GenerateEvent)
 
     def Prefill(self, request: pb.PrefillRequest, context: grpc.ServicerContext) -> pb.PrefillReply:
         segments = self.call(context, lambda: self.segments_from_parts(list(request.parts)))
-        system = request.system or None
-
-        def job(session: DecoderSession, emit) -> None:
-            stats = session.prefill(session.build_prompt(segments, system, open_turn=True))
-            if request.pin:
-                session.cache.pin(stats.prefix_key)  # first: a pinned entry is kept even over the RAM budget
-            if not session.cache.contains(stats.prefix_key):
-                session.save_snapshot()
-            emit(pb.PrefillReply(prefix_id=stats.prefix_key, prompt_tokens=stats.prompt_tokens,
-                                 cached_tokens=stats.cached_tokens, prefill_ms=stats.prefill_ms,
-                                 cache_restore_ms=stats.restore_ms))
-
-        return self.unary_job(job, context, "prefill")[-1]
+        stats = self.unary_job(jobs.prefill(segments, request.system or None, request.pin), context, "prefill")
+        return pb.PrefillReply(prefix_id=stats.prefix_key, prompt_tokens=stats.prompt_tokens,
+                               cached_tokens=stats.cached_tokens, prefill_ms=stats.prefill_ms,
+                               cache_restore_ms=stats.restore_ms)
 
     def Unpin(self, request: pb.UnpinRequest, context: grpc.ServicerContext) -> pb.UnpinReply:
         assert self.scheduler.cache is not None

@@ -27,7 +27,9 @@ from typing import Iterator
 import grpc
 from PIL import Image
 
-from omnid.daemon.rpc_base import NotFound, RpcBase, abort, sampling_from, stream_answer
+from omnid.daemon.events import Done, PagesUsed, Progress
+from omnid.daemon.jobs import Emit, answer
+from omnid.daemon.rpc_base import NotFound, RpcBase, abort, sampling_from
 from omnid.daemon.session import DecoderSession, Prompt
 from omnid.modalities.document_prompt import SYSTEM, choose_pages, layout, page_segments, question_segment
 from omnid.modalities.document_store import DocumentStore, StoredDocument, StoredPage
@@ -124,16 +126,16 @@ class DocumentRpcs(RpcBase):
         vision = self._vision()
         total_pages = len(loaded.pages)
 
-        def job(session: DecoderSession, emit) -> None:
+        def job(session: DecoderSession, emit: Emit) -> None:
             total = 0
             for i, page in enumerate(loaded.pages, start=1):
                 session.check_cancelled()
                 page.tokens = sum(session.count_tokens(s) for s in page_segments(page, vision))
                 total += page.tokens
                 if i % 10 == 0 or i == total_pages:
-                    emit(_progress("counting", i, total_pages, total, t0))
+                    emit(Progress("counting", i, total_pages, total))
 
-        yield from self.stream_job(job, context, "count-document")
+        yield from self.stream_job(job, context, "count-document", lambda p: _progress_message(p, t0))
         for stored, page in zip(loaded.doc.pages, loaded.pages):
             stored.tokens = page.tokens
         loaded.doc.fingerprint = self.info.fingerprint
@@ -142,19 +144,18 @@ class DocumentRpcs(RpcBase):
         """Prefill the document prefix into the shared prompt cache (so even the first question is warm)."""
         segments = layout(loaded.pages, self._vision())
         total = sum(p.tokens for p in loaded.pages)
-        keys: list[str] = []
 
-        def job(session: DecoderSession, emit) -> None:
-            emit(_progress("prefilling", len(loaded.pages), len(loaded.pages), total, t0))
+        def job(session: DecoderSession, emit: Emit) -> str:
+            emit(Progress("prefilling", len(loaded.pages), len(loaded.pages), total))
             prompt = document_prefix(session, segments)
             stats = session.prefill(prompt)
             if not session.cache.contains(stats.prefix_key):
                 session.save_snapshot()
-            keys.append(stats.prefix_key)
+            return stats.prefix_key
 
-        yield from self.stream_job(job, context, "warm-document")
-        loaded.doc.prefix_key = keys[0]
-        self.call(context, lambda: self.documents.set_prefix_key(loaded.doc.id, keys[0]))
+        key = yield from self.stream_job(job, context, "warm-document", lambda p: _progress_message(p, t0))
+        loaded.doc.prefix_key = key
+        self.call(context, lambda: self.documents.set_prefix_key(loaded.doc.id, key))
 
     # -- AskDocument -----------------------------------------------------------------------------------------
 
@@ -171,7 +172,7 @@ class DocumentRpcs(RpcBase):
         sampling = self.call(context, lambda: sampling_from(request.sampling))
         if loaded.doc.fingerprint != self.info.fingerprint:  # ingested under another model: recount once
             for _ in self._count(loaded, context, time.perf_counter()):
-                pass
+                pass  # progress of a recount is not part of an answer
             self.call(context, lambda: self.documents.update_tokens(
                 loaded.doc.id, loaded.doc.fingerprint, {p.number: p.tokens for p in loaded.doc.pages}))
         max_tokens = request.max_tokens or self.config.default_max_tokens
@@ -180,27 +181,26 @@ class DocumentRpcs(RpcBase):
         whole = (first, last) == (1, loaded.doc.page_count)
         question = question_segment(request.question.strip())
 
-        def job(session: DecoderSession, emit) -> None:
+        def job(session: DecoderSession, emit: Emit) -> Done:
             fixed = sum(session.count_tokens(s) for s in session.build_prompt([question], SYSTEM).segments)
             room = self.info.context_length - fixed - max_tokens
             budget = room - _margin(room)
             if sum(p.tokens for p in pages) <= budget:
                 chosen = pages
                 if not whole:
-                    emit(pb.AskDocumentEvent(pages=pb.PagesUsed(
-                        pages=[p.number for p in pages], reason=f"the requested pages {first}-{last}")))
+                    emit(PagesUsed(tuple(p.number for p in pages), f"the requested pages {first}-{last}"))
             else:
                 choice = choose_pages(pages, request.question, budget, whole=whole)
                 if not choice.pages:
                     raise ContextOverflow(fixed + max_tokens + min(p.tokens for p in pages),
                                           self.info.context_length)
-                emit(pb.AskDocumentEvent(pages=pb.PagesUsed(pages=choice.pages, reason=choice.reason)))
+                emit(PagesUsed(tuple(choice.pages), choice.reason))
                 chosen = [p for p in pages if p.number in set(choice.pages)]
             prompt = document_prefix(session, layout(chosen, vision), question)
             stats = session.prefill(prompt)
-            stream_answer(session, stats, max_tokens, sampling, emit, pb.AskDocumentEvent)
+            return answer(session, stats, max_tokens, sampling, emit)
 
-        yield from self.stream_job(job, context, "ask-document")
+        yield from self.answer_stream(job, context, "ask-document", pb.AskDocumentEvent)
 
     # -- ListDocuments and DocumentRef parts -----------------------------------------------------------------
 
@@ -304,8 +304,12 @@ def _margin(room: int) -> int:
 
 
 def _progress(stage: str, done: int, total: int, tokens: int, t0: float) -> pb.IngestEvent:
-    return pb.IngestEvent(progress=pb.IngestProgress(pages_done=done, pages_total=total, tokens=tokens,
-                                                     elapsed_ms=(time.perf_counter() - t0) * 1000, stage=stage))
+    return _progress_message(Progress(stage, done, total, tokens), t0)
+
+
+def _progress_message(p: Progress, t0: float) -> pb.IngestEvent:
+    return pb.IngestEvent(progress=pb.IngestProgress(pages_done=p.done, pages_total=p.total, tokens=p.tokens,
+                                                     elapsed_ms=(time.perf_counter() - t0) * 1000, stage=p.stage))
 
 
 def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:

@@ -22,7 +22,7 @@ import grpc
 
 from omnid.daemon.config import private_dir
 from omnid.daemon.rpc_base import NotFound, RpcBase, abort, sampling_from
-from omnid.daemon.scheduler import QueueFull
+from omnid.daemon.scheduler import QueueFull, Scheduler
 from omnid.daemon.session import DecoderSession
 from omnid.modalities import meetings
 from omnid.modalities.audio_clips import MAX_CLIP_TOKENS, clip_seconds, cut_stream
@@ -195,8 +195,7 @@ class MeetingRpcs(RpcBase):
         """Transcribe clips one decoder job each, storing and streaming each segment, then the final message."""
         t0 = time.perf_counter()
         transcript = meetings.Transcript(settings)
-        queue_ms = [0.0]
-        run = self._runner(context, queue_ms)
+        run = _ClipRunner(self.scheduler, context)
         try:
             for i, segment in enumerate(meetings.transcribe(clips, run, transcript)):
                 self.meeting_store.add_segment(meeting_id, i, segment)
@@ -215,35 +214,13 @@ class MeetingRpcs(RpcBase):
         finally:
             assert self.scheduler.cache is not None
             meetings.finish(self.scheduler.cache, transcript)
-        usage = _usage(transcript.usage, queue_ms[0], (time.perf_counter() - t0) * 1000)
+        usage = _usage(transcript.usage, run.queue_ms, (time.perf_counter() - t0) * 1000)
         self.meeting_store.update(meeting_id, state="done", duration=transcript.end, summary=transcript.summary,
                                   usage_json=json.dumps({f.name: getattr(usage, f.name)
                                                          for f in usage.DESCRIPTOR.fields}))
         yield pb.TranscriptEvent(done=pb.TranscriptFinal(
             meeting_id=meeting_id, segments=[_segment(s) for s in transcript.segments], text=transcript.text,
             summary=transcript.summary, usage=usage, audio_path=audio_path, duration_seconds=transcript.end))
-
-    def _runner(self, context: grpc.ServicerContext, queue_ms: list[float]) -> meetings.RunOnDecoder:
-        """Run a function as its own decoder job; waits (a while) for room in a full queue instead of failing
-        a meeting that is half transcribed."""
-        def run(fn: Callable[[DecoderSession], T]) -> T:
-            deadline = time.monotonic() + QUEUE_FULL_PATIENCE_SECONDS
-            while True:
-                try:
-                    handle = self.scheduler.submit(lambda session, emit: emit(fn(session)), "meeting-clip")
-                    break
-                except QueueFull:
-                    if time.monotonic() > deadline or not context.is_active():
-                        raise
-                    time.sleep(0.2)
-            context.add_callback(handle.cancel)
-            try:
-                result = list(handle.events())[-1]
-            finally:
-                handle.cancel()
-            queue_ms[0] += handle.queue_ms
-            return result
-        return run
 
     # -- helpers ---------------------------------------------------------------------------------------------
 
@@ -267,6 +244,36 @@ class MeetingRpcs(RpcBase):
         write(path)
         self.meeting_store.update(meeting_id, audio_path=str(path))
         return str(path)
+
+
+class _ClipRunner:
+    """Runs a function as its own decoder job (meetings.RunOnDecoder) and adds up the time the jobs waited.
+
+    A full queue is waited out (for a while) instead of failing a meeting that is half transcribed."""
+
+    def __init__(self, scheduler: Scheduler, context: grpc.ServicerContext) -> None:
+        self._scheduler = scheduler
+        self._context = context
+        #: Time the meeting's jobs waited for the decoder, summed (reported in its Usage).
+        self.queue_ms = 0.0
+
+    def __call__(self, fn: Callable[[DecoderSession], T]) -> T:
+        deadline = time.monotonic() + QUEUE_FULL_PATIENCE_SECONDS
+        while True:
+            try:
+                handle = self._scheduler.submit(lambda session, emit: fn(session), "meeting-clip")
+                break
+            except QueueFull:
+                if time.monotonic() > deadline or not self._context.is_active():
+                    raise
+                time.sleep(0.2)
+        self._context.add_callback(handle.cancel)
+        try:
+            result = handle.result()
+        finally:
+            handle.cancel()
+        self.queue_ms += handle.queue_ms
+        return result
 
 
 def _raise(exc: BaseException) -> None:

@@ -17,7 +17,9 @@ from typing import Iterator
 import grpc
 
 from omnid.daemon.config import private_dir
-from omnid.daemon.rpc_base import NotFound, RpcBase, stream_answer
+from omnid.daemon.events import Done
+from omnid.daemon.jobs import Emit, answer
+from omnid.daemon.rpc_base import NotFound, RpcBase
 from omnid.daemon.sampling import SamplingParams
 from omnid.daemon.session import DecoderSession
 from omnid.modalities.screen_capture import ScreenGrabber
@@ -217,11 +219,11 @@ class ScreenRpcs(RpcBase):
         frame = self.call(context, lambda: self._grab_for_model(request.monitor, request.prompt or ONCE_INSTRUCTION))
         max_tokens = request.max_tokens or self.config.default_max_tokens
 
-        def job(session: DecoderSession, emit) -> None:
+        def job(session: DecoderSession, emit: Emit) -> Done:
             stats = session.prefill(frame_prompt(session, frame))
-            stream_answer(session, stats, max_tokens, SamplingParams(), emit, pb.GenerateEvent)
+            return answer(session, stats, max_tokens, SamplingParams(), emit)
 
-        yield from self.stream_job(job, context, "screen-once")
+        yield from self.answer_stream(job, context, "screen-once", pb.GenerateEvent)
 
     def SearchScreen(self, request: pb.SearchScreenRequest, context: grpc.ServicerContext) -> pb.SearchScreenReply:
         found = self.call(context, lambda: self._screen_store.search(
@@ -244,7 +246,7 @@ class ScreenRpcs(RpcBase):
         max_tokens = request.max_tokens or self.config.default_max_tokens
         question = request.question.strip()
 
-        def job(session: DecoderSession, emit) -> None:
+        def job(session: DecoderSession, emit: Emit) -> Done:
             lines = [_line(o) for o in observations]
             asked = TextSegment(f"Now: {_clock(time.time())}\nQuestion: {question}")
             room = session.free_tokens - max_tokens - session.count_tokens(asked) - 256
@@ -253,9 +255,9 @@ class ScreenRpcs(RpcBase):
                 lines = lines[max(1, len(lines) // 10):]
                 history = TextSegment("Observations:\n" + "\n".join(lines))
             stats = session.prefill(session.build_prompt([history, asked], ASK_SYSTEM))
-            stream_answer(session, stats, max_tokens, SamplingParams(), emit, pb.GenerateEvent)
+            return answer(session, stats, max_tokens, SamplingParams(), emit)
 
-        yield from self.stream_job(job, context, "ask-screen")
+        yield from self.answer_stream(job, context, "ask-screen", pb.GenerateEvent)
 
 
 def _observation(o: Observation) -> pb.ScreenObservation:

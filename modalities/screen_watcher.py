@@ -25,7 +25,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Protocol
 
 from omnid.daemon.sampling import SamplingParams
 from omnid.daemon.session import DecoderSession, Prompt
@@ -50,9 +50,9 @@ MAX_CONSECUTIVE_GRAB_FAILURES = 10
 
 
 class Handle(Protocol):
-    """What `submit` returns: the scheduler's JobHandle (events() yields what the job emitted)."""
+    """What `submit` returns: the scheduler's JobHandle (result() is what the job returned)."""
 
-    def events(self) -> Iterable[Any]: ...
+    def result(self) -> Any: ...
     def cancel(self) -> None: ...
 
 
@@ -115,12 +115,11 @@ def frame_prompt(session: DecoderSession, frame: ChangedFrame) -> Prompt:
     return replace(prompt, cache_points=frozenset(sorted(prompt.cache_points)[:1]))
 
 
-def frame_job(frame: ChangedFrame, max_tokens: int) -> Callable[[DecoderSession, Callable[[Any], None]], None]:
-    """The decoder job for one watched frame: emits the model's text (one str) when done."""
-    def job(session: DecoderSession, emit: Callable[[Any], None]) -> None:
+def frame_job(frame: ChangedFrame, max_tokens: int) -> Callable[[DecoderSession, Callable[[Any], None]], str]:
+    """The decoder job for one watched frame: returns the model's text."""
+    def job(session: DecoderSession, emit: Callable[[Any], None]) -> str:
         session.prefill(frame_prompt(session, frame))
-        result = session.generate(max_tokens, SamplingParams())
-        emit(result.text.strip())
+        return session.generate(max_tokens, SamplingParams()).text.strip()
     return job
 
 
@@ -287,10 +286,7 @@ class ScreenWatcher:
                 return
             frame, handle = item
             try:
-                text = ""
-                for event in handle.events():
-                    if isinstance(event, str):
-                        text = event
+                text = handle.result()
                 self._previous_text = text
                 self._on_observation(frame, text)
             except Exception as exc:

@@ -58,8 +58,8 @@ class FakeModelSink:
         sink = self
 
         class Handle:
-            def events(self):
-                yield f"fake observation {len(sink.frames)}"
+            def result(self):
+                return f"fake observation {len(sink.frames)}"
 
             def cancel(self):
                 pass
