@@ -180,6 +180,8 @@ class Scheduler:
         self._thread = threading.Thread(target=self._run, name="omnid-decoder", daemon=True)
         self._loaded = threading.Event()
         self._load_error: BaseException | None = None
+        #: Guards _stopping together with enqueueing, so no job can land behind stop()'s sentinel.
+        self._lock = threading.Lock()
         self._stopping = False
         self._current: JobHandle | None = None
         self.backend: Backend | None = None
@@ -205,14 +207,9 @@ class Scheduler:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Refuse new work, cancel queued and running jobs, free the model."""
-        self._stopping = True
-        while True:
-            try:
-                handle = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if handle is not None:
-                handle.finish(error=ShuttingDown("the daemon is shutting down"))
+        with self._lock:  # a submit under way finishes enqueueing first, and is drained below
+            self._stopping = True
+        self._finish_left()
         current = self._current
         if current is not None:
             current.cancel()
@@ -223,13 +220,15 @@ class Scheduler:
     # -- work ------------------------------------------------------------------------------------------------
 
     def submit(self, job: Job, name: str = "job") -> JobHandle:
-        if self._stopping:
-            raise ShuttingDown("the daemon is shutting down")
-        handle = JobHandle(job, name)
-        try:
-            self._queue.put_nowait(handle)
-        except queue.Full:
-            raise QueueFull(f"{self.max_queue} requests are already waiting for the decoder; try again later") from None
+        handle: JobHandle = JobHandle(job, name)
+        with self._lock:
+            if self._stopping:
+                raise ShuttingDown("the daemon is shutting down")
+            try:
+                self._queue.put_nowait(handle)
+            except queue.Full:
+                raise QueueFull(f"{self.max_queue} requests are already waiting for the decoder; "
+                                "try again later") from None
         return handle
 
     @property
@@ -257,9 +256,21 @@ class Scheduler:
                 if handle is None:
                     break
                 self._run_one(handle)
+            self._finish_left()
         finally:
             self.cache.close()  # queued disk snapshots land before the process ends
             self.backend.close()
+
+    def _finish_left(self) -> None:
+        """Everything still queued ends with ShuttingDown (at stop, and after the sentinel): no submitter may
+        wait forever."""
+        while True:
+            try:
+                handle = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if handle is not None:
+                handle.finish(error=ShuttingDown("the daemon is shutting down"))
 
     def _warm_up(self) -> None:
         """Run one tiny request through the whole job path (layout, prefill, sampling, one-token decodes), so
@@ -284,6 +295,9 @@ class Scheduler:
         assert self.backend is not None and self.cache is not None
         if handle.is_cancelled():
             handle.finish(error=Cancelled())
+            return
+        if self._stopping:  # taken from the queue just as stop() began: it would run past the cancellation
+            handle.finish(error=ShuttingDown("the daemon is shutting down"))
             return
         self._current = handle
         handle.started_at = time.perf_counter()
