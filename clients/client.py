@@ -21,7 +21,7 @@ import numpy as np
 
 from omnid.clients.documents import DocumentsClient
 from omnid.clients.meetings import MeetingsClient
-from omnid.daemon.config import default_socket_path
+from omnid.common.paths import default_socket_path
 from omnid.proto import omnid_pb2 as pb
 from omnid.proto import omnid_pb2_grpc
 from omnid.clients.screen import ScreenClient

@@ -13,14 +13,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from omnid.common.paths import default_socket_path, private_dir, runtime_dir
 
-def runtime_dir() -> Path:
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    return Path(base) / "omnid" if base else Path(f"/tmp/omnid-{os.getuid()}")
-
-
-def default_socket_path() -> Path:
-    return Path(os.environ["OMNID_SOCKET"]) if os.environ.get("OMNID_SOCKET") else runtime_dir() / "omnid.sock"
+__all__ = ["DaemonConfig", "cache_dir", "data_dir", "default_ram_budget", "default_socket_path", "private_dir",
+           "runtime_dir"]
 
 
 def data_dir() -> Path:
@@ -31,13 +27,6 @@ def data_dir() -> Path:
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "omnid"
-
-
-def private_dir(path: Path) -> Path:
-    """Create a directory only the user can enter (and tighten it if it exists)."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path, 0o700)
-    return path
 
 
 def default_ram_budget() -> int:

@@ -24,8 +24,8 @@ from omnid.daemon.sampling import SamplingParams
 from omnid.daemon.session import DecoderSession
 from omnid.modalities.screen_capture import ScreenGrabber
 from omnid.modalities.screen_store import Observation, ScreenStore
-from omnid.modalities.screen_watcher import (ONCE_INSTRUCTION, ChangedFrame, ScreenWatcher, WatchSettings,
-                                             frame_job, frame_prompt, prepare_frame)
+from omnid.modalities.screen_watcher import (ONCE_INSTRUCTION, ChangedFrame, Observed, ScreenWatcher,
+                                             WatchSettings, frame_prompt, prepare_frame)
 from omnid.modalities.windows import ExclusionRules, WindowLister
 from omnid.models.base import InputError, Segment, TextSegment
 from omnid.proto import omnid_pb2 as pb
@@ -77,6 +77,7 @@ class ScreenRpcs(RpcBase):
         super().setup()
         self._screen_lock = threading.Lock()
         self._screen_watcher: ScreenWatcher | None = None
+        self._screen_readers: list[threading.Thread] = []
         self._screen_store_: ScreenStore | None = None
         self._screen_events = _Broadcast()
 
@@ -85,6 +86,8 @@ class ScreenRpcs(RpcBase):
             watcher, self._screen_watcher = self._screen_watcher, None
         if watcher is not None:
             watcher.stop()
+        for reader in self._screen_readers:
+            reader.join(5.0)  # its last writes to the history land before the store closes
         self._screen_events.publish(_END)
         if self._screen_store_ is not None:
             self._screen_store_.close()
@@ -132,14 +135,21 @@ class ScreenRpcs(RpcBase):
             frames_grabbed=c.frames_grabbed, frames_unchanged=c.frames_unchanged,
             frames_excluded=c.frames_excluded, frames_sent=c.frames_sent, exclusions=w.rules.describe())
 
-    def _observed(self, frame: ChangedFrame, text: str) -> None:
-        obs = self._screen_store.add(frame.time_unix, frame.monitor, frame.app, frame.window, text)
-        self._screen_events.publish(pb.ScreenEvent(observation=_observation(obs)))
-
-    def _watch_stopped(self, reason: str) -> None:
-        if reason != "stopped":
-            log.warning("screen watcher %s", reason)
-        self._screen_events.publish(pb.ScreenEvent(state=self._state()))
+    def _read_watcher(self, watcher: ScreenWatcher) -> None:
+        """A watcher's observations into the history and out to every WatchScreen stream (its own thread)."""
+        for event in watcher.events():
+            if isinstance(event, Observed):
+                frame = event.frame
+                try:
+                    obs = self._screen_store.add(frame.time_unix, frame.monitor, frame.app, frame.window, event.text)
+                except Exception as exc:  # a full disk loses this observation, not the watcher
+                    log.warning("screen history: could not store an observation: %s", exc)
+                    continue
+                self._screen_events.publish(pb.ScreenEvent(observation=_observation(obs)))
+            else:
+                if event.reason != "stopped":
+                    log.warning("screen watcher %s", event.reason)
+                self._screen_events.publish(pb.ScreenEvent(state=self._state()))
 
     # -- parts of Generate -----------------------------------------------------------------------------------
 
@@ -159,12 +169,13 @@ class ScreenRpcs(RpcBase):
             rules = ExclusionRules().with_names(request.exclude)
             store = self._screen_store  # open it now: a broken data dir fails the start, not each frame
 
-            def submit(frame: ChangedFrame):
-                return self.scheduler.submit(frame_job(frame, settings.max_tokens), "screen-frame")
-
-            watcher = ScreenWatcher(settings, rules, submit, self._observed, self._watch_stopped)
+            watcher = ScreenWatcher(settings, rules, self.scheduler)
+            reader = threading.Thread(target=self._read_watcher, args=(watcher,), name="omnid-screen-history",
+                                      daemon=True)
             with self._screen_lock:
                 old, self._screen_watcher = self._screen_watcher, watcher
+                self._screen_readers = [r for r in self._screen_readers if r.is_alive()] + [reader]
+            reader.start()
             if old is not None:  # a new start replaces the old settings
                 old.stop()
             watcher.start()

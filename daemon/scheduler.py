@@ -231,6 +231,11 @@ class Scheduler:
                                 "try again later") from None
         return handle
 
+    def submit_work(self, work: Callable[[DecoderSession], T], name: str = "work") -> JobHandle[T]:
+        """Work that needs the decoder and returns a result, nothing more (a pipeline's DecoderQueue, see
+        modalities/decoder.py)."""
+        return self.submit(lambda session, emit: work(session), name)
+
     @property
     def queue_depth(self) -> int:
         return self._queue.qsize()

@@ -1,0 +1,25 @@
+"""Where omnid keeps things on this machine, shared by the daemon, its pipelines and the clients.
+
+The socket is found the same way by `omnid serve` and `omni ask` (or through OMNID_SOCKET), so they agree
+without flags; this module is tiny on purpose, so the client library needs nothing of the daemon.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def runtime_dir() -> Path:
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(base) / "omnid" if base else Path(f"/tmp/omnid-{os.getuid()}")
+
+
+def default_socket_path() -> Path:
+    return Path(os.environ["OMNID_SOCKET"]) if os.environ.get("OMNID_SOCKET") else runtime_dir() / "omnid.sock"
+
+
+def private_dir(path: Path) -> Path:
+    """Create a directory only the user can enter (and tighten it if it exists)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+    return path
