@@ -47,7 +47,7 @@ def default_ram_budget() -> int:
 class DaemonConfig:
     model: str = ""                      # empty: the embedded default model
     mmproj: str = ""
-    backend: str = "auto"                # "auto", "llama.cpp", "mlx"
+    backend: str = "auto"                # "auto" or a registered name (models/registry.py)
     context_length: int = 32768
     threads: int | None = None
     flash_attn: bool = False

@@ -16,7 +16,7 @@ from omnid.daemon.rpc_base import RpcBase, sampling_from
 from omnid.modalities.audio_clips import MAX_CLIP_TOKENS, clip_seconds, cut_stream, padded
 from omnid.modalities.audio_io import audio_segment, decode_audio, pcm_from_f32le
 from omnid.modalities.images import decode_image
-from omnid.models.base import AudioSegment, InputError, Segment, TextSegment
+from omnid.models.base import AudioSegment, InputError, Segment, TextSegment, require
 from omnid.proto import omnid_pb2 as pb
 
 VERSION = "0.1.0"
@@ -45,22 +45,16 @@ class CoreRpcs(RpcBase):
         if kind == "text":
             return [TextSegment(part.text)]
         if kind == "image":
-            self.require("image")
+            require(self.info, "image")
             return [decode_image(part.image.data, self.info.max_image_side)]
         if kind == "audio":
-            self.require("audio")
+            require(self.info, "audio")
             return self.audio_clips(part.audio)
         if kind == "document":
             return self.resolve_document_part(part.document)
         if kind == "screen":
             return self.resolve_screen_part(part.screen)
         raise InputError("a part has no content (set one of text, image, audio, document, screen)")
-
-    def require(self, capability: str) -> None:
-        if capability not in self.info.capabilities:
-            have = ", ".join(sorted(self.info.capabilities))
-            raise InputError(f"the model {self.info.name!r} has no {capability} encoder (it takes: {have})",
-                             unsupported=True)
 
     def audio_clips(self, audio: pb.Audio) -> list[Segment]:
         """Decode, resample to the encoder's rate, and cut long sounds into clips at quiet points."""

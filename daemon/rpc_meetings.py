@@ -29,7 +29,7 @@ from omnid.modalities.audio_clips import MAX_CLIP_TOKENS, clip_seconds, cut_stre
 from omnid.modalities.audio_io import AudioStream, pcm_blocks, pcm_from_f32le
 from omnid.modalities.meeting_store import MeetingRow, MeetingStore
 from omnid.modalities.recorder import Recorder, WavSpool, input_devices
-from omnid.models.base import InputError
+from omnid.models.base import InputError, require
 from omnid.proto import omnid_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class MeetingRpcs(RpcBase):
         source = request.audio.WhichOneof("source")
         if request.path and source:
             self.call(context, lambda: _raise(InputError("give either a path or audio, not both")))
-        self.call(context, lambda: self._require_audio())
+        self.call(context, lambda: require(self.info, "audio", "transcribe"))
         settings = self.call(context, lambda: self._settings(request.summary, request.language, None))
         max_clip = self.call(context, lambda: self._clip_seconds(FILE_CLIP_SECONDS))
         if request.path:
@@ -104,7 +104,7 @@ class MeetingRpcs(RpcBase):
 
     def RecordMeeting(self, request: pb.RecordMeetingRequest,
                       context: grpc.ServicerContext) -> Iterator[pb.TranscriptEvent]:
-        self.call(context, lambda: self._require_audio())
+        self.call(context, lambda: require(self.info, "audio", "transcribe"))
         settings = self.call(context, lambda: self._settings(request.summary, "", None))
         max_clip = self.call(context, lambda: self._clip_seconds(LIVE_CLIP_SECONDS))
         with self._live_lock:
@@ -223,11 +223,6 @@ class MeetingRpcs(RpcBase):
             summary=transcript.summary, usage=usage, audio_path=audio_path, duration_seconds=transcript.end))
 
     # -- helpers ---------------------------------------------------------------------------------------------
-
-    def _require_audio(self) -> None:
-        if "audio" not in self.info.capabilities:
-            raise InputError(f"the model {self.info.name!r} has no audio encoder, so it cannot transcribe",
-                             unsupported=True)
 
     def _settings(self, summary: bool, language: str, sampling: pb.Sampling | None) -> meetings.TranscribeSettings:
         return meetings.TranscribeSettings(summary=summary, language=language,

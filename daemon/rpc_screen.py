@@ -27,7 +27,7 @@ from omnid.modalities.screen_store import Observation, ScreenStore
 from omnid.modalities.screen_watcher import (ONCE_INSTRUCTION, ChangedFrame, Observed, ScreenWatcher,
                                              WatchSettings, frame_prompt, prepare_frame)
 from omnid.modalities.windows import ExclusionRules, WindowLister
-from omnid.models.base import InputError, Segment, TextSegment
+from omnid.models.base import InputError, Segment, TextSegment, require
 from omnid.proto import omnid_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -104,14 +104,9 @@ class ScreenRpcs(RpcBase):
                                                   self.config.screen_history_bytes)
             return self._screen_store_
 
-    def _require_vision(self) -> None:
-        if "image" not in self.info.capabilities:
-            raise InputError(f"the model {self.info.name!r} has no vision encoder, so it cannot look at the "
-                             "screen (start omnid with a model and its mmproj)", unsupported=True)
-
     def _grab_for_model(self, monitor: int, instruction: str) -> ChangedFrame:
         """One frame now, exclusions applied, sized for the vision encoder."""
-        self._require_vision()
+        require(self.info, "image", "look at the screen")
         with ScreenGrabber(monitor) as grabber:
             frame = grabber.grab()
         lister = WindowLister()
@@ -160,7 +155,7 @@ class ScreenRpcs(RpcBase):
 
     def StartScreenWatch(self, request: pb.ScreenWatchRequest, context: grpc.ServicerContext) -> pb.ScreenWatchState:
         def start() -> pb.ScreenWatchState:
-            self._require_vision()
+            require(self.info, "image", "look at the screen")
             if request.change_threshold < 0 or request.change_threshold > 1:
                 raise ValueError("change_threshold is a fraction between 0 and 1")
             settings = WatchSettings(interval=request.interval_seconds or 1.0, monitor=request.monitor,

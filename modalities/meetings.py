@@ -34,7 +34,7 @@ from typing import Callable, Iterable, Iterator
 from omnid.modalities.audio_clips import Clip, merge_overlap, overlap_clip, padded
 from omnid.modalities.audio_io import audio_segment
 from omnid.modalities.decoder import Decoder, Generated, Prefilled, Prompt, RunOnDecoder, SamplingParams, SnapshotCache
-from omnid.models.base import AudioSegment, InputError, Segment, TextSegment
+from omnid.models.base import AudioSegment, InputError, Segment, TextSegment, require
 
 SYSTEM = ("You transcribe meetings. For each audio clip, write exactly what is said in it, verbatim, "
           "continuing the transcript so far. Write only the transcript.")
@@ -193,8 +193,7 @@ def finish(cache: SnapshotCache, transcript: Transcript) -> None:
 
 def _turn(session: Decoder, clip: Clip, s: TranscribeSettings) -> list[Segment]:
     """The clip resampled to the encoder's rate (inside the pipeline, never in the backend) and the instruction."""
-    if "audio" not in session.info.capabilities:
-        raise InputError(f"the model {session.info.name} has no audio encoder", unsupported=True)
+    require(session.info, "audio", "transcribe")
     audio: AudioSegment = audio_segment(padded(clip.pcm, clip.rate), clip.rate, session.info.audio_sample_rate)
     return [audio, TextSegment(s.instruction())]
 
