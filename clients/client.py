@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import grpc
 import numpy as np
@@ -91,7 +91,8 @@ class CoreClient:
                 f"no omnid daemon answers at {self.endpoint}. Start one with `omnid serve` "
                 "(or `omnid serve --model MODEL.gguf --mmproj MMPROJ.gguf`), or point the client at it "
                 "with --socket / OMNID_SOCKET") from None
-        self.stub = omnid_pb2_grpc.OmniStub(self.channel)
+        #: Any: the generated stub has no type hints, and the area mixins declare it loosely too.
+        self.stub: Any = omnid_pb2_grpc.OmniStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()

@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--screen-history-size", type=parse_size, default=256 << 20,
                        help="bytes of screen history to keep (oldest go first; default 256M)")
     serve.add_argument("--exit-with-parent", action="store_true",
-                       help="stop when the process that started omnid exits (apps running it as a child, test harnesses)")
+                       help="stop when the process that started omnid exits "
+                            "(apps running it as a child, test harnesses)")
     serve.add_argument("-v", "--verbose", action="store_true")
 
     make = commands.add_parser("make-test-model", help="write a tiny random-weight omni model",

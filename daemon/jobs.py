@@ -42,7 +42,8 @@ def generate(segments: Sequence[Segment], system: str | None, max_tokens: int,
     return job
 
 
-def prefill(segments: Sequence[Segment], system: str | None, pin: bool) -> Callable[[DecoderSession, Emit], PrefillStats]:
+def prefill(segments: Sequence[Segment], system: str | None,
+            pin: bool) -> Callable[[DecoderSession, Emit], PrefillStats]:
     """Evaluate an open user turn into the shared cache (and pin it), for later requests that start with it."""
     def job(session: DecoderSession, emit: Emit) -> PrefillStats:
         stats = session.prefill(session.build_prompt(segments, system, open_turn=True))

@@ -259,7 +259,8 @@ class DocumentRpcs(RpcBase):
         return _fits(sum(p.tokens for p in loaded.pages), self.info.context_length, self.config.default_max_tokens)
 
     def _cached(self, doc: StoredDocument) -> bool:
-        return bool(doc.prefix_key) and self.scheduler.cache is not None and self.scheduler.cache.contains(doc.prefix_key)
+        cache = self.scheduler.cache
+        return bool(doc.prefix_key) and cache is not None and cache.contains(doc.prefix_key)
 
     def _info(self, doc: StoredDocument, *, ingest_ms: float) -> pb.DocumentInfo:
         vision = self._vision()

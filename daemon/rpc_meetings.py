@@ -108,9 +108,10 @@ class MeetingRpcs(RpcBase):
         settings = self.call(context, lambda: self._settings(request.summary, "", None))
         max_clip = self.call(context, lambda: self._clip_seconds(LIVE_CLIP_SECONDS))
         with self._live_lock:
-            if self._live is not None:
+            busy = self._live
+            if busy is not None:
                 self.call(context, lambda: _raise(InputError(
-                    f"meeting {self._live.meeting_id} is already being recorded; stop it first", unsupported=True)))
+                    f"meeting {busy.meeting_id} is already being recorded; stop it first", unsupported=True)))
             meeting_id = self.meeting_store.create(request.title or time.strftime("Meeting %Y-%m-%d %H:%M"),
                                                    "", "recording")
             spool = self.audio_dir / f"{meeting_id}.wav"

@@ -11,9 +11,10 @@ It runs on its own thread in the daemon. Per tick (default 1 s):
      (the DecoderQueue the watcher was given: the daemon's scheduler).
 
 The model never runs on this thread, and the watcher never calls into its owner: the owner reads
-`events()` (each frame's observation as the model finishes it, then why the watcher stopped). At most one frame is with the model at a time: while it is, changed
-frames are not queued behind it (the decoder is shared with every other client), and the newest change is
-sent as soon as the model is free, because the last-sent fingerprint still differs. Frames are independent
+`events()` (each frame's observation as the model finishes it, then why the watcher stopped). At most one
+frame is with the model at a time: while it is, changed frames are not queued behind it (the decoder is
+shared with every other client), and the newest change is sent as soon as the model is free, because the
+last-sent fingerprint still differs. Frames are independent
 prompts: system text (cached once in the shared prompt cache) + the frame + a rolling instruction that
 carries the previous observation, so the model can say what changed. Nothing is ever written to disk here.
 

@@ -176,14 +176,16 @@ def _validate_files(model: Path, mmproj: Path | None) -> tuple[dict[str, Any], d
     text_fields = _read_gguf_fields(model)
     arch = str(text_fields.get("general.architecture", ""))
     if arch == "clip":
-        raise ModelLoadError(f"{model} is a multimodal projector (mmproj) file: pass it as mmproj_path, not as the model")
+        raise ModelLoadError(f"{model} is a multimodal projector (mmproj) file: "
+                             "pass it as mmproj_path, not as the model")
     if not arch:
         raise ModelLoadError(f"{model} has no general.architecture: not a llama.cpp model file")
     if mmproj is None:
         return text_fields, None
     proj_fields = _read_gguf_fields(mmproj)
     if proj_fields.get("general.architecture") != "clip":
-        raise ModelLoadError(f"{mmproj} is a text model ({proj_fields.get('general.architecture')}), not an mmproj file")
+        raise ModelLoadError(f"{mmproj} is a text model ({proj_fields.get('general.architecture')}), "
+                             "not an mmproj file")
     n_embd = text_fields.get(f"{arch}.embedding_length")
     width = _projector_width(proj_fields)
     if n_embd is not None and width is not None and int(n_embd) != width:
@@ -329,7 +331,8 @@ class LlamaCppBackend(Backend):
         image_size = int(proj_fields.get("clip.vision.image_size", 0))
         max_side = image_size if vision and v_type in _FIXED_SIZE_VISION and image_size > 0 else 1024
         settings = f"flash_attn={flash_attn};gpu={gpu};n_batch={self._n_batch}"
-        note = f"llama.cpp {self._arch}" + (f"; vision {v_type}" if vision else "") + (f"; audio {a_type}" if audio else "")
+        note = (f"llama.cpp {self._arch}" + (f"; vision {v_type}" if vision else "")
+                + (f"; audio {a_type}" if audio else ""))
         return ModelInfo(
             name=str(text_fields.get("general.name") or model.stem),
             path=str(model),
