@@ -116,8 +116,8 @@ class CoreRpcs(RpcBase):
 
 
     def cache_stats(self) -> pb.CacheStats:
-        assert self.scheduler.cache is not None
         s = self.scheduler
+        assert s.cache is not None
         return pb.CacheStats(**vars(s.cache.stats()), state_base_bytes=s.state_base_bytes,
                              state_bytes_per_token=s.state_bytes_per_token,
                              checkpoint_interval=0 if s.backend is None or s.backend.can_truncate

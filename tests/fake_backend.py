@@ -13,7 +13,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from omnid.models.base import Backend, ChatFrame, ContextOverflow, InputError, ModelInfo, Segment, Snapshot, TextSegment
+from omnid.models.base import (Backend, ChatFrame, ContextOverflow, InputError, ModelInfo, Segment, Snapshot,
+                               TextSegment)
 
 EOS = 256
 N_VOCAB = 257
@@ -46,20 +47,22 @@ class FakeBackendForSchedulerTests(Backend):
     def count_tokens(self, segment: Segment) -> int:
         return len(self._bytes(segment))
 
+    def tokenize(self, segment: TextSegment) -> list[int]:
+        return list(self._bytes(segment))
+
     def append(self, segment: Segment, should_stop: Callable[[], bool] | None = None) -> int:
         data = self._bytes(segment)
-        if len(self.tokens) + len(data) > self.info.context_length:
-            raise ContextOverflow(len(self.tokens) + len(data), self.info.context_length)
-        for start in range(0, len(data), self.batch):
-            if start and should_stop is not None and should_stop():
-                return len(data)
-            self.tokens += list(data[start:start + self.batch])
-        self._answered = 0
+        self.append_tokens(list(data), should_stop)
         return len(data)
 
-    def append_texts(self, segments: Sequence[TextSegment],
-                     should_stop: Callable[[], bool] | None = None) -> list[int]:
-        return [self.append(s, should_stop) for s in segments]
+    def append_tokens(self, tokens: Sequence[int], should_stop: Callable[[], bool] | None = None) -> None:
+        if len(self.tokens) + len(tokens) > self.info.context_length:
+            raise ContextOverflow(len(self.tokens) + len(tokens), self.info.context_length)
+        for start in range(0, len(tokens), self.batch):
+            if start and should_stop is not None and should_stop():
+                return
+            self.tokens += list(tokens[start:start + self.batch])
+        self._answered = 0
 
     def logits(self) -> np.ndarray:
         if not self.tokens:
