@@ -11,30 +11,23 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from typing import Iterator
 
 import grpc
 
+from omnid.daemon import jobs
 from omnid.daemon.config import private_dir
-from omnid.daemon.events import Done
-from omnid.daemon.jobs import Emit, answer
 from omnid.daemon.rpc_base import NotFound, RpcBase
-from omnid.daemon.sampling import SamplingParams
-from omnid.daemon.session import DecoderSession
 from omnid.modalities.screen_capture import ScreenGrabber
 from omnid.modalities.screen_store import Observation, ScreenStore
 from omnid.modalities.screen_watcher import (ONCE_INSTRUCTION, ChangedFrame, Observed, ScreenWatcher,
-                                             WatchSettings, frame_prompt, prepare_frame)
+                                             WatchSettings, prepare_frame)
 from omnid.modalities.windows import ExclusionRules, WindowLister
-from omnid.models.base import InputError, Segment, TextSegment, require
+from omnid.models.base import InputError, Segment, require
 from omnid.proto import omnid_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-ASK_SYSTEM = (
-    "You answer the user's questions about what their screen showed, using only the timestamped "
-    "observations given (local time). Say when something is not in the observations.")
 ASK_CANDIDATES = 200
 SUBSCRIBER_QUEUE = 256
 _END = object()
@@ -223,12 +216,7 @@ class ScreenRpcs(RpcBase):
 
     def ScreenOnce(self, request: pb.ScreenOnceRequest, context: grpc.ServicerContext) -> Iterator[pb.GenerateEvent]:
         frame = self.call(context, lambda: self._grab_for_model(request.monitor, request.prompt or ONCE_INSTRUCTION))
-        max_tokens = request.max_tokens or self.config.default_max_tokens
-
-        def job(session: DecoderSession, emit: Emit) -> Done:
-            stats = session.prefill(frame_prompt(session, frame))
-            return answer(session, stats, max_tokens, SamplingParams(), emit)
-
+        job = jobs.describe_frame(frame, request.max_tokens or self.config.default_max_tokens)
         yield from self.answer_stream(job, context, "screen-once", pb.GenerateEvent)
 
     def SearchScreen(self, request: pb.SearchScreenRequest, context: grpc.ServicerContext) -> pb.SearchScreenReply:
@@ -249,20 +237,8 @@ class ScreenRpcs(RpcBase):
                 raise NotFound("no screen observations in that time range (watch with `omni screen watch`)")
             return sorted(found.values(), key=lambda o: o.time_unix)
         observations = self.call(context, gather)
-        max_tokens = request.max_tokens or self.config.default_max_tokens
-        question = request.question.strip()
-
-        def job(session: DecoderSession, emit: Emit) -> Done:
-            lines = [_line(o) for o in observations]
-            asked = TextSegment(f"Now: {_clock(time.time())}\nQuestion: {question}")
-            room = session.free_tokens - max_tokens - session.count_tokens(asked) - 256
-            history = TextSegment("Observations:\n" + "\n".join(lines))
-            while len(lines) > 1 and session.count_tokens(history) > room:  # keep the newest that fit
-                lines = lines[max(1, len(lines) // 10):]
-                history = TextSegment("Observations:\n" + "\n".join(lines))
-            stats = session.prefill(session.build_prompt([history, asked], ASK_SYSTEM))
-            return answer(session, stats, max_tokens, SamplingParams(), emit)
-
+        job = jobs.ask_screen(observations, request.question.strip(),
+                              request.max_tokens or self.config.default_max_tokens)
         yield from self.answer_stream(job, context, "ask-screen", pb.GenerateEvent)
 
 
@@ -270,11 +246,3 @@ def _observation(o: Observation) -> pb.ScreenObservation:
     return pb.ScreenObservation(time_unix=o.time_unix, monitor=o.monitor, app=o.app, window=o.window,
                                 text=o.text, id=o.id)
 
-
-def _clock(t: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-
-
-def _line(o: Observation) -> str:
-    where = " - ".join(p for p in (o.app, o.window) if p)
-    return f"[{_clock(o.time_unix)}]{' ' + where if where else ''}: {o.text or '(no description)'}"
