@@ -34,13 +34,15 @@ class Models:
     without_audio: Backend
 
 
-def _llama_cpp(tmp: Callable[[str], Path]) -> Models:
-    pytest.importorskip("llama_cpp")
-    from omnid.models.gguf_test_model import write_test_model
-    from omnid.models.llama_cpp_backend import LlamaCppBackend
-    paths = write_test_model(tmp("gguf"))
-    return Models(LlamaCppBackend(paths.text, paths.mmproj, n_ctx=CONTEXT, n_threads=1),
-                  LlamaCppBackend(paths.text, None, n_ctx=CONTEXT, n_threads=1))
+def _llama_cpp(decoder: str) -> Callable[[Callable[[str], Path]], Models]:
+    def load(tmp: Callable[[str], Path]) -> Models:
+        pytest.importorskip("llama_cpp")
+        from omnid.models.gguf_test_model import write_test_model
+        from omnid.models.llama_cpp_backend import LlamaCppBackend
+        paths = write_test_model(tmp("gguf"), decoder=decoder)
+        return Models(LlamaCppBackend(paths.text, paths.mmproj, n_ctx=CONTEXT, n_threads=1),
+                      LlamaCppBackend(paths.text, None, n_ctx=CONTEXT, n_threads=1))
+    return load
 
 
 def _mlx(tmp: Callable[[str], Path]) -> Models:
@@ -51,15 +53,20 @@ def _mlx(tmp: Callable[[str], Path]) -> Models:
                   MlxBackend(write_mlx_test_model(tmp("mlx-no-audio"), with_audio=False), n_ctx=CONTEXT))
 
 
-#: Registered backend name -> how to load it on a tiny model written here.
-FIXTURES: dict[str, Callable[[Callable[[str], Path]], Models]] = {"llama.cpp": _llama_cpp, "mlx": _mlx}
+#: (registered backend name, model variant) -> how to load it on a tiny model written here. llama.cpp runs
+#: on both test decoders: the hybrid one like the target (never cut back) and an attention-only one (cut back).
+FIXTURES: dict[tuple[str, str], Callable[[Callable[[str], Path]], Models]] = {
+    ("llama.cpp", "hybrid"): _llama_cpp("nemotron_h_moe"),
+    ("llama.cpp", "attention"): _llama_cpp("llama"),
+    ("mlx", "hybrid"): _mlx,
+}
 
 
 def test_every_registered_backend_has_a_fixture() -> None:
-    assert sorted(FIXTURES) == sorted(backend_names())
+    assert sorted({name for name, _ in FIXTURES}) == sorted(backend_names())
 
 
-@pytest.fixture(scope="module", params=sorted(FIXTURES))
+@pytest.fixture(scope="module", params=sorted(FIXTURES), ids=lambda key: "-".join(key))
 def models(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     loaded = FIXTURES[request.param](tmp_path_factory.mktemp)
     yield loaded
