@@ -12,12 +12,14 @@ from pathlib import Path
 
 import grpc
 
+from omnid.models.registry import backend_names
+
 
 def add_model_flags(parser: argparse.ArgumentParser, threads: int = 1) -> None:
     """--model/--mmproj/--backend/--decoder/--threads: a real model to measure, or (default) the tiny test model."""
     parser.add_argument("--model", default="", help="a .gguf or MLX folder (default: the tiny test model)")
     parser.add_argument("--mmproj", default="")
-    parser.add_argument("--backend", default="auto", choices=["auto", "llama.cpp", "mlx"])
+    parser.add_argument("--backend", default="auto", choices=["auto", *backend_names()])
     parser.add_argument("--decoder", default="nemotron_h_moe", choices=["nemotron_h_moe", "llama"],
                         help="the tiny llama.cpp test model's decoder: hybrid like the target (default) "
                              "or attention-only")

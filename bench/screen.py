@@ -34,7 +34,7 @@ from screen_x11 import TkWindow, Xvfb  # noqa: E402
 
 from omnid.daemon.prompt_cache import PromptCache  # noqa: E402
 from omnid.daemon.scheduler import Scheduler  # noqa: E402
-from omnid.modalities.screen_watcher import ScreenWatcher, WatchSettings, frame_job  # noqa: E402
+from omnid.modalities.screen_watcher import Observed, ScreenWatcher, WatchSettings  # noqa: E402
 from omnid.modalities.windows import ExclusionRules  # noqa: E402
 from omnid.models.loader import load_backend  # noqa: E402
 
@@ -69,12 +69,11 @@ def peak_rss_mib() -> float:
 def run_scenario(name: str, seconds: float, scheduler: Scheduler, max_side: int, xvfb: Xvfb,
                  window: TkWindow) -> dict[str, float | str]:
     answers: list[str] = []
-
-    def submit(frame):
-        return scheduler.submit(frame_job(frame, 32), "screen-frame")
-
     watcher = ScreenWatcher(WatchSettings(interval=1.0, monitor=1, max_image_side=max_side, max_tokens=32),
-                            ExclusionRules(), submit, lambda frame, text: answers.append(text))
+                            ExclusionRules(), scheduler)
+    reader = threading.Thread(target=lambda: answers.extend(e.text for e in watcher.events()
+                                                            if isinstance(e, Observed)), daemon=True)
+    reader.start()
     stop = threading.Event()
 
     def change() -> None:
@@ -95,6 +94,7 @@ def run_scenario(name: str, seconds: float, scheduler: Scheduler, max_side: int,
     time.sleep(seconds)
     stop.set()
     watcher.stop()
+    reader.join(10)
     wall = time.monotonic() - t0
     cpu, xcpu = proc_cpu() - cpu0, proc_cpu(xvfb.proc.pid) - x0
     c = watcher.counters

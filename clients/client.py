@@ -14,15 +14,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import grpc
 import numpy as np
 
 from omnid.clients.documents import DocumentsClient
 from omnid.clients.meetings import MeetingsClient
-from omnid.daemon.config import default_socket_path
-from omnid.daemon.private_paths import check_socket
+from omnid.common.paths import default_socket_path
+from omnid.common.private_paths import check_socket
 from omnid.proto import omnid_pb2 as pb
 from omnid.proto import omnid_pb2_grpc
 from omnid.clients.screen import ScreenClient
@@ -93,7 +93,8 @@ class CoreClient:
                 f"no omnid daemon answers at {self.endpoint}. Start one with `omnid serve` "
                 "(or `omnid serve --model MODEL.gguf --mmproj MMPROJ.gguf`), or point the client at it "
                 "with --socket / OMNID_SOCKET") from None
-        self.stub = omnid_pb2_grpc.OmniStub(self.channel)
+        #: Any: the generated stub has no type hints, and the area mixins declare it loosely too.
+        self.stub: Any = omnid_pb2_grpc.OmniStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()
@@ -138,7 +139,7 @@ class CoreClient:
 def _check_unix_endpoint(endpoint: str) -> None:
     """Refuse (UnsafePath, a PermissionError naming the path and why) a socket another user owns or could have
     put there, before anything is sent: a squatter on the socket's folder would receive the prompts
-    (daemon/private_paths.py). A missing folder means no daemon, said at once: waiting for one to appear in a
+    (common/private_paths.py). A missing folder means no daemon, said at once: waiting for one to appear in a
     folder nobody checked is how a squatter would get in."""
     if not endpoint.startswith("unix:"):
         return  # TCP (loopback, token) or an abstract socket: no file to check

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from omnid.daemon.config import DaemonConfig, default_socket_path
+from omnid.models.registry import backend_names
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", default="", help="a .gguf file (llama.cpp) or an MLX model folder / repo id; "
                        "default: the embedded text-only gemma-3-270m")
     serve.add_argument("--mmproj", default="", help="the multimodal projector GGUF (images, audio) for --model")
-    serve.add_argument("--backend", default="auto", choices=["auto", "llama.cpp", "mlx"])
+    serve.add_argument("--backend", default="auto", choices=["auto", *backend_names()])
     serve.add_argument("--ctx", type=int, default=32768, help="context length in tokens (capped by the model)")
     serve.add_argument("--threads", type=int, default=None, help="CPU threads for the decoder")
     serve.add_argument("--flash-attn", action="store_true",
@@ -52,14 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--screen-history-size", type=parse_size, default=256 << 20,
                        help="bytes of screen history to keep (oldest go first; default 256M)")
     serve.add_argument("--exit-with-parent", action="store_true",
-                       help="stop when the process that started omnid exits (apps running it as a child, test harnesses)")
+                       help="stop when the process that started omnid exits "
+                            "(apps running it as a child, test harnesses)")
     serve.add_argument("-v", "--verbose", action="store_true")
 
     make = commands.add_parser("make-test-model", help="write a tiny random-weight omni model",
                                description="Write a tiny random-weight omni model (text + vision + audio) "
                                            "to run the whole path on without downloading anything.")
     make.add_argument("directory", type=Path)
-    make.add_argument("--backend", default="llama.cpp", choices=["llama.cpp", "mlx"])
+    make.add_argument("--backend", default="llama.cpp", choices=backend_names())
     make.add_argument("--decoder", default="nemotron_h_moe", choices=["nemotron_h_moe", "llama"],
                       help="llama.cpp text decoder: the hybrid Mamba2/attention/MoE one of Nemotron 3 Nano Omni "
                            "(default) or an attention-only llama")

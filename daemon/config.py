@@ -13,14 +13,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from omnid.common.paths import default_socket_path, private_dir, runtime_dir
 
-def runtime_dir() -> Path:
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    return Path(base) / "omnid" if base else Path(f"/tmp/omnid-{os.getuid()}")
-
-
-def default_socket_path() -> Path:
-    return Path(os.environ["OMNID_SOCKET"]) if os.environ.get("OMNID_SOCKET") else runtime_dir() / "omnid.sock"
+__all__ = ["DaemonConfig", "cache_dir", "data_dir", "default_ram_budget", "default_socket_path", "private_dir",
+           "runtime_dir"]
 
 
 def data_dir() -> Path:
@@ -31,19 +27,6 @@ def data_dir() -> Path:
 def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "omnid"
-
-
-def private_dir(path: Path) -> Path:
-    """Create `path` 0700 if it is missing (its parents as `mkdir -p` makes them); an existing folder is left as
-    it is: it is someone's choice (`--socket /tmp/omnid.sock` must not chmod /tmp). Whether an existing folder
-    is safe to use is private_paths.check_private_dir's question."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        return path
-    os.chmod(path, 0o700)  # exactly 0700 whatever the umask
-    return path
 
 
 def default_ram_budget() -> int:
@@ -64,7 +47,7 @@ def default_ram_budget() -> int:
 class DaemonConfig:
     model: str = ""                      # empty: the embedded default model
     mmproj: str = ""
-    backend: str = "auto"                # "auto", "llama.cpp", "mlx"
+    backend: str = "auto"                # "auto" or a registered name (models/registry.py)
     context_length: int = 32768
     threads: int | None = None
     flash_attn: bool = False

@@ -1,25 +1,27 @@
 """What every group of RPCs shares: running a job for a call, turning errors into gRPC statuses.
 
 The service is assembled from one mixin per area (core, documents, meetings, screen; see server.py). Each
-mixin only converts messages and submits jobs to the scheduler; the mixins find each other's helpers
+mixin only converts messages and submits jobs to the scheduler (jobs emit and return the plain types of
+daemon/events.py; this layer alone turns them into protobufs); the mixins find each other's helpers
 through this base class (e.g. `resolve_part` asks the documents mixin for a DocumentRef part).
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import re
 import sqlite3
-import time
-from typing import Any, Callable, Iterator, NoReturn
+from typing import Any, Callable, Generator, Iterator, NoReturn
 
 import grpc
 
 from omnid.daemon.allowed_files import AllowedFile, PermissionDenied, open_allowed
 from omnid.daemon.config import DaemonConfig
+from omnid.daemon.events import Done, PagesUsed, TextDelta, Usage
 from omnid.daemon.sampling import SamplingParams
 from omnid.daemon.scheduler import Job, QueueFull, Scheduler, ShuttingDown
-from omnid.daemon.session import Cancelled, DecoderSession, GenerationResult, PrefillStats
+from omnid.daemon.session import Cancelled
 from omnid.proto import omnid_pb2 as pb
 from omnid.models.base import ContextOverflow, InputError, ModelInfo
 
@@ -85,76 +87,33 @@ def abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
     raise AssertionError("unreachable")  # context.abort raises
 
 
-class DeltaBuffer:
-    """Collects a job's text deltas and emits them at most once per `interval` seconds.
-
-    The first delta goes out at once (time to first token is untouched); after that a decoder slower than
-    the interval (any large model: 15-50 ms a token) still sends every token as it comes, while a faster one
-    sends several tokens per message instead of waking the gRPC thread for each: on the tiny test models that
-    wake-up cost 15-40% of decode speed (bench/daemon_overhead.py). Text is held back 10 ms at most.
-    Call flush() before the final message.
-    """
-
-    def __init__(self, emit: Callable[[Any], None], make_event: Callable[[str], Any], interval: float = 0.010) -> None:
-        self._emit, self._make_event, self._interval = emit, make_event, interval
-        self._pending: list[str] = []
-        self._last = 0.0
-
-    def __call__(self, delta: str) -> None:
-        self._pending.append(delta)
-        now = time.perf_counter()
-        if now - self._last >= self._interval:
-            self._last = now
-            self.flush()
-
-    def flush(self) -> None:
-        if self._pending:
-            self._emit(self._make_event("".join(self._pending)))
-            self._pending.clear()
-
-
-def merge_deltas(events: list[Any]) -> list[Any]:
-    """Join runs of text deltas (events whose `event` oneof is `delta`) into one message each."""
-    merged: list[Any] = []
-    for event in events:
-        if (merged and _is_delta(event) and _is_delta(merged[-1]) and type(event) is type(merged[-1])):
-            merged[-1] = type(event)(delta=merged[-1].delta + event.delta)
-        else:
-            merged.append(event)
-    return merged
-
-
-def _is_delta(event: Any) -> bool:
-    return hasattr(event, "WhichOneof") and "event" in event.DESCRIPTOR.oneofs_by_name \
-        and event.WhichOneof("event") == "delta"
-
-
 def sampling_from(message: pb.Sampling) -> SamplingParams:
     """A request's Sampling message as SamplingParams (ValueError -> INVALID_ARGUMENT)."""
     return SamplingParams(temperature=message.temperature, top_p=message.top_p, top_k=message.top_k,
                           seed=message.seed, stop=tuple(message.stop))
 
 
-def final_message(session: DecoderSession, stats: PrefillStats, result: GenerationResult) -> pb.Final:
+def usage_message(usage: Usage) -> pb.Usage:
+    return pb.Usage(**dataclasses.asdict(usage))
+
+
+def final_message(done: Done) -> pb.Final:
     """The closing message of every generating stream: the answer and what it cost."""
-    usage = pb.Usage(
-        prompt_tokens=stats.prompt_tokens, cached_tokens=stats.cached_tokens,
-        generated_tokens=result.generated_tokens, time_to_first_token_ms=result.time_to_first_token_ms,
-        decode_tokens_per_second=result.decode_tokens_per_second, queue_ms=session.queue_ms,
-        prefill_ms=stats.prefill_ms, total_ms=session.queue_ms + stats.prefill_ms + result.decode_ms,
-        cache_restore_ms=stats.restore_ms)
-    return pb.Final(text=result.text, usage=usage, stop_reason=result.stop_reason)
+    return pb.Final(text=done.text, usage=usage_message(done.usage), stop_reason=done.stop_reason)
 
 
-def stream_answer(session: DecoderSession, stats: PrefillStats, max_tokens: int, sampling: SamplingParams,
-                  emit: Callable[[Any], None], event: type) -> GenerationResult:
-    """The end of every generating job: stream the answer as `event(delta=...)` messages (batched by
-    DeltaBuffer), then one `event(done=Final)` with the usage."""
-    deltas = DeltaBuffer(emit, lambda text: event(delta=text))
-    result = session.generate(max_tokens, sampling, deltas)
-    deltas.flush()
-    emit(event(done=final_message(session, stats, result)))
-    return result
+def answer_message(event_type: type) -> Callable[[Any], Any]:
+    """The converter from an answering job's events (TextDelta, PagesUsed, Done) to `event_type` messages
+    (pb.GenerateEvent, pb.AskDocumentEvent: the same oneof names)."""
+    def convert(event: Any) -> Any:
+        if isinstance(event, TextDelta):
+            return event_type(delta=event.text)
+        if isinstance(event, Done):
+            return event_type(done=final_message(event))
+        if isinstance(event, PagesUsed):
+            return event_type(pages=pb.PagesUsed(pages=list(event.pages), reason=event.reason))
+        raise TypeError(f"no {event_type.__name__} for {type(event).__name__}")
+    return convert
 
 
 class RpcBase:
@@ -177,8 +136,10 @@ class RpcBase:
         assert self.scheduler.backend is not None
         return self.scheduler.backend.info
 
-    def stream_job(self, job: Job, context: grpc.ServicerContext, name: str) -> Iterator[Any]:
-        """Submit a job for this call and yield its events; a client that goes away cancels the job.
+    def stream_job(self, job: Job, context: grpc.ServicerContext, name: str,
+                   message: Callable[[Any], Any]) -> Generator[Any, None, Any]:
+        """Submit a job for this call and yield its events as messages; returns the job's result (use it as
+        `result = yield from self.stream_job(...)`). A client that goes away cancels the job.
 
         Errors (from submitting or from the job) end the call with the matching status.
         """
@@ -188,16 +149,33 @@ class RpcBase:
             abort(context, exc)
         context.add_callback(handle.cancel)
         try:
-            for batch in handle.batches():
-                yield from merge_deltas(batch)
+            for event in handle.events():
+                yield message(event)
+            return handle.result()
         except Exception as exc:
             abort(context, exc)
         finally:
             handle.cancel()  # the generator was closed early (client gone): free the decoder now
 
-    def unary_job(self, job: Job, context: grpc.ServicerContext, name: str) -> list[Any]:
-        """Run a job for a unary call and return everything it emitted."""
-        return list(self.stream_job(job, context, name))
+    def answer_stream(self, job: Job, context: grpc.ServicerContext, name: str, event_type: type) -> Iterator[Any]:
+        """Stream an answering job (one that returns Done) as `event_type` messages, the final one last."""
+        message = answer_message(event_type)
+        done = yield from self.stream_job(job, context, name, message)
+        yield message(done)
+
+    def unary_job(self, job: Job, context: grpc.ServicerContext, name: str) -> Any:
+        """Run a job for a unary call and return its result."""
+        try:
+            handle = self.scheduler.submit(job, name)
+        except Exception as exc:
+            abort(context, exc)
+        context.add_callback(handle.cancel)
+        try:
+            return handle.result()
+        except Exception as exc:
+            abort(context, exc)
+        finally:
+            handle.cancel()
 
     def call(self, context: grpc.ServicerContext, fn: Callable[[], Any]) -> Any:
         """Run work in the handler thread (validation, decoding, SQLite), mapping its errors to statuses."""

@@ -11,12 +11,12 @@ from typing import Iterator
 
 import grpc
 
-from omnid.daemon.rpc_base import RpcBase, sampling_from, stream_answer
-from omnid.daemon.session import DecoderSession
+from omnid.daemon import jobs
+from omnid.daemon.rpc_base import RpcBase, sampling_from
 from omnid.modalities.audio_clips import MAX_CLIP_TOKENS, clip_seconds, cut_stream, padded
 from omnid.modalities.audio_io import audio_segment, decode_audio, pcm_from_f32le
 from omnid.modalities.images import decode_image
-from omnid.models.base import AudioSegment, InputError, Segment, TextSegment
+from omnid.models.base import AudioSegment, InputError, Segment, TextSegment, require
 from omnid.proto import omnid_pb2 as pb
 
 VERSION = "0.1.0"
@@ -45,22 +45,16 @@ class CoreRpcs(RpcBase):
         if kind == "text":
             return [TextSegment(part.text)]
         if kind == "image":
-            self.require("image")
+            require(self.info, "image")
             return [decode_image(part.image.data, self.info.max_image_side)]
         if kind == "audio":
-            self.require("audio")
+            require(self.info, "audio")
             return self.audio_clips(part.audio)
         if kind == "document":
             return self.resolve_document_part(part.document)
         if kind == "screen":
             return self.resolve_screen_part(part.screen)
         raise InputError("a part has no content (set one of text, image, audio, document, screen)")
-
-    def require(self, capability: str) -> None:
-        if capability not in self.info.capabilities:
-            have = ", ".join(sorted(self.info.capabilities))
-            raise InputError(f"the model {self.info.name!r} has no {capability} encoder (it takes: {have})",
-                             unsupported=True)
 
     def audio_clips(self, audio: pb.Audio) -> list[Segment]:
         """Decode, resample to the encoder's rate, and cut long sounds into clips at quiet points."""
@@ -93,29 +87,15 @@ class CoreRpcs(RpcBase):
         segments = self.call(context, lambda: self.segments_from_parts(list(request.parts)))
         sampling = self.call(context, lambda: sampling_from(request.sampling))
         max_tokens = request.max_tokens or self.config.default_max_tokens
-        system = request.system or None
-
-        def job(session: DecoderSession, emit) -> None:
-            stats = session.prefill(session.build_prompt(segments, system))
-            stream_answer(session, stats, max_tokens, sampling, emit, pb.GenerateEvent)
-
-        yield from self.stream_job(job, context, "generate")
+        job = jobs.generate(segments, request.system or None, max_tokens, sampling)
+        yield from self.answer_stream(job, context, "generate", pb.GenerateEvent)
 
     def Prefill(self, request: pb.PrefillRequest, context: grpc.ServicerContext) -> pb.PrefillReply:
         segments = self.call(context, lambda: self.segments_from_parts(list(request.parts)))
-        system = request.system or None
-
-        def job(session: DecoderSession, emit) -> None:
-            stats = session.prefill(session.build_prompt(segments, system, open_turn=True))
-            if request.pin:
-                session.cache.pin(stats.prefix_key)  # first: a pinned entry is kept even over the RAM budget
-            if not session.cache.contains(stats.prefix_key):
-                session.save_snapshot()
-            emit(pb.PrefillReply(prefix_id=stats.prefix_key, prompt_tokens=stats.prompt_tokens,
-                                 cached_tokens=stats.cached_tokens, prefill_ms=stats.prefill_ms,
-                                 cache_restore_ms=stats.restore_ms))
-
-        return self.unary_job(job, context, "prefill")[-1]
+        stats = self.unary_job(jobs.prefill(segments, request.system or None, request.pin), context, "prefill")
+        return pb.PrefillReply(prefix_id=stats.prefix_key, prompt_tokens=stats.prompt_tokens,
+                               cached_tokens=stats.cached_tokens, prefill_ms=stats.prefill_ms,
+                               cache_restore_ms=stats.restore_ms)
 
     def Unpin(self, request: pb.UnpinRequest, context: grpc.ServicerContext) -> pb.UnpinReply:
         assert self.scheduler.cache is not None
@@ -136,8 +116,8 @@ class CoreRpcs(RpcBase):
 
 
     def cache_stats(self) -> pb.CacheStats:
-        assert self.scheduler.cache is not None
         s = self.scheduler
+        assert s.cache is not None
         return pb.CacheStats(**vars(s.cache.stats()), state_base_bytes=s.state_base_bytes,
                              state_bytes_per_token=s.state_bytes_per_token,
                              checkpoint_interval=0 if s.backend is None or s.backend.can_truncate

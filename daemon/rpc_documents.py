@@ -3,8 +3,8 @@
 Work is split by who must do it:
   * the gRPC handler thread reads the PDF (pypdf, no model: the decoder stays free for other clients) and
     writes the store;
-  * decoder jobs count tokens per page (only the backend knows them), warm the prompt cache with the document
-    (ingest) and answer questions.
+  * decoder jobs (daemon/jobs.py) count tokens per page (only the backend knows them), warm the prompt cache
+    with the document (ingest) and answer questions.
 
 Cache layout: an AskDocument prompt is  [template head, system text, user opening, document segments...,
 question, turn close]  with ONE cache point, at the end of the document. Ingest prefills exactly that prefix,
@@ -27,13 +27,14 @@ from typing import Iterator
 import grpc
 from PIL import Image
 
-from omnid.daemon.rpc_base import NotFound, RpcBase, abort, sampling_from, stream_answer
-from omnid.daemon.session import DecoderSession, Prompt
-from omnid.modalities.document_prompt import SYSTEM, choose_pages, layout, page_segments, question_segment
+from omnid.daemon import jobs
+from omnid.daemon.events import Progress
+from omnid.daemon.rpc_base import NotFound, RpcBase, abort, sampling_from
+from omnid.modalities.document_prompt import layout
 from omnid.modalities.document_store import DocumentStore, StoredDocument, StoredPage
 from omnid.modalities.documents import PdfDocument, TooManyPages
 from omnid.modalities.images import image_segment
-from omnid.models.base import ContextOverflow, InputError, Segment, TextSegment
+from omnid.models.base import InputError, Segment, TextSegment
 from omnid.proto import omnid_pb2 as pb
 
 #: Largest PDF taken (bytes): a scanned 500-page book fits; the gRPC message limit is the same.
@@ -121,40 +122,18 @@ class DocumentRpcs(RpcBase):
 
     def _count(self, loaded: _Loaded, context: grpc.ServicerContext, t0: float) -> Iterator[pb.IngestEvent]:
         """Count every page's tokens on the decoder (as the model will see the page) and stamp the model."""
-        vision = self._vision()
-        total_pages = len(loaded.pages)
-
-        def job(session: DecoderSession, emit) -> None:
-            total = 0
-            for i, page in enumerate(loaded.pages, start=1):
-                session.check_cancelled()
-                page.tokens = sum(session.count_tokens(s) for s in page_segments(page, vision))
-                total += page.tokens
-                if i % 10 == 0 or i == total_pages:
-                    emit(_progress("counting", i, total_pages, total, t0))
-
-        yield from self.stream_job(job, context, "count-document")
+        job = jobs.count_pages(loaded.pages, self._vision())
+        yield from self.stream_job(job, context, "count-document", lambda p: _progress_message(p, t0))
         for stored, page in zip(loaded.doc.pages, loaded.pages):
             stored.tokens = page.tokens
         loaded.doc.fingerprint = self.info.fingerprint
 
     def _warm(self, loaded: _Loaded, context: grpc.ServicerContext, t0: float) -> Iterator[pb.IngestEvent]:
         """Prefill the document prefix into the shared prompt cache (so even the first question is warm)."""
-        segments = layout(loaded.pages, self._vision())
-        total = sum(p.tokens for p in loaded.pages)
-        keys: list[str] = []
-
-        def job(session: DecoderSession, emit) -> None:
-            emit(_progress("prefilling", len(loaded.pages), len(loaded.pages), total, t0))
-            prompt = document_prefix(session, segments)
-            stats = session.prefill(prompt)
-            if not session.cache.contains(stats.prefix_key):
-                session.save_snapshot()
-            keys.append(stats.prefix_key)
-
-        yield from self.stream_job(job, context, "warm-document")
-        loaded.doc.prefix_key = keys[0]
-        self.call(context, lambda: self.documents.set_prefix_key(loaded.doc.id, keys[0]))
+        job = jobs.warm_document(loaded.pages, self._vision())
+        key = yield from self.stream_job(job, context, "warm-document", lambda p: _progress_message(p, t0))
+        loaded.doc.prefix_key = key
+        self.call(context, lambda: self.documents.set_prefix_key(loaded.doc.id, key))
 
     # -- AskDocument -----------------------------------------------------------------------------------------
 
@@ -171,36 +150,13 @@ class DocumentRpcs(RpcBase):
         sampling = self.call(context, lambda: sampling_from(request.sampling))
         if loaded.doc.fingerprint != self.info.fingerprint:  # ingested under another model: recount once
             for _ in self._count(loaded, context, time.perf_counter()):
-                pass
+                pass  # progress of a recount is not part of an answer
             self.call(context, lambda: self.documents.update_tokens(
                 loaded.doc.id, loaded.doc.fingerprint, {p.number: p.tokens for p in loaded.doc.pages}))
-        max_tokens = request.max_tokens or self.config.default_max_tokens
-        vision = self._vision()
-        pages = loaded.pages[first - 1:last]
-        whole = (first, last) == (1, loaded.doc.page_count)
-        question = question_segment(request.question.strip())
-
-        def job(session: DecoderSession, emit) -> None:
-            fixed = sum(session.count_tokens(s) for s in session.build_prompt([question], SYSTEM).segments)
-            room = self.info.context_length - fixed - max_tokens
-            budget = room - _margin(room)
-            if sum(p.tokens for p in pages) <= budget:
-                chosen = pages
-                if not whole:
-                    emit(pb.AskDocumentEvent(pages=pb.PagesUsed(
-                        pages=[p.number for p in pages], reason=f"the requested pages {first}-{last}")))
-            else:
-                choice = choose_pages(pages, request.question, budget, whole=whole)
-                if not choice.pages:
-                    raise ContextOverflow(fixed + max_tokens + min(p.tokens for p in pages),
-                                          self.info.context_length)
-                emit(pb.AskDocumentEvent(pages=pb.PagesUsed(pages=choice.pages, reason=choice.reason)))
-                chosen = [p for p in pages if p.number in set(choice.pages)]
-            prompt = document_prefix(session, layout(chosen, vision), question)
-            stats = session.prefill(prompt)
-            stream_answer(session, stats, max_tokens, sampling, emit, pb.AskDocumentEvent)
-
-        yield from self.stream_job(job, context, "ask-document")
+        job = jobs.ask_document(loaded.pages[first - 1:last], request.question, first=first, last=last,
+                                whole=(first, last) == (1, loaded.doc.page_count), vision=self._vision(),
+                                max_tokens=request.max_tokens or self.config.default_max_tokens, sampling=sampling)
+        yield from self.answer_stream(job, context, "ask-document", pb.AskDocumentEvent)
 
     # -- ListDocuments and DocumentRef parts -----------------------------------------------------------------
 
@@ -259,7 +215,8 @@ class DocumentRpcs(RpcBase):
         return _fits(sum(p.tokens for p in loaded.pages), self.info.context_length, self.config.default_max_tokens)
 
     def _cached(self, doc: StoredDocument) -> bool:
-        return bool(doc.prefix_key) and self.scheduler.cache is not None and self.scheduler.cache.contains(doc.prefix_key)
+        cache = self.scheduler.cache
+        return bool(doc.prefix_key) and cache is not None and cache.contains(doc.prefix_key)
 
     def _info(self, doc: StoredDocument, *, ingest_ms: float) -> pb.DocumentInfo:
         vision = self._vision()
@@ -271,19 +228,6 @@ class DocumentRpcs(RpcBase):
             unread_pages=[p.page for p in pages if p.kind == "unread"],
             fits_context=_fits(total, self.info.context_length, self.config.default_max_tokens),
             ingest_ms=ingest_ms, cached=self._cached(doc))
-
-
-def document_prefix(session: DecoderSession, segments: list[Segment], question: TextSegment | None = None) -> Prompt:
-    """The document prompt with one cache point, after the document; without a question, just that prefix.
-
-    The prefix of a question's prompt is exactly the prefix prompt, so what ingest warms is what every
-    question restores.
-    """
-    prefix = session.build_prompt(segments, SYSTEM, open_turn=True)
-    if question is None:
-        return Prompt(prefix.segments, frozenset({len(prefix.segments)}))
-    full = session.build_prompt([*segments, question], SYSTEM)
-    return Prompt(full.segments, frozenset({len(prefix.segments)}))
 
 
 def page_range(first: int, last: int, page_count: int) -> tuple[int, int]:
@@ -298,14 +242,13 @@ def _fits(tokens: int, context_length: int, answer_tokens: int) -> bool:
     return tokens + PROMPT_RESERVE + answer_tokens <= context_length
 
 
-def _margin(room: int) -> int:
-    """Slack for tokenizing joined pages vs. page by page (a token or two may merge at a page boundary)."""
-    return 16 + room // 100
-
-
 def _progress(stage: str, done: int, total: int, tokens: int, t0: float) -> pb.IngestEvent:
-    return pb.IngestEvent(progress=pb.IngestProgress(pages_done=done, pages_total=total, tokens=tokens,
-                                                     elapsed_ms=(time.perf_counter() - t0) * 1000, stage=stage))
+    return _progress_message(Progress(stage, done, total, tokens), t0)
+
+
+def _progress_message(p: Progress, t0: float) -> pb.IngestEvent:
+    return pb.IngestEvent(progress=pb.IngestProgress(pages_done=p.done, pages_total=p.total, tokens=p.tokens,
+                                                     elapsed_ms=(time.perf_counter() - t0) * 1000, stage=p.stage))
 
 
 def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:

@@ -24,14 +24,14 @@ import grpc
 
 from omnid.daemon.config import private_dir
 from omnid.daemon.rpc_base import NotFound, RpcBase, abort, sampling_from
-from omnid.daemon.scheduler import QueueFull
+from omnid.daemon.scheduler import QueueFull, Scheduler
 from omnid.daemon.session import DecoderSession
 from omnid.modalities import meetings
 from omnid.modalities.audio_clips import MAX_CLIP_TOKENS, clip_seconds, cut_stream
 from omnid.modalities.audio_io import AudioStream, pcm_blocks, pcm_from_f32le
 from omnid.modalities.meeting_store import MeetingRow, MeetingStore
 from omnid.modalities.recorder import Recorder, WavSpool, input_devices
-from omnid.models.base import InputError
+from omnid.models.base import InputError, require
 from omnid.proto import omnid_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class MeetingRpcs(RpcBase):
         source = request.audio.WhichOneof("source")
         if request.path and source:
             self.call(context, lambda: _raise(InputError("give either a path or audio, not both")))
-        self.call(context, lambda: self._require_audio())
+        self.call(context, lambda: require(self.info, "audio", "transcribe"))
         settings = self.call(context, lambda: self._settings(request.summary, request.language, None))
         max_clip = self.call(context, lambda: self._clip_seconds(FILE_CLIP_SECONDS))
         if request.path:
@@ -111,13 +111,14 @@ class MeetingRpcs(RpcBase):
 
     def RecordMeeting(self, request: pb.RecordMeetingRequest,
                       context: grpc.ServicerContext) -> Iterator[pb.TranscriptEvent]:
-        self.call(context, lambda: self._require_audio())
+        self.call(context, lambda: require(self.info, "audio", "transcribe"))
         settings = self.call(context, lambda: self._settings(request.summary, "", None))
         max_clip = self.call(context, lambda: self._clip_seconds(LIVE_CLIP_SECONDS))
         with self._live_lock:
-            if self._live is not None:
+            busy = self._live
+            if busy is not None:
                 self.call(context, lambda: _raise(InputError(
-                    f"meeting {self._live.meeting_id} is already being recorded; stop it first", unsupported=True)))
+                    f"meeting {busy.meeting_id} is already being recorded; stop it first", unsupported=True)))
             meeting_id = self.meeting_store.create(request.title or time.strftime("Meeting %Y-%m-%d %H:%M"),
                                                    "", "recording")
             spool = self.audio_dir / f"{meeting_id}.wav"
@@ -205,8 +206,7 @@ class MeetingRpcs(RpcBase):
         """Transcribe clips one decoder job each, storing and streaming each segment, then the final message."""
         t0 = time.perf_counter()
         transcript = meetings.Transcript(settings)
-        queue_ms = [0.0]
-        run = self._runner(context, queue_ms)
+        run = _ClipRunner(self.scheduler, context)
         try:
             for i, segment in enumerate(meetings.transcribe(clips, run, transcript)):
                 self.meeting_store.add_segment(meeting_id, i, segment)
@@ -225,7 +225,7 @@ class MeetingRpcs(RpcBase):
         finally:
             assert self.scheduler.cache is not None
             meetings.finish(self.scheduler.cache, transcript)
-        usage = _usage(transcript.usage, queue_ms[0], (time.perf_counter() - t0) * 1000)
+        usage = _usage(transcript.usage, run.queue_ms, (time.perf_counter() - t0) * 1000)
         self.meeting_store.update(meeting_id, state="done", duration=transcript.end, summary=transcript.summary,
                                   usage_json=json.dumps({f.name: getattr(usage, f.name)
                                                          for f in usage.DESCRIPTOR.fields}))
@@ -233,34 +233,7 @@ class MeetingRpcs(RpcBase):
             meeting_id=meeting_id, segments=[_segment(s) for s in transcript.segments], text=transcript.text,
             summary=transcript.summary, usage=usage, audio_path=audio_path, duration_seconds=transcript.end))
 
-    def _runner(self, context: grpc.ServicerContext, queue_ms: list[float]) -> meetings.RunOnDecoder:
-        """Run a function as its own decoder job; waits (a while) for room in a full queue instead of failing
-        a meeting that is half transcribed."""
-        def run(fn: Callable[[DecoderSession], T]) -> T:
-            deadline = time.monotonic() + QUEUE_FULL_PATIENCE_SECONDS
-            while True:
-                try:
-                    handle = self.scheduler.submit(lambda session, emit: emit(fn(session)), "meeting-clip")
-                    break
-                except QueueFull:
-                    if time.monotonic() > deadline or not context.is_active():
-                        raise
-                    time.sleep(0.2)
-            context.add_callback(handle.cancel)
-            try:
-                result = list(handle.events())[-1]
-            finally:
-                handle.cancel()
-            queue_ms[0] += handle.queue_ms
-            return result
-        return run
-
     # -- helpers ---------------------------------------------------------------------------------------------
-
-    def _require_audio(self) -> None:
-        if "audio" not in self.info.capabilities:
-            raise InputError(f"the model {self.info.name!r} has no audio encoder, so it cannot transcribe",
-                             unsupported=True)
 
     def _settings(self, summary: bool, language: str, sampling: pb.Sampling | None) -> meetings.TranscribeSettings:
         return meetings.TranscribeSettings(summary=summary, language=language,
@@ -284,6 +257,36 @@ class MeetingRpcs(RpcBase):
             raise
         self.meeting_store.update(meeting_id, audio_path=str(path))
         return str(path)
+
+
+class _ClipRunner:
+    """Runs a function as its own decoder job (meetings.RunOnDecoder) and adds up the time the jobs waited.
+
+    A full queue is waited out (for a while) instead of failing a meeting that is half transcribed."""
+
+    def __init__(self, scheduler: Scheduler, context: grpc.ServicerContext) -> None:
+        self._scheduler = scheduler
+        self._context = context
+        #: Time the meeting's jobs waited for the decoder, summed (reported in its Usage).
+        self.queue_ms = 0.0
+
+    def __call__(self, fn: Callable[[DecoderSession], T]) -> T:
+        deadline = time.monotonic() + QUEUE_FULL_PATIENCE_SECONDS
+        while True:
+            try:
+                handle = self._scheduler.submit(lambda session, emit: fn(session), "meeting-clip")
+                break
+            except QueueFull:
+                if time.monotonic() > deadline or not self._context.is_active():
+                    raise
+                time.sleep(0.2)
+        self._context.add_callback(handle.cancel)
+        try:
+            result = handle.result()
+        finally:
+            handle.cancel()
+        self.queue_ms += handle.queue_ms
+        return result
 
 
 def _raise(exc: BaseException) -> None:

@@ -11,28 +11,23 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from typing import Iterator
 
 import grpc
 
+from omnid.daemon import jobs
 from omnid.daemon.config import private_dir
-from omnid.daemon.rpc_base import NotFound, RpcBase, stream_answer
-from omnid.daemon.sampling import SamplingParams
-from omnid.daemon.session import DecoderSession
+from omnid.daemon.rpc_base import NotFound, RpcBase
 from omnid.modalities.screen_capture import ScreenGrabber
 from omnid.modalities.screen_store import Observation, ScreenStore
-from omnid.modalities.screen_watcher import (ONCE_INSTRUCTION, ChangedFrame, ScreenWatcher, WatchSettings,
-                                             frame_job, frame_prompt, prepare_frame)
+from omnid.modalities.screen_watcher import (ONCE_INSTRUCTION, ChangedFrame, Observed, ScreenWatcher,
+                                             WatchSettings, prepare_frame)
 from omnid.modalities.windows import ExclusionRules, WindowLister
-from omnid.models.base import InputError, Segment, TextSegment
+from omnid.models.base import InputError, Segment, require
 from omnid.proto import omnid_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-ASK_SYSTEM = (
-    "You answer the user's questions about what their screen showed, using only the timestamped "
-    "observations given (local time). Say when something is not in the observations.")
 ASK_CANDIDATES = 200
 SUBSCRIBER_QUEUE = 256
 _END = object()
@@ -75,6 +70,7 @@ class ScreenRpcs(RpcBase):
         super().setup()
         self._screen_lock = threading.Lock()
         self._screen_watcher: ScreenWatcher | None = None
+        self._screen_readers: list[threading.Thread] = []
         self._screen_store_: ScreenStore | None = None
         self._screen_events = _Broadcast()
 
@@ -83,6 +79,8 @@ class ScreenRpcs(RpcBase):
             watcher, self._screen_watcher = self._screen_watcher, None
         if watcher is not None:
             watcher.stop()
+        for reader in self._screen_readers:
+            reader.join(5.0)  # its last writes to the history land before the store closes
         self._screen_events.publish(_END)
         if self._screen_store_ is not None:
             self._screen_store_.close()
@@ -99,14 +97,9 @@ class ScreenRpcs(RpcBase):
                                                   self.config.screen_history_bytes)
             return self._screen_store_
 
-    def _require_vision(self) -> None:
-        if "image" not in self.info.capabilities:
-            raise InputError(f"the model {self.info.name!r} has no vision encoder, so it cannot look at the "
-                             "screen (start omnid with a model and its mmproj)", unsupported=True)
-
     def _grab_for_model(self, monitor: int, instruction: str) -> ChangedFrame:
         """One frame now, exclusions applied, sized for the vision encoder."""
-        self._require_vision()
+        require(self.info, "image", "look at the screen")
         with ScreenGrabber(monitor) as grabber:
             frame = grabber.grab()
         lister = WindowLister()
@@ -130,14 +123,21 @@ class ScreenRpcs(RpcBase):
             frames_grabbed=c.frames_grabbed, frames_unchanged=c.frames_unchanged,
             frames_excluded=c.frames_excluded, frames_sent=c.frames_sent, exclusions=w.rules.describe())
 
-    def _observed(self, frame: ChangedFrame, text: str) -> None:
-        obs = self._screen_store.add(frame.time_unix, frame.monitor, frame.app, frame.window, text)
-        self._screen_events.publish(pb.ScreenEvent(observation=_observation(obs)))
-
-    def _watch_stopped(self, reason: str) -> None:
-        if reason != "stopped":
-            log.warning("screen watcher %s", reason)
-        self._screen_events.publish(pb.ScreenEvent(state=self._state()))
+    def _read_watcher(self, watcher: ScreenWatcher) -> None:
+        """A watcher's observations into the history and out to every WatchScreen stream (its own thread)."""
+        for event in watcher.events():
+            if isinstance(event, Observed):
+                frame = event.frame
+                try:
+                    obs = self._screen_store.add(frame.time_unix, frame.monitor, frame.app, frame.window, event.text)
+                except Exception as exc:  # a full disk loses this observation, not the watcher
+                    log.warning("screen history: could not store an observation: %s", exc)
+                    continue
+                self._screen_events.publish(pb.ScreenEvent(observation=_observation(obs)))
+            else:
+                if event.reason != "stopped":
+                    log.warning("screen watcher %s", event.reason)
+                self._screen_events.publish(pb.ScreenEvent(state=self._state()))
 
     # -- parts of Generate -----------------------------------------------------------------------------------
 
@@ -148,7 +148,7 @@ class ScreenRpcs(RpcBase):
 
     def StartScreenWatch(self, request: pb.ScreenWatchRequest, context: grpc.ServicerContext) -> pb.ScreenWatchState:
         def start() -> pb.ScreenWatchState:
-            self._require_vision()
+            require(self.info, "image", "look at the screen")
             if request.change_threshold < 0 or request.change_threshold > 1:
                 raise ValueError("change_threshold is a fraction between 0 and 1")
             settings = WatchSettings(interval=request.interval_seconds or 1.0, monitor=request.monitor,
@@ -157,12 +157,13 @@ class ScreenRpcs(RpcBase):
             rules = ExclusionRules().with_names(request.exclude)
             store = self._screen_store  # open it now: a broken data dir fails the start, not each frame
 
-            def submit(frame: ChangedFrame):
-                return self.scheduler.submit(frame_job(frame, settings.max_tokens), "screen-frame")
-
-            watcher = ScreenWatcher(settings, rules, submit, self._observed, self._watch_stopped)
+            watcher = ScreenWatcher(settings, rules, self.scheduler)
+            reader = threading.Thread(target=self._read_watcher, args=(watcher,), name="omnid-screen-history",
+                                      daemon=True)
             with self._screen_lock:
                 old, self._screen_watcher = self._screen_watcher, watcher
+                self._screen_readers = [r for r in self._screen_readers if r.is_alive()] + [reader]
+            reader.start()
             if old is not None:  # a new start replaces the old settings
                 old.stop()
             watcher.start()
@@ -215,13 +216,8 @@ class ScreenRpcs(RpcBase):
 
     def ScreenOnce(self, request: pb.ScreenOnceRequest, context: grpc.ServicerContext) -> Iterator[pb.GenerateEvent]:
         frame = self.call(context, lambda: self._grab_for_model(request.monitor, request.prompt or ONCE_INSTRUCTION))
-        max_tokens = request.max_tokens or self.config.default_max_tokens
-
-        def job(session: DecoderSession, emit) -> None:
-            stats = session.prefill(frame_prompt(session, frame))
-            stream_answer(session, stats, max_tokens, SamplingParams(), emit, pb.GenerateEvent)
-
-        yield from self.stream_job(job, context, "screen-once")
+        job = jobs.describe_frame(frame, request.max_tokens or self.config.default_max_tokens)
+        yield from self.answer_stream(job, context, "screen-once", pb.GenerateEvent)
 
     def SearchScreen(self, request: pb.SearchScreenRequest, context: grpc.ServicerContext) -> pb.SearchScreenReply:
         found = self.call(context, lambda: self._screen_store.search(
@@ -241,32 +237,12 @@ class ScreenRpcs(RpcBase):
                 raise NotFound("no screen observations in that time range (watch with `omni screen watch`)")
             return sorted(found.values(), key=lambda o: o.time_unix)
         observations = self.call(context, gather)
-        max_tokens = request.max_tokens or self.config.default_max_tokens
-        question = request.question.strip()
-
-        def job(session: DecoderSession, emit) -> None:
-            lines = [_line(o) for o in observations]
-            asked = TextSegment(f"Now: {_clock(time.time())}\nQuestion: {question}")
-            room = session.free_tokens - max_tokens - session.count_tokens(asked) - 256
-            history = TextSegment("Observations:\n" + "\n".join(lines))
-            while len(lines) > 1 and session.count_tokens(history) > room:  # keep the newest that fit
-                lines = lines[max(1, len(lines) // 10):]
-                history = TextSegment("Observations:\n" + "\n".join(lines))
-            stats = session.prefill(session.build_prompt([history, asked], ASK_SYSTEM))
-            stream_answer(session, stats, max_tokens, SamplingParams(), emit, pb.GenerateEvent)
-
-        yield from self.stream_job(job, context, "ask-screen")
+        job = jobs.ask_screen(observations, request.question.strip(),
+                              request.max_tokens or self.config.default_max_tokens)
+        yield from self.answer_stream(job, context, "ask-screen", pb.GenerateEvent)
 
 
 def _observation(o: Observation) -> pb.ScreenObservation:
     return pb.ScreenObservation(time_unix=o.time_unix, monitor=o.monitor, app=o.app, window=o.window,
                                 text=o.text, id=o.id)
 
-
-def _clock(t: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-
-
-def _line(o: Observation) -> str:
-    where = " - ".join(p for p in (o.app, o.window) if p)
-    return f"[{_clock(o.time_unix)}]{' ' + where if where else ''}: {o.text or '(no description)'}"

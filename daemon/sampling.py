@@ -5,29 +5,16 @@ Sampling lives in the daemon, not the backend, so both backends pick tokens the 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
+
+# The settings are defined with the pipelines' view of the decoder (a pipeline sets them; only this module
+# turns them into tokens).
+from omnid.modalities.decoder import SamplingParams
+
+__all__ = ["DEFAULT_SEED", "Sampler", "SamplingParams"]
 
 #: The seed used when a request gives none: answers are reproducible by default.
 DEFAULT_SEED = 0x6F6D6E69
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = 0.0
-    top_p: float = 0.0
-    top_k: int = 0
-    seed: int = 0
-    stop: tuple[str, ...] = field(default_factory=tuple)
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.temperature <= 10.0:
-            raise ValueError(f"temperature must be in [0, 10], got {self.temperature}")
-        if not 0.0 <= self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in [0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
 
 
 class Sampler:

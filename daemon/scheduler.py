@@ -4,8 +4,9 @@ Like Ollama's scheduler, one object owns the model's lifetime: the backend is cr
 worker thread and every call into it happens there (MLX and llama.cpp contexts are not thread-safe), so no two
 requests can interleave tokens and a burst of first requests cannot load the model twice.
 
-A job is a function `job(session, emit)`: it uses the DecoderSession and reports events through `emit`.
-gRPC handlers submit jobs and iterate `JobHandle.events()` in their own threads. The queue is bounded
+A job is a function `job(session, emit) -> result`: it uses the DecoderSession, reports typed events
+(daemon/events.py) through `emit` and returns a typed result. Front ends submit jobs and read
+`JobHandle.events()` / `JobHandle.result()` in their own threads. The queue is bounded
 (QueueFull -> RESOURCE_EXHAUSTED); a cancelled handle stops its job at the next token or segment, and the
 decoder moves on to the next job at once.
 """
@@ -15,8 +16,9 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
+from omnid.daemon.events import TextDelta
 from omnid.daemon.prompt_cache import PromptCache
 from omnid.daemon.sampling import SamplingParams
 from omnid.daemon.session import DEFAULT_CHECKPOINT_INTERVAL, Cancelled, DecoderSession
@@ -26,7 +28,9 @@ from omnid.models.base import Backend, ChatFrame, InputError, TextSegment
 log = logging.getLogger(__name__)
 
 Emit = Callable[[Any], None]
-Job = Callable[[DecoderSession, Emit], None]
+#: A job: `job(session, emit) -> result`. It emits typed events (daemon/events.py) and returns a typed result.
+Job = Callable[[DecoderSession, Emit], Any]
+T = TypeVar("T")
 
 
 #: Words the warm-up evaluates to measure how snapshots grow per token.
@@ -54,19 +58,34 @@ class ShuttingDown(Exception):
 
 
 _END = object()
+#: Text deltas are passed on at most this often (seconds); see JobHandle.emit.
+DELTA_INTERVAL = 0.010
 
 
-class JobHandle:
-    """A submitted job as its submitter sees it: its events, its cancellation, its timing."""
+class JobHandle(Generic[T]):
+    """A submitted job as its submitter sees it: its events, its result, its cancellation, its timing.
 
-    def __init__(self, job: Job, name: str) -> None:
+    This is the one place text deltas are coalesced, in two steps. On the decoder thread, `emit` passes the
+    first delta on at once (time to first token is untouched) and after that at most once per DELTA_INTERVAL:
+    a decoder slower than that (any large model: 15-50 ms a token) still sends every token as it comes, while
+    a faster one does not wake the submitter's thread for each token (on the tiny test models that wake-up
+    cost 15-40% of decode speed, bench/daemon_overhead.py). On the submitter's side, `events` joins the
+    deltas that were waiting into one, so a front end sends one message for them.
+    """
+
+    def __init__(self, job: Job, name: str, delta_interval: float = DELTA_INTERVAL) -> None:
         self.job = job
         self.name = name
         self.enqueued_at = time.perf_counter()
         self.started_at: float | None = None
         self._events: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._cancelled = threading.Event()
+        self._finished = threading.Event()
+        self._result: Any = None
         self._error: BaseException | None = None
+        self._interval = delta_interval
+        self._held: list[str] = []
+        self._last_delta = -delta_interval
 
     @property
     def queue_ms(self) -> float:
@@ -79,34 +98,74 @@ class JobHandle:
     def is_cancelled(self) -> bool:
         return self._cancelled.is_set()
 
+    # -- the decoder's side ----------------------------------------------------------------------------------
+
     def emit(self, event: Any) -> None:
+        """Pass an event on (text deltas held back a little: see the class docstring)."""
+        if isinstance(event, TextDelta):
+            self._held.append(event.text)
+            now = time.perf_counter()
+            if now - self._last_delta < self._interval:
+                return
+            self._last_delta = now
+            self._release_held()
+            return
+        self._release_held()
         self._events.put(event)
 
-    def finish(self, error: BaseException | None = None) -> None:
-        self._error = error
+    def finish(self, result: Any = None, error: BaseException | None = None) -> None:
+        """The job is over: its result, or the error its submitter gets."""
+        self._release_held()
+        self._result, self._error = result, error
+        self._finished.set()
         self._events.put(_END)
 
-    def events(self) -> Iterator[Any]:
-        """Events as the job emits them; re-raises the job's error after the last one."""
-        for batch in self.batches():
-            yield from batch
+    def _release_held(self) -> None:
+        if self._held:
+            self._events.put(TextDelta("".join(self._held)))
+            self._held.clear()
 
-    def batches(self) -> Iterator[list[Any]]:
-        """Like events(), but each item is every event that was waiting: a fast decoder's tokens travel
-        together instead of one message each, and a slow one's still go out one by one, at once."""
+    # -- the submitter's side --------------------------------------------------------------------------------
+
+    def events(self) -> Iterator[Any]:
+        """Events as the job emits them, deltas that were waiting joined into one; re-raises the job's error
+        after the last event."""
         while True:
             batch = [self._events.get()]
-            while not self._events.empty() and batch[-1] is not _END:
+            while batch[-1] is not _END and not self._events.empty():
                 batch.append(self._events.get_nowait())
             done = batch[-1] is _END
             if done:
                 batch.pop()
-            if batch:
-                yield batch
+            yield from _joined(batch)
             if done:
                 break
         if self._error is not None:
             raise self._error
+
+    def result(self, timeout: float | None = None) -> T:
+        """Wait for the job and return what it returned (re-raising its error); events are left unread.
+
+        TimeoutError when it has not finished within `timeout` seconds."""
+        if not self._finished.wait(timeout):
+            raise TimeoutError(f"job {self.name} did not finish within {timeout} s")
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def done(self) -> bool:
+        return self._finished.is_set()
+
+
+def _joined(events: list[Any]) -> list[Any]:
+    """Runs of TextDelta joined into one delta each; every other event as it was, in order."""
+    out: list[Any] = []
+    for event in events:
+        if isinstance(event, TextDelta) and out and isinstance(out[-1], TextDelta):
+            out[-1] = TextDelta(out[-1].text + event.text)
+        else:
+            out.append(event)
+    return out
 
 
 class Scheduler:
@@ -121,6 +180,8 @@ class Scheduler:
         self._thread = threading.Thread(target=self._run, name="omnid-decoder", daemon=True)
         self._loaded = threading.Event()
         self._load_error: BaseException | None = None
+        #: Guards _stopping together with enqueueing, so no job can land behind stop()'s sentinel.
+        self._lock = threading.Lock()
         self._stopping = False
         self._current: JobHandle | None = None
         self.backend: Backend | None = None
@@ -146,14 +207,9 @@ class Scheduler:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Refuse new work, cancel queued and running jobs, free the model."""
-        self._stopping = True
-        while True:
-            try:
-                handle = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if handle is not None:
-                handle.finish(ShuttingDown("the daemon is shutting down"))
+        with self._lock:  # a submit under way finishes enqueueing first, and is drained below
+            self._stopping = True
+        self._finish_left()
         current = self._current
         if current is not None:
             current.cancel()
@@ -164,14 +220,21 @@ class Scheduler:
     # -- work ------------------------------------------------------------------------------------------------
 
     def submit(self, job: Job, name: str = "job") -> JobHandle:
-        if self._stopping:
-            raise ShuttingDown("the daemon is shutting down")
-        handle = JobHandle(job, name)
-        try:
-            self._queue.put_nowait(handle)
-        except queue.Full:
-            raise QueueFull(f"{self.max_queue} requests are already waiting for the decoder; try again later") from None
+        handle: JobHandle = JobHandle(job, name)
+        with self._lock:
+            if self._stopping:
+                raise ShuttingDown("the daemon is shutting down")
+            try:
+                self._queue.put_nowait(handle)
+            except queue.Full:
+                raise QueueFull(f"{self.max_queue} requests are already waiting for the decoder; "
+                                "try again later") from None
         return handle
+
+    def submit_work(self, work: Callable[[DecoderSession], T], name: str = "work") -> JobHandle[T]:
+        """Work that needs the decoder and returns a result, nothing more (a pipeline's DecoderQueue, see
+        modalities/decoder.py)."""
+        return self.submit(lambda session, emit: work(session), name)
 
     @property
     def queue_depth(self) -> int:
@@ -198,9 +261,21 @@ class Scheduler:
                 if handle is None:
                     break
                 self._run_one(handle)
+            self._finish_left()
         finally:
             self.cache.close()  # queued disk snapshots land before the process ends
             self.backend.close()
+
+    def _finish_left(self) -> None:
+        """Everything still queued ends with ShuttingDown (at stop, and after the sentinel): no submitter may
+        wait forever."""
+        while True:
+            try:
+                handle = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if handle is not None:
+                handle.finish(error=ShuttingDown("the daemon is shutting down"))
 
     def _warm_up(self) -> None:
         """Run one tiny request through the whole job path (layout, prefill, sampling, one-token decodes), so
@@ -224,7 +299,10 @@ class Scheduler:
     def _run_one(self, handle: JobHandle) -> None:
         assert self.backend is not None and self.cache is not None
         if handle.is_cancelled():
-            handle.finish(Cancelled())
+            handle.finish(error=Cancelled())
+            return
+        if self._stopping:  # taken from the queue just as stop() began: it would run past the cancellation
+            handle.finish(error=ShuttingDown("the daemon is shutting down"))
             return
         self._current = handle
         handle.started_at = time.perf_counter()
@@ -232,8 +310,9 @@ class Scheduler:
                                  frame=self._frame, live=self._live, tokens=self._tokens,
                                  checkpoint_interval=self.checkpoint_interval)
         error: BaseException | None = None
+        result: Any = None
         try:
-            handle.job(session, handle.emit)
+            result = handle.job(session, handle.emit)
         except Cancelled as exc:
             error = ShuttingDown("the daemon is shutting down") if self._stopping else exc
         except Exception as exc:  # the daemon never dies from one job; the submitter gets the error
@@ -245,4 +324,4 @@ class Scheduler:
                 self.backend.reset()  # a failed or cancelled job may leave a half-evaluated sequence
                 self._live.clear()
             self._current = None
-            handle.finish(error)
+            handle.finish(result, error)

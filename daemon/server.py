@@ -35,7 +35,7 @@ from grpc_reflection.v1alpha import reflection
 
 from omnid.daemon.config import DaemonConfig, cache_dir, private_dir
 from omnid.daemon.interceptors import TokenAuth, UndecodableRequests
-from omnid.daemon.private_paths import UnsafePath, check_private_dir, read_private_token, socket_identity
+from omnid.common.private_paths import UnsafePath, check_private_dir, read_private_token, socket_identity
 from omnid.daemon.prompt_cache import PromptCache
 from omnid.daemon.rpc_core import CoreRpcs
 from omnid.daemon.rpc_screen import ScreenRpcs

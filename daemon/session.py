@@ -16,7 +16,7 @@ from __future__ import annotations
 import bisect
 import codecs
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -24,6 +24,7 @@ import numpy as np
 from omnid.daemon.prompt_cache import EntryKind, PromptCache
 from omnid.daemon.token_chain import ChainHasher, LiveSequence, TokenChain, TokenizerCache, media_code
 from omnid.daemon.sampling import Sampler, SamplingParams
+from omnid.modalities.decoder import Prompt
 from omnid.models.base import Backend, ChatFrame, InputError, ModelInfo, Segment, TextSegment
 
 
@@ -40,19 +41,6 @@ TAIL_CHECKPOINTS = (256, 64, 32)
 
 class Cancelled(Exception):
     """The client went away or cancelled: the job stops and the decoder is free for the next one."""
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """A segment chain plus the boundaries worth snapshotting (numbers of leading segments)."""
-
-    segments: tuple[Segment, ...]
-    cache_points: frozenset[int] = field(default_factory=frozenset)
-
-    def __add__(self, other: "Prompt") -> "Prompt":
-        shift = len(self.segments)
-        return Prompt(self.segments + other.segments,
-                      self.cache_points | {shift + p for p in other.cache_points})
 
 
 @dataclass

@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from omnid.daemon.config import private_dir
+from omnid.common.paths import private_dir
 
 PageKind = Literal["text", "image"]
 

@@ -29,24 +29,18 @@ audio tokens) fits one 32k window; longer ones roll over.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import Callable, Iterable, Iterator
 
-from omnid.daemon.prompt_cache import PromptCache
-from omnid.daemon.sampling import SamplingParams
-from omnid.daemon.session import DecoderSession, GenerationResult, PrefillStats, Prompt
 from omnid.modalities.audio_clips import Clip, merge_overlap, overlap_clip, padded
 from omnid.modalities.audio_io import audio_segment
-from omnid.models.base import AudioSegment, InputError, Segment, TextSegment
+from omnid.modalities.decoder import Decoder, Generated, Prefilled, Prompt, RunOnDecoder, SamplingParams, SnapshotCache
+from omnid.models.base import AudioSegment, InputError, Segment, TextSegment, require
 
 SYSTEM = ("You transcribe meetings. For each audio clip, write exactly what is said in it, verbatim, "
           "continuing the transcript so far. Write only the transcript.")
 INSTRUCTION = "Transcribe this clip."
 SUMMARY_INSTRUCTION = ("Summarise the meeting so far in a few sentences, then list its action items, one per line, "
                        "each with its owner when one was named.")
-
-T = TypeVar("T")
-#: Runs a function on the decoder (in a scheduler job, or directly in tests) and returns its result.
-RunOnDecoder = Callable[[Callable[[DecoderSession], T]], T]
 
 
 @dataclass(frozen=True)
@@ -125,7 +119,7 @@ def transcribe(clips: Iterable[Clip], run: RunOnDecoder, transcript: Transcript)
         raise InputError("the audio has no samples")
 
 
-def transcribe_clip(session: DecoderSession, transcript: Transcript, clip: Clip) -> TranscriptSegment:
+def transcribe_clip(session: Decoder, transcript: Transcript, clip: Clip) -> TranscriptSegment:
     """One clip: put the meeting's chain plus this clip's turn in the sequence, generate its transcript."""
     s = transcript.settings
     turn = _turn(session, clip, s)
@@ -170,7 +164,7 @@ def transcribe_clip(session: DecoderSession, transcript: Transcript, clip: Clip)
     return segment
 
 
-def summarise(session: DecoderSession, transcript: Transcript, on_delta: Callable[[str], None] = lambda _: None) -> str:
+def summarise(session: Decoder, transcript: Transcript, on_delta: Callable[[str], None] = lambda _: None) -> str:
     """The summary with action items: one more turn of the same context, or (after several windows) a prompt
     holding the whole transcript as text, which is far smaller than its audio."""
     s = transcript.settings
@@ -187,7 +181,7 @@ def summarise(session: DecoderSession, transcript: Transcript, on_delta: Callabl
     return transcript.summary
 
 
-def finish(cache: PromptCache, transcript: Transcript) -> None:
+def finish(cache: SnapshotCache, transcript: Transcript) -> None:
     """Forget the meeting's last snapshot: nothing will continue from it (the cache is thread-safe, so this
     needs no decoder job)."""
     _close_window(transcript)
@@ -197,15 +191,14 @@ def finish(cache: PromptCache, transcript: Transcript) -> None:
 # -- helpers ---------------------------------------------------------------------------------------------------
 
 
-def _turn(session: DecoderSession, clip: Clip, s: TranscribeSettings) -> list[Segment]:
+def _turn(session: Decoder, clip: Clip, s: TranscribeSettings) -> list[Segment]:
     """The clip resampled to the encoder's rate (inside the pipeline, never in the backend) and the instruction."""
-    if "audio" not in session.info.capabilities:
-        raise InputError(f"the model {session.info.name} has no audio encoder", unsupported=True)
+    require(session.info, "audio", "transcribe")
     audio: AudioSegment = audio_segment(padded(clip.pcm, clip.rate), clip.rate, session.info.audio_sample_rate)
     return [audio, TextSegment(s.instruction())]
 
 
-def _fits(session: DecoderSession, transcript: Transcript, turn: list[Segment]) -> bool:
+def _fits(session: Decoder, transcript: Transcript, turn: list[Segment]) -> bool:
     """Whether the next clip's turn, its answer and the summary still fit the current window."""
     s = transcript.settings
     need = sum(session.count_tokens(seg) for seg in turn) + session.count_tokens(TextSegment(transcript._answer))
@@ -215,7 +208,7 @@ def _fits(session: DecoderSession, transcript: Transcript, turn: list[Segment]) 
     return transcript._window_tokens + need <= session.info.context_length
 
 
-def _account(transcript: Transcript, stats: PrefillStats, result: GenerationResult) -> None:
+def _account(transcript: Transcript, stats: Prefilled, result: Generated) -> None:
     """Usage so far. Each prefill of a window restores the previous one's end and evaluates the rest, so a
     window's prompt is its last prefill's length and its cached tokens are those that were in the cache before
     the window started (a shared system text): the sum of evaluated tokens says which."""
@@ -260,7 +253,7 @@ def _forget_audio(prompt: Prompt) -> Prompt:
     return Prompt(segments, prompt.cache_points)  # type: ignore[arg-type]
 
 
-def _drop_snapshot(cache: PromptCache, transcript: Transcript) -> None:
+def _drop_snapshot(cache: SnapshotCache, transcript: Transcript) -> None:
     if transcript._last_key:
         cache.drop(transcript._last_key)
         transcript._last_key = ""

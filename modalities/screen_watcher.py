@@ -7,11 +7,14 @@ It runs on its own thread in the daemon. Per tick (default 1 s):
   3. otherwise list the windows and black out excluded ones in the frame itself; drop the frame when they
      cover most of it (privacy is applied before anything else sees the pixels);
   4. compare the masked fingerprint with the last frame sent: near-identical -> done;
-  5. convert once to RGB at the vision encoder's size and hand it to `submit`, which queues a decoder job.
+  5. convert once to RGB at the vision encoder's size and send a `FrameDescription` of it to the decoder
+     (the DecoderQueue the watcher was given: the daemon's scheduler).
 
-The model never runs on this thread. At most one frame is with the model at a time: while it is, changed
-frames are not queued behind it (the decoder is shared with every other client), and the newest change is
-sent as soon as the model is free, because the last-sent fingerprint still differs. Frames are independent
+The model never runs on this thread, and the watcher never calls into its owner: the owner reads
+`events()` (each frame's observation as the model finishes it, then why the watcher stopped). At most one
+frame is with the model at a time: while it is, changed frames are not queued behind it (the decoder is
+shared with every other client), and the newest change is sent as soon as the model is free, because the
+last-sent fingerprint still differs. Frames are independent
 prompts: system text (cached once in the shared prompt cache) + the frame + a rolling instruction that
 carries the previous observation, so the model can say what changed. Nothing is ever written to disk here.
 
@@ -25,10 +28,9 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Iterator
 
-from omnid.daemon.sampling import SamplingParams
-from omnid.daemon.session import DecoderSession, Prompt
+from omnid.modalities.decoder import Decoder, DecoderQueue, Pending, Prompt, SamplingParams
 from omnid.modalities.images import image_segment
 from omnid.modalities.screen_capture import Frame, Rect, ScreenGrabber
 from omnid.modalities.screen_change import ChangeDetector, fingerprint, grid_step, mask_cells
@@ -49,13 +51,6 @@ DEFAULT_MAX_TOKENS = 96
 MAX_CONSECUTIVE_GRAB_FAILURES = 10
 
 
-class Handle(Protocol):
-    """What `submit` returns: the scheduler's JobHandle (events() yields what the job emitted)."""
-
-    def events(self) -> Iterable[Any]: ...
-    def cancel(self) -> None: ...
-
-
 @dataclass
 class ChangedFrame:
     """A frame cleared for the model: already excluded and downscaled."""
@@ -66,6 +61,21 @@ class ChangedFrame:
     app: str
     window: str
     instruction: str
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the model said about a frame the watcher sent."""
+
+    frame: ChangedFrame
+    text: str
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """The watcher's last event: "stopped" when asked to, otherwise why it gave up."""
+
+    reason: str
 
 
 @dataclass
@@ -105,7 +115,7 @@ def rolling_instruction(prompt: str, previous: str) -> str:
     return f"Previous observation: {previous[:PREVIOUS_CHARS]}\n{DEFAULT_INSTRUCTION}"
 
 
-def frame_prompt(session: DecoderSession, frame: ChangedFrame) -> Prompt:
+def frame_prompt(session: Decoder, frame: ChangedFrame) -> Prompt:
     """System text + the frame + its instruction.
 
     The prompt's only cache point is after the system text: that prefix is shared by every frame, while a
@@ -115,13 +125,16 @@ def frame_prompt(session: DecoderSession, frame: ChangedFrame) -> Prompt:
     return replace(prompt, cache_points=frozenset(sorted(prompt.cache_points)[:1]))
 
 
-def frame_job(frame: ChangedFrame, max_tokens: int) -> Callable[[DecoderSession, Callable[[Any], None]], None]:
-    """The decoder job for one watched frame: emits the model's text (one str) when done."""
-    def job(session: DecoderSession, emit: Callable[[Any], None]) -> None:
-        session.prefill(frame_prompt(session, frame))
-        result = session.generate(max_tokens, SamplingParams())
-        emit(result.text.strip())
-    return job
+@dataclass(frozen=True)
+class FrameDescription:
+    """The decoder work for one watched frame: the model's text about it."""
+
+    frame: ChangedFrame
+    max_tokens: int
+
+    def __call__(self, decoder: Decoder) -> str:
+        decoder.prefill(frame_prompt(decoder, self.frame))
+        return decoder.generate(self.max_tokens, SamplingParams()).text.strip()
 
 
 def prepare_frame(frame: Frame, windows: list[WindowInfo], rules: ExclusionRules, max_image_side: int,
@@ -143,25 +156,21 @@ def _changed(frame: Frame, focused: WindowInfo | None, max_side: int, instructio
 
 
 class ScreenWatcher:
-    """One watching loop on its own thread, plus one thread that waits for the model's answers."""
+    """One watching loop on its own thread; the owner reads what comes of it from `events()`."""
 
-    def __init__(self, settings: WatchSettings, rules: ExclusionRules,
-                 submit: Callable[[ChangedFrame], Handle],
-                 on_observation: Callable[[ChangedFrame, str], None],
-                 on_stopped: Callable[[str], None] = lambda reason: None) -> None:
+    def __init__(self, settings: WatchSettings, rules: ExclusionRules, decoder: DecoderQueue) -> None:
         self.settings = settings
         self.rules = rules
-        self._submit = submit
-        self._on_observation = on_observation
-        self._on_stopped = on_stopped
+        self._decoder = decoder
         self.counters = WatchCounters()
         self._detector = ChangeDetector(settings.threshold)
         self._stop = threading.Event()
         self._paused = threading.Event()
         self._model_free = threading.Event()
         self._model_free.set()
-        self._handles: queue.SimpleQueue[tuple[ChangedFrame, Handle] | None] = queue.SimpleQueue()
-        self._inflight: Handle | None = None
+        # Frames with the model (with their pending answers), then one Stopped: what events() reads.
+        self._sent: queue.SimpleQueue[tuple[ChangedFrame, Pending[str]] | Stopped] = queue.SimpleQueue()
+        self._inflight: Pending[str] | None = None
         self._previous_text = ""
         # Open the screen and the window list now, so a missing display fails the start call, not later.
         self._grabber = ScreenGrabber(settings.monitor, settings.region)
@@ -171,8 +180,6 @@ class ScreenWatcher:
             self._grabber.close()
             raise
         self._thread = threading.Thread(target=self._run, name="omnid-screen-watch", daemon=True)
-        self._answers = threading.Thread(target=self._collect, name="omnid-screen-answers", daemon=True)
-        self._answers.start()
 
     # -- control ---------------------------------------------------------------------------------------------
 
@@ -184,14 +191,12 @@ class ScreenWatcher:
         inflight = self._inflight
         if inflight is not None:
             inflight.cancel()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
-        elif not self._thread.is_alive():  # never started (driven by tick()): release the screen here
+        if self._thread.ident is None:  # never started (driven by tick()): release the screen here
             self._grabber.close()
             self._windows.close()
-        self._handles.put(None)
-        if self._answers.is_alive():
-            self._answers.join(timeout)
+            self._sent.put(Stopped("stopped"))
+        elif threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
 
     @property
     def running(self) -> bool:
@@ -237,7 +242,7 @@ class ScreenWatcher:
             self._stop.set()
             self._grabber.close()
             self._windows.close()
-            self._on_stopped(reason)
+            self._sent.put(Stopped(reason))
 
     def tick(self) -> None:
         """One grab and what follows from it (public so tests and the bench can drive it step by step)."""
@@ -268,7 +273,7 @@ class ScreenWatcher:
         changed = _changed(frame, exclusion.focused, self.settings.max_image_side,
                            rolling_instruction(self.settings.prompt, self._previous_text))
         try:
-            handle = self._submit(changed)
+            handle = self._decoder.submit_work(FrameDescription(changed, self.settings.max_tokens), "screen-frame")
         except Exception as exc:  # queue full, shutting down: try again with a later frame
             log.info("screen watcher: frame not sent: %s", exc)
             self._detector.forget_previous()
@@ -277,26 +282,29 @@ class ScreenWatcher:
         self._inflight = handle
         self._detector.mark_sent(masked)
         c.frames_sent += 1
-        self._handles.put((changed, handle))
+        self._sent.put((changed, handle))
 
-    def _collect(self) -> None:
-        """Wait for each frame's answer, hand it on, free the model slot."""
+    def events(self) -> Iterator[Observed | Stopped]:
+        """Each sent frame's observation as the model finishes it, then one Stopped: the watcher's output.
+
+        Its owner reads this on a thread of its own (the watcher never calls into the daemon). The model's
+        slot is free again once this has its answer, so the next changed frame can go out then.
+        """
         while True:
-            item = self._handles.get()
-            if item is None:
+            item = self._sent.get()
+            if isinstance(item, Stopped):
+                yield item
                 return
             frame, handle = item
             try:
-                text = ""
-                for event in handle.events():
-                    if isinstance(event, str):
-                        text = event
-                self._previous_text = text
-                self._on_observation(frame, text)
+                text = handle.result()
             except Exception as exc:
                 self.counters.frames_failed += 1
                 if not self._stop.is_set():
                     log.warning("screen watcher: the model failed on a frame: %s", exc)
+                continue
             finally:
                 self._inflight = None
                 self._model_free.set()
+            self._previous_text = text
+            yield Observed(frame, text)

@@ -15,13 +15,16 @@ attention, sliding-window and recurrent/hybrid decoders alike, where trimming a 
 
 Errors: a backend raises `InputError` (bad media, unsupported modality) or `ContextOverflow` (the sequence
 would not fit) BEFORE touching the C library with anything that could abort it, and leaves the sequence as it
-was before the failing call.
+was before the failing call. The checks every backend needs are written once, below (`require`,
+`check_media`, `check_room`), as is the weights fingerprint (`weights_fingerprint`); each backend passes its
+own limits. tests/test_backend_conformance.py holds every registered backend (models/registry.py) to this.
 """
 from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Literal, Sequence, Union
 
 import numpy as np
@@ -146,7 +149,8 @@ class ModelInfo:
 
     name: str
     path: str
-    backend: Literal["llama.cpp", "mlx"]
+    #: The registered name of the backend serving it (models/registry.py).
+    backend: str
     capabilities: frozenset[Modality]
     context_length: int
     #: Identifies the weights AND the settings that change logits; cache entries from another fingerprint are refused.
@@ -189,6 +193,76 @@ def payload_checksum(data: bytes | memoryview) -> bytes:
     threat is a torn or corrupted file in the user's own 0700 directory, not an adversary.
     """
     return xxhash.xxh3_128_digest(data)
+
+
+# -- the checks every backend makes, once ----------------------------------------------------------------------
+
+#: What users call the encoder of each modality.
+_ENCODER = {"text": "text", "image": "vision", "audio": "audio"}
+
+
+def require(info: ModelInfo, modality: str, purpose: str = "") -> None:
+    """InputError(unsupported) unless the model takes `modality`; `purpose` says what the caller wanted."""
+    if modality not in info.capabilities:
+        have = ", ".join(sorted(info.capabilities))
+        wanted = f", so it cannot {purpose}" if purpose else ""
+        raise InputError(f"the model {info.name!r} has no {_ENCODER.get(modality, modality)} encoder{wanted} "
+                         f"(it takes: {have}; start omnid with an omni model, or its mmproj, for more)",
+                         unsupported=True)
+
+
+def check_media(info: ModelInfo, segment: "ImageSegment | AudioSegment", *, min_image_side: int = 1,
+                min_audio_samples: int = 1, max_audio_seconds: float | None = None) -> None:
+    """The checks before any media reaches an encoder (whose C code may abort on bad input): the model has
+    the encoder, the image is not degenerate, the sound is at the encoder's rate, finite, long enough and
+    (where the encoder has a limit it cannot split at) short enough. The limits are the backend's own."""
+    require(info, segment.kind)
+    if isinstance(segment, ImageSegment):
+        h, w, _ = segment.rgb.shape
+        if min(h, w) < min_image_side:
+            raise InputError(f"a {w}x{h} image is too small to encode (at least {min_image_side} pixels a side)")
+        return
+    if segment.sample_rate != info.audio_sample_rate:
+        raise InputError(f"audio must be sampled at {info.audio_sample_rate} Hz, got {segment.sample_rate}")
+    if len(segment.pcm) < min_audio_samples:
+        raise InputError(f"the audio clip is too short ({segment.seconds:.3f} s < "
+                         f"{min_audio_samples / segment.sample_rate:.3f} s)")
+    if not np.isfinite(segment.pcm).all():
+        raise InputError("the audio contains NaN or infinite samples")
+    if max_audio_seconds is not None and segment.seconds > max_audio_seconds:
+        raise InputError(f"audio clips are limited to {max_audio_seconds:.2f} s by the encoder; "
+                         f"got {segment.seconds:.2f} s")
+
+
+def check_room(n_tokens: int, n_new: int, context_length: int) -> None:
+    """ContextOverflow unless n_new more tokens fit after n_tokens."""
+    if n_tokens + n_new > context_length:
+        raise ContextOverflow(n_tokens + n_new, context_length)
+
+
+#: Bytes read from each end of a weights file for its fingerprint.
+FINGERPRINT_EDGE_BYTES = 1 << 20
+
+
+def weights_fingerprint(person: bytes, files: Sequence[Path], *, head: Sequence[bytes] = (), tail: bytes = b"",
+                        named: bool = False) -> str:
+    """Identify weights cheaply: each file's size (and name, if `named`) and its first and last MiB, after
+    `head` and before `tail` (the backend's versions and logit-affecting settings).
+
+    Hashing whole multi-GB weight files would cost seconds at every start; sizes and edges change whenever
+    the weights do in practice. A snapshot or cache entry made under another fingerprint is refused."""
+    h = hashlib.blake2b(digest_size=16, person=person)
+    for chunk in head:
+        h.update(chunk)
+    for path in files:
+        size = path.stat().st_size
+        h.update((path.name.encode() if named else b"") + size.to_bytes(8, "little"))
+        with path.open("rb") as f:
+            h.update(f.read(FINGERPRINT_EDGE_BYTES))
+            f.seek(max(0, size - FINGERPRINT_EDGE_BYTES))
+            h.update(f.read(FINGERPRINT_EDGE_BYTES))
+    h.update(tail)
+    return h.hexdigest()
 
 
 class Backend(ABC):

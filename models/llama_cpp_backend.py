@@ -15,7 +15,6 @@ Not thread-safe (see Backend): one caller at a time.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import mmap
 import os
 import struct
@@ -29,7 +28,6 @@ from .base import (
     AudioSegment,
     Backend,
     ChatFrame,
-    ContextOverflow,
     ImageSegment,
     InputError,
     ModelInfo,
@@ -37,7 +35,10 @@ from .base import (
     Segment,
     Snapshot,
     TextSegment,
+    check_media,
+    check_room,
     payload_checksum,
+    weights_fingerprint,
 )
 from .chat_frame import completion_frame, fallback_template, frame_from_renderer, jinja_renderer
 
@@ -56,7 +57,6 @@ _SNAPSHOT_MAGIC = b"OMNIDLC4"
 # logits (n_vocab float32), the spans (int64 start, end, end position each) and the state.
 _SNAPSHOT_HEADER = struct.Struct("<8s32sqqqBqq")
 # A payload ends with payload_checksum(everything before it): damage is caught before llama.cpp reads a byte.
-_EDGE_BYTES = 1 << 20
 
 
 def _llama() -> Any:
@@ -176,33 +176,21 @@ def _validate_files(model: Path, mmproj: Path | None) -> tuple[dict[str, Any], d
     text_fields = _read_gguf_fields(model)
     arch = str(text_fields.get("general.architecture", ""))
     if arch == "clip":
-        raise ModelLoadError(f"{model} is a multimodal projector (mmproj) file: pass it as mmproj_path, not as the model")
+        raise ModelLoadError(f"{model} is a multimodal projector (mmproj) file: "
+                             "pass it as mmproj_path, not as the model")
     if not arch:
         raise ModelLoadError(f"{model} has no general.architecture: not a llama.cpp model file")
     if mmproj is None:
         return text_fields, None
     proj_fields = _read_gguf_fields(mmproj)
     if proj_fields.get("general.architecture") != "clip":
-        raise ModelLoadError(f"{mmproj} is a text model ({proj_fields.get('general.architecture')}), not an mmproj file")
+        raise ModelLoadError(f"{mmproj} is a text model ({proj_fields.get('general.architecture')}), "
+                             "not an mmproj file")
     n_embd = text_fields.get(f"{arch}.embedding_length")
     width = _projector_width(proj_fields)
     if n_embd is not None and width is not None and int(n_embd) != width:
         raise ModelLoadError(f"{mmproj} projects to width {width} but {model} has n_embd {int(n_embd)}: not a pair")
     return text_fields, proj_fields
-
-
-def _fingerprint(paths: list[Path], settings: str) -> str:
-    """Identify the weights (sizes + first and last MiB of each file) and the logit-affecting settings."""
-    h = hashlib.blake2b(digest_size=16, person=b"omnid-llamacpp")
-    for path in paths:
-        size = path.stat().st_size
-        h.update(size.to_bytes(8, "little"))
-        with path.open("rb") as f:
-            h.update(f.read(_EDGE_BYTES))
-            f.seek(max(0, size - _EDGE_BYTES))
-            h.update(f.read(_EDGE_BYTES))
-    h.update(settings.encode())
-    return h.hexdigest()
 
 
 def _physical_cores() -> int:
@@ -343,14 +331,16 @@ class LlamaCppBackend(Backend):
         image_size = int(proj_fields.get("clip.vision.image_size", 0))
         max_side = image_size if vision and v_type in _FIXED_SIZE_VISION and image_size > 0 else 1024
         settings = f"flash_attn={flash_attn};gpu={gpu};n_batch={self._n_batch}"
-        note = f"llama.cpp {self._arch}" + (f"; vision {v_type}" if vision else "") + (f"; audio {a_type}" if audio else "")
+        note = (f"llama.cpp {self._arch}" + (f"; vision {v_type}" if vision else "")
+                + (f"; audio {a_type}" if audio else ""))
         return ModelInfo(
             name=str(text_fields.get("general.name") or model.stem),
             path=str(model),
             backend="llama.cpp",
             capabilities=frozenset(caps),  # type: ignore[arg-type]
             context_length=self._n_ctx,
-            fingerprint=_fingerprint([model] + ([mmproj] if mmproj else []), settings),
+            fingerprint=weights_fingerprint(b"omnid-llamacpp", [model] + ([mmproj] if mmproj else []),
+                                            tail=settings.encode()),
             mmproj_path=str(mmproj or ""),
             audio_sample_rate=rate,
             max_audio_clip_seconds=30.0 if a_type in _WHISPER_STYLE_AUDIO else None,
@@ -532,8 +522,7 @@ class LlamaCppBackend(Backend):
     # ---- text
 
     def _check_room(self, n_new: int) -> None:
-        if self._n_tokens + n_new > self._n_ctx:
-            raise ContextOverflow(self._n_tokens + n_new, self._n_ctx)
+        check_room(self._n_tokens, n_new, self._n_ctx)
 
     def _check_token(self, token: int) -> None:
         if not 0 <= token < self._n_vocab:
@@ -592,20 +581,7 @@ class LlamaCppBackend(Backend):
         return chunks
 
     def _check_media(self, segment: ImageSegment | AudioSegment) -> None:
-        modality = segment.kind
-        if modality not in self.info.capabilities:
-            raise InputError(f"this model has no {modality} encoder", unsupported=True)
-        if isinstance(segment, ImageSegment):
-            h, w, _ = segment.rgb.shape
-            if h == 0 or w == 0:
-                raise InputError(f"the image is empty ({w}x{h})")
-            return
-        if segment.sample_rate != self.info.audio_sample_rate:
-            raise InputError(f"audio must be sampled at {self.info.audio_sample_rate} Hz, got {segment.sample_rate}")
-        if segment.seconds < MIN_AUDIO_SECONDS:
-            raise InputError(f"the audio clip is too short ({segment.seconds:.3f} s < {MIN_AUDIO_SECONDS} s)")
-        if not np.isfinite(segment.pcm).all():
-            raise InputError("the audio contains NaN or infinite samples")
+        check_media(self.info, segment, min_audio_samples=round(MIN_AUDIO_SECONDS * self.info.audio_sample_rate))
 
     def _tokenize_media(self, segment: ImageSegment | AudioSegment) -> _MediaChunks:
         """mtmd_tokenize one already-checked media segment (the text is just the media marker)."""

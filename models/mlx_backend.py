@@ -12,7 +12,6 @@ mlx and mlx-vlm are imported lazily so the rest of omnid works without the [mlx]
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -29,7 +28,6 @@ from .base import (
     AudioSegment,
     Backend,
     ChatFrame,
-    ContextOverflow,
     ImageSegment,
     InputError,
     Modality,
@@ -38,15 +36,18 @@ from .base import (
     Segment,
     Snapshot,
     TextSegment,
+    check_media,
+    check_room,
     payload_checksum,
+    weights_fingerprint,
 )
+from .registry import looks_like_hub_id
 
 _log = logging.getLogger(__name__)
 _INSTALL_HINT = "install with: pip install 'omnid[mlx]'"
 # Tokens per forward pass of a long prefill: bounds peak memory and sets how often should_stop is polled.
 _PREFILL_BATCH = 512
 _SNAPSHOT_MAGIC = b"OMNIDMLX\x02"
-_MIB = 1 << 20
 # Smallest image side the vision processor resizes sensibly; below it the "image" carries no content.
 _MIN_IMAGE_SIDE = 2
 
@@ -61,28 +62,11 @@ def _import_mlx() -> tuple[Any, Any]:
     return mx, mlx_vlm
 
 
-def _looks_like_hub_id(model: str) -> bool:
-    """'owner/name' goes through mlx-vlm's hub download; anything path-like is a local folder that must exist."""
-    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", model) is not None and not model.startswith(".")
-
-
 def _fingerprint(folder: Path, extra: str) -> str:
-    """Identify the weights cheaply: config.json, plus size and first/last MiB of every weight file.
-
-    Hashing whole multi-GB weight files would cost seconds at every start; the edges and sizes change whenever
-    the weights do in practice. `extra` carries versions that change the numerics of cached states.
-    """
-    h = hashlib.blake2b(digest_size=16, person=b"omnid-mlx-fp")
-    h.update(extra.encode())
-    h.update((folder / "config.json").read_bytes())
-    for weights in sorted(folder.glob("*.safetensors")):
-        size = weights.stat().st_size
-        h.update(weights.name.encode() + size.to_bytes(8, "little"))
-        with weights.open("rb") as f:
-            h.update(f.read(_MIB))
-            f.seek(max(0, size - _MIB))
-            h.update(f.read(_MIB))
-    return h.hexdigest()
+    """config.json and every weight file (see weights_fingerprint); `extra` carries versions that change the
+    numerics of cached states."""
+    return weights_fingerprint(b"omnid-mlx-fp", sorted(folder.glob("*.safetensors")),
+                               head=(extra.encode(), (folder / "config.json").read_bytes()), named=True)
 
 
 def _eos_ids(folder: Path, config: dict, tokenizer: Any) -> frozenset[int]:
@@ -171,7 +155,7 @@ class MlxBackend(Backend):
             if not (path / "config.json").exists():
                 raise ModelLoadError(f"{path} is not an mlx-vlm model folder (no config.json)")
             return path
-        if path.exists() or not _looks_like_hub_id(model):
+        if path.exists() or not looks_like_hub_id(model):
             raise ModelLoadError(f"model folder {path} does not exist")
         try:
             return Path(get_model_path(model))
@@ -277,8 +261,7 @@ class MlxBackend(Backend):
         return np.array(self._last_logits.astype(self._mx.float32), copy=True)
 
     def _check_fits(self, n_new: int) -> None:
-        if self._n + n_new > self.info.context_length:
-            raise ContextOverflow(self._n + n_new, self.info.context_length)
+        check_room(self._n, n_new, self.info.context_length)
 
     def _forward(self, input_ids: Any, embeddings: Any, should_stop: Callable[[], bool] | None) -> None:
         """Run the decoder over the embeddings in batches, growing the cache and keeping the last logits."""
@@ -304,32 +287,18 @@ class MlxBackend(Backend):
             return self._prepare_audio(segment)
         raise InputError(f"unknown segment type {type(segment).__name__}")
 
-    def _require(self, modality: Modality) -> None:
-        if modality not in self.info.capabilities:
-            raise InputError(f"{self.info.name} has no {modality} encoder", unsupported=True)
-
     def _prepare_image(self, segment: ImageSegment) -> _Prepared:
         from PIL import Image
 
-        self._require("image")
-        height, width, _ = segment.rgb.shape
-        if min(height, width) < _MIN_IMAGE_SIDE:
-            raise InputError(f"a {width}x{height} image is too small to encode")
+        check_media(self.info, segment, min_image_side=_MIN_IMAGE_SIDE)
         inputs = self._processor(text=[self._processor.image_token], images=[Image.fromarray(segment.rgb)],
                                  add_special_tokens=False)
         return _Prepared(inputs["input_ids"].astype(self._mx.int32), {"pixel_values": inputs["pixel_values"]})
 
     def _prepare_audio(self, segment: AudioSegment) -> _Prepared:
-        self._require("audio")
-        if segment.sample_rate != self.info.audio_sample_rate:
-            raise InputError(f"audio at {segment.sample_rate} Hz; this model takes {self.info.audio_sample_rate} Hz")
-        if len(segment.pcm) < self._sound_config.win_length:
-            raise InputError(f"an audio clip of {len(segment.pcm)} samples is too short to encode")
-        if not np.isfinite(segment.pcm).all():
-            raise InputError("audio samples must be finite")
-        limit = self.info.max_audio_clip_seconds
-        if limit is not None and segment.seconds > limit:
-            raise InputError(f"audio clips are limited to {limit:.2f} s by the encoder; got {segment.seconds:.2f} s")
+        # The encoder takes at least one window, and rejects clips over its position limit (it cannot split).
+        check_media(self.info, segment, min_audio_samples=self._sound_config.win_length if self._sound_config else 1,
+                    max_audio_seconds=self.info.max_audio_clip_seconds)
         inputs = self._processor(text=[self._processor.audio_token], audio=[segment.pcm], add_special_tokens=False)
         return _Prepared(inputs["input_ids"].astype(self._mx.int32), {"sound_clips": inputs["sound_clips"]})
 

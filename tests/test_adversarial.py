@@ -615,7 +615,7 @@ EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n"
 def test_images_eps_never_reaches_ghostscript(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pillow opened any format it knows; EPS goes to Ghostscript. Only the proto's formats are tried now."""
     calls: list[object] = []
-    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", 
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript",
                         lambda *a, **k: calls.append(a) or Image.new("RGB", (10, 10)).im)
     monkeypatch.setattr(EpsImagePlugin, "has_ghostscript", lambda: True)
     from omnid.models.base import InputError

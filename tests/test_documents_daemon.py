@@ -88,7 +88,8 @@ def test_a_fitting_document_is_warm_for_its_first_question(daemon, pdfs) -> None
         _, again = _ask(second, info.document_id, "What is on page 2?")
     assert not [e for e in events if e.WhichOneof("event") == "pages"]  # the whole document was used
     u = final.usage
-    assert u.prompt_tokens > info.total_tokens and u.prompt_tokens - u.cached_tokens < 80  # only the question and the turn close
+    # Only the question and the turn's close were evaluated.
+    assert u.prompt_tokens > info.total_tokens and u.prompt_tokens - u.cached_tokens < 80
     # the whole document again, and token by token as much of the question as the two share ("Question: W...")
     assert u.cached_tokens <= again.usage.cached_tokens < again.usage.prompt_tokens
     with daemon.client() as third:  # ingesting the same bytes again is free: same id, already warm
@@ -155,13 +156,20 @@ def test_questions_with_bad_references(client, pdfs) -> None:
         assert caught.value.code() == code, caught.value.details()
 
 
-def test_scans_are_reported_unread_without_a_vision_encoder(start_daemon, pdfs) -> None:
+def test_scans_are_reported_unread_without_a_vision_encoder(start_daemon, client, pdfs) -> None:
     blind = start_daemon(mmproj="")
     with blind.client() as c:
         info, _ = _ingest(c, pdfs["short"])
-        _, final = _ask(c, info.document_id, "What does the scan on page 10 show?")
+        events, final = _ask(c, info.document_id, "What does the scan on page 10 show?")
     assert list(info.unread_pages) == [10] and info.pages[9].kind == "unread"
-    assert final.usage.prompt_tokens > 0
+    # The question was answered from the whole document (every page's counted tokens are in the prompt)...
+    assert not [e for e in events if e.WhichOneof("event") == "pages"]
+    assert final.usage.prompt_tokens > info.total_tokens
+    # ...in which the scan is only its marker: a model that sees it spends its image tokens on it.
+    seeing, _ = _ingest(client, pdfs["short"])
+    assert seeing.pages[9].kind == "image" and seeing.pages[9].tokens > info.pages[9].tokens + 10
+    assert [p.tokens for i, p in enumerate(seeing.pages) if i != 9] == \
+        [p.tokens for i, p in enumerate(info.pages) if i != 9]
 
 
 def test_documents_and_their_warm_prefix_survive_a_restart(start_daemon, tmp_path_factory, pdfs) -> None:

@@ -46,14 +46,27 @@ def test_record_a_meeting_live_with_pause_resume_and_stop(mic: PulseMic, start_d
         player = mic.play(speech)
         stream = client.record_meeting(title="live test", summary=True, device="pulse")
         controller = daemon.client()
-        timeline = []
+        timeline: list[str] = []
+        growth: list[float] = []
+
+        def recorded() -> float:
+            return controller.control_meeting("status").recorded_seconds
+
+        def wait_recorded(seconds: float) -> None:
+            """Wait on the recorder's own count of audio heard, not on the wall clock."""
+            deadline = time.monotonic() + 120
+            while recorded() < seconds:
+                assert time.monotonic() < deadline, f"the recorder never reached {seconds} s"
+                threading.Event().wait(0.05)
 
         def control() -> None:
-            time.sleep(6)
+            wait_recorded(6.0)
             timeline.append(controller.control_meeting("pause").state)
-            time.sleep(2)
+            held = recorded()
+            threading.Event().wait(2.0)  # a pause long enough that recording through it would show
+            growth.append(recorded() - held)
             timeline.append(controller.control_meeting("resume").state)
-            time.sleep(12)
+            wait_recorded(17.0)
             timeline.append(controller.control_meeting("stop").state)
 
         thread = threading.Thread(target=control)
@@ -70,9 +83,10 @@ def test_record_a_meeting_live_with_pause_resume_and_stop(mic: PulseMic, start_d
         player.kill()
         assert timeline == ["paused", "recording", "stopped"]
         assert final is not None and final.meeting_id
-        # ~20 s wall clock minus the 2 s pause: 16..19.5 s recorded and transcribed.
+        assert growth[0] < 0.5  # nothing recorded while paused (at most the block in flight)
+        # Stopped once 17 s were heard: 17 s recorded and transcribed, plus at most the blocks in flight.
         spooled = soundfile.info(final.audio_path)
-        assert 15.0 < spooled.duration < 19.5
+        assert 17.0 <= spooled.duration < 19.0
         assert final.duration_seconds == pytest.approx(spooled.duration, abs=0.2)
         assert len(segments) >= 2 and segments[0].start_seconds == 0.0     # 15 s live clips
         for a, b in zip(segments, segments[1:]):

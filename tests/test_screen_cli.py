@@ -7,8 +7,30 @@ import pytest
 
 from omnid.clients.cli import build_parser
 from omnid.clients.cli_screen import ASK_WINDOW_SECONDS, parse_when, window_from_question
+from omnid.proto import omnid_pb2 as pb
 
 NOW = dt.datetime(2026, 5, 4, 15, 30)
+
+
+class _RecordingScreenClient:
+    """Stands in for OmniClient in a command's dispatch only: records which screen call the command made."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def __enter__(self) -> "_RecordingScreenClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def stop_screen_watch(self) -> pb.ScreenWatchState:
+        self.calls.append("stop")
+        return pb.ScreenWatchState()
+
+    def control_screen_watch(self, action: str) -> pb.ScreenWatchState:
+        self.calls.append(action)
+        return pb.ScreenWatchState(watching=True, paused=action == "pause")
 
 
 def test_a_time_of_day_in_the_question_becomes_a_window():
@@ -36,6 +58,9 @@ def test_screen_commands_parse():
     args = parser.parse_args(["screen", "watch", "--interval", "2", "--monitor", "0", "--exclude", "slack"])
     assert (args.interval, args.monitor, args.exclude, args.detach) == (2.0, 0, ["slack"], False)
     for action in ("pause", "resume", "status", "stop"):
-        assert parser.parse_args(["screen", action]).handler is not None
+        args = parser.parse_args(["screen", action])
+        client = _RecordingScreenClient()
+        assert args.handler(args, lambda: client) == 0
+        assert client.calls == [action]  # each command asks the daemon for its own action
     assert parser.parse_args(["screen", "once", "--json"]).json
     assert parser.parse_args(["screen", "search", "invoice", "--limit", "5"]).text == "invoice"

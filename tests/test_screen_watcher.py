@@ -1,13 +1,14 @@
 """The screen pipeline on a real X screen (Xvfb + Tk windows), without the model.
 
-The model's place is taken by a FAKE sink that records the frames it is given and answers at once: these
-tests are about which frames reach the model and what pixels they carry. The real model path is in
+The model's place is taken by a FAKE decoder queue that records the frames it is given and answers at once:
+these tests are about which frames reach the model and what pixels they carry. The real model path is in
 test_screen_rpc.py.
 """
 from __future__ import annotations
 
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ import pytest
 from screen_x11 import TkWindow, Xvfb, xvfb_missing
 
 from omnid.modalities.screen_capture import ScreenGrabber, ScreenUnavailable
-from omnid.modalities.screen_watcher import ChangedFrame, ScreenWatcher, WatchSettings, prepare_frame
+from omnid.modalities.screen_watcher import (ChangedFrame, FrameDescription, Observed, ScreenWatcher, Stopped,
+                                             WatchSettings, prepare_frame)
 from omnid.modalities.windows import ExclusionRules, WindowLister
 
 pytestmark = pytest.mark.skipif(xvfb_missing() is not None, reason=xvfb_missing() or "")
@@ -45,43 +47,47 @@ def display(xvfb, monkeypatch):
         w.close()
 
 
-class FakeModelSink:
-    """FAKE model: records every frame submitted and answers with a fixed text immediately."""
+class _Answered:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def result(self) -> str:
+        return self.text
+
+    def cancel(self) -> None:
+        pass
+
+
+class FakeDecoderQueueForWatcherTests:
+    """FAKE model (a DecoderQueue): records every frame submitted and answers with a fixed text at once."""
 
     def __init__(self) -> None:
         self.frames: list[ChangedFrame] = []
-        self.observations: list[tuple[ChangedFrame, str]] = []
-        self.answered = threading.Event()
 
-    def submit(self, frame: ChangedFrame):
-        self.frames.append(frame)
-        sink = self
-
-        class Handle:
-            def events(self):
-                yield f"fake observation {len(sink.frames)}"
-
-            def cancel(self):
-                pass
-        return Handle()
-
-    def on_observation(self, frame: ChangedFrame, text: str) -> None:
-        self.observations.append((frame, text))
-        self.answered.set()
+    def submit_work(self, work: FrameDescription, name: str) -> _Answered:
+        self.frames.append(work.frame)
+        return _Answered(f"fake observation {len(self.frames)}")
 
 
-def make_watcher(sink: FakeModelSink, **settings) -> ScreenWatcher:
-    return ScreenWatcher(WatchSettings(**settings), ExclusionRules(), sink.submit, sink.on_observation)
+def make_watcher(sink: FakeDecoderQueueForWatcherTests, **settings) -> ScreenWatcher:
+    return ScreenWatcher(WatchSettings(**settings), ExclusionRules(), sink)
 
 
-def tick(watcher: ScreenWatcher, sink: FakeModelSink) -> None:
-    """One synchronous tick, then wait for the fake model's answer so the slot is free again."""
+def tick(watcher: ScreenWatcher, sink: FakeDecoderQueueForWatcherTests) -> None:
+    """One synchronous tick; a frame sent is read back from events() at once, which frees the model's slot."""
     sent = watcher.counters.frames_sent
     watcher.tick()
     if watcher.counters.frames_sent > sent:
-        assert sink.answered.wait(5)
-        sink.answered.clear()
-        watcher._model_free.wait(5)
+        event = next(_events(watcher))
+        assert isinstance(event, Observed) and event.frame is sink.frames[-1]
+        assert event.text == f"fake observation {len(sink.frames)}"
+
+
+def _events(watcher: ScreenWatcher):
+    """One events() reader per watcher, kept on it."""
+    if not hasattr(watcher, "_test_events"):
+        watcher._test_events = watcher.events()  # type: ignore[attr-defined]
+    return watcher._test_events  # type: ignore[attr-defined]
 
 
 def has_color(frame: ChangedFrame, rgb: tuple[int, int, int], tolerance: int = 40) -> bool:
@@ -92,7 +98,7 @@ def has_color(frame: ChangedFrame, rgb: tuple[int, int, int], tolerance: int = 4
 
 def test_unchanged_frames_do_not_reach_the_model_and_changed_ones_do(display):
     win = display("Notes", "500x300+100+100", "#2040c0")
-    sink = FakeModelSink()
+    sink = FakeDecoderQueueForWatcherTests()
     watcher = make_watcher(sink, monitor=1, max_image_side=512)
     try:
         tick(watcher, sink)                      # the first frame is always news
@@ -114,7 +120,7 @@ def test_unchanged_frames_do_not_reach_the_model_and_changed_ones_do(display):
 
 def test_a_tiny_change_is_near_identical_and_skipped(display):
     win = display("Doc", "400x200+50+50", "white")
-    sink = FakeModelSink()
+    sink = FakeDecoderQueueForWatcherTests()
     watcher = make_watcher(sink, monitor=1, threshold=0.05)
     try:
         tick(watcher, sink)
@@ -129,7 +135,7 @@ def test_private_windows_are_blacked_out_even_unfocused_and_never_trigger_a_fram
     private = display("Bank - Chromium (Incognito)", "300x200+700+100", "#ff00ff")
     other = display("Editor", "400x300+100+300", "#2040c0")
     other.focus()                                # the private window is not focused
-    sink = FakeModelSink()
+    sink = FakeDecoderQueueForWatcherTests()
     watcher = make_watcher(sink, monitor=1, max_image_side=1280)
     try:
         tick(watcher, sink)
@@ -151,7 +157,7 @@ def test_private_windows_are_blacked_out_even_unfocused_and_never_trigger_a_fram
 
 def test_excluded_app_names_and_frames_mostly_excluded_are_dropped(display):
     display("vault", "1280x720+0+0", "#ff00ff", wm_class="KeePassXC")
-    sink = FakeModelSink()
+    sink = FakeDecoderQueueForWatcherTests()
     watcher = make_watcher(sink, monitor=1)
     try:
         tick(watcher, sink)
@@ -184,24 +190,39 @@ def test_region_and_monitor_errors(display):
         g.close()
 
 
-def test_the_thread_loop_pauses_and_counts_cpu(display):
+def wait_until(condition, timeout: float = 10.0) -> bool:
+    """Poll a condition until it holds (a deadline for a busy machine, not a speed claim)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        threading.Event().wait(0.01)
+    return True
+
+
+def test_the_thread_loop_pauses_resumes_counts_cpu_and_ends_its_events_with_stopped(display):
     display("Clock", "300x200+0+0", "white")
-    sink = FakeModelSink()
+    sink = FakeDecoderQueueForWatcherTests()
     watcher = make_watcher(sink, monitor=1, interval=0.05)
+    events: list = []
+    reader = threading.Thread(target=lambda: events.extend(watcher.events()))
     watcher.start()
+    reader.start()
     try:
-        assert sink.answered.wait(5)
+        assert wait_until(lambda: any(isinstance(e, Observed) for e in events))
         watcher.pause()
-        grabbed = watcher.counters.frames_grabbed
-        threading.Event().wait(0.3)
-        assert watcher.counters.frames_grabbed <= grabbed + 1   # at most the tick already under way
+        paused_at = watcher.counters.frames_grabbed
+        threading.Event().wait(5 * watcher.settings.interval)  # five periods in which ticks would have run
+        assert watcher.counters.frames_grabbed <= paused_at + 1  # at most the tick already under way
         watcher.resume()
-        threading.Event().wait(0.3)
-        assert watcher.counters.frames_grabbed > grabbed + 1
+        assert wait_until(lambda: watcher.counters.frames_grabbed > paused_at + 2)
         assert watcher.counters.cpu_seconds > 0
     finally:
         watcher.stop()
-    assert not watcher.running
+        reader.join(10)
+    assert not watcher.running and not reader.is_alive()
+    assert events[-1] == Stopped("stopped")
+    assert [e.frame for e in events if isinstance(e, Observed)] == sink.frames
 
 
 def test_no_display_is_a_clear_error(monkeypatch):

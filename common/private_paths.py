@@ -8,7 +8,7 @@ prompts; or he can rename our socket away and put his in its place. So before li
     such as /tmp is fine, since there others cannot rename or remove our files;
   * an existing socket must be a socket, belong to this user and not be writable (connectable) by others.
 
-Folders are created 0700 by config.private_dir; a folder that already exists is someone's choice and is
+Folders are created 0700 by paths.private_dir; a folder that already exists is someone's choice and is
 checked here, never changed.
 """
 from __future__ import annotations

@@ -1,0 +1,60 @@
+"""What a decoder job tells its submitter: typed events while it runs, a typed result when it is done.
+
+Jobs know nothing about gRPC: they emit these plain dataclasses (on the decoder thread) and return one as
+their result, and each front end turns them into its own messages (daemon/rpc_*.py into protobufs; an HTTP
+front end could turn the very same events into JSON). Why here and not in the proto: a job then runs the
+same whatever front end submitted it, and the decoder thread never builds a message.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """A piece of the answer, in whole characters. Consecutive deltas may arrive joined (JobHandle.events)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What an answer cost (the proto's Usage, field for field)."""
+
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    generated_tokens: int = 0
+    time_to_first_token_ms: float = 0.0
+    decode_tokens_per_second: float = 0.0
+    queue_ms: float = 0.0
+    prefill_ms: float = 0.0
+    total_ms: float = 0.0
+    #: Of prefill_ms, the time the cache took to bring the reused prefix back.
+    cache_restore_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Done:
+    """A whole answer: the result of every generating job (its deltas went out before it)."""
+
+    text: str
+    usage: Usage
+    stop_reason: str  # "eos", "max_tokens", "stop", "context_full"
+
+
+@dataclass(frozen=True)
+class PagesUsed:
+    """Which pages of a document a question was answered from, and why those."""
+
+    pages: tuple[int, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a long job is: `done` of `total` units (pages) at `stage`, with the tokens counted so far."""
+
+    stage: str
+    done: int
+    total: int
+    tokens: int = 0

@@ -1,0 +1,342 @@
+"""The backend contract (models/base.py), held against every registered backend on its tiny real model.
+
+A new backend passes this suite before the daemon may use it: add its module, its line in
+models/registry.py, and its entry in FIXTURES below (how to build a small model of it here). Every test
+runs on every backend that is installed on this machine (mlx is skipped where mlx-vlm is missing).
+
+Random weights: assertions compare logits and token counts, never text.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from omnid.models.base import (AudioSegment, Backend, ContextOverflow, ImageSegment, InputError, Segment,
+                               TextSegment)
+from omnid.models.registry import backend_names
+
+CONTEXT = 2048
+A = TextSegment("Once upon a time, in a small town by the sea, there lived")
+B = TextSegment(" an old sailor who told stories")
+C = TextSegment(" nothing at all, and the story ends here.")
+OTHER = TextSegment("A completely different sequence of words that fills the context with something else. " * 3)
+
+
+@dataclass
+class Models:
+    """A backend on its tiny model with image and audio, and one on a model that lacks audio."""
+
+    full: Backend
+    without_audio: Backend
+
+
+def _llama_cpp(decoder: str) -> Callable[[Callable[[str], Path]], Models]:
+    def load(tmp: Callable[[str], Path]) -> Models:
+        pytest.importorskip("llama_cpp")
+        from omnid.models.gguf_test_model import write_test_model
+        from omnid.models.llama_cpp_backend import LlamaCppBackend
+        paths = write_test_model(tmp("gguf"), decoder=decoder)
+        return Models(LlamaCppBackend(paths.text, paths.mmproj, n_ctx=CONTEXT, n_threads=1),
+                      LlamaCppBackend(paths.text, None, n_ctx=CONTEXT, n_threads=1))
+    return load
+
+
+def _mlx(tmp: Callable[[str], Path]) -> Models:
+    pytest.importorskip("mlx_vlm")
+    from omnid.models.mlx_backend import MlxBackend
+    from omnid.models.mlx_test_model import write_mlx_test_model
+    return Models(MlxBackend(write_mlx_test_model(tmp("mlx")), n_ctx=CONTEXT),
+                  MlxBackend(write_mlx_test_model(tmp("mlx-no-audio"), with_audio=False), n_ctx=CONTEXT))
+
+
+#: (registered backend name, model variant) -> how to load it on a tiny model written here. llama.cpp runs
+#: on both test decoders: the hybrid one like the target (never cut back) and an attention-only one (cut back).
+FIXTURES: dict[tuple[str, str], Callable[[Callable[[str], Path]], Models]] = {
+    ("llama.cpp", "hybrid"): _llama_cpp("nemotron_h_moe"),
+    ("llama.cpp", "attention"): _llama_cpp("llama"),
+    ("mlx", "hybrid"): _mlx,
+}
+
+
+def test_every_registered_backend_has_a_fixture() -> None:
+    assert sorted({name for name, _ in FIXTURES}) == sorted(backend_names())
+
+
+@pytest.fixture(scope="module", params=sorted(FIXTURES), ids=lambda key: "-".join(key))
+def models(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    loaded = FIXTURES[request.param](tmp_path_factory.mktemp)
+    yield loaded
+    loaded.full.close()
+    loaded.without_audio.close()
+
+
+@pytest.fixture()
+def backend(models: Models) -> Backend:
+    models.full.reset()
+    return models.full
+
+
+def image(seed: int) -> ImageSegment:
+    return ImageSegment(np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+
+
+def tone(backend: Backend, seconds: float = 1.0, freq: float = 440.0) -> AudioSegment:
+    rate = backend.info.audio_sample_rate
+    t = np.arange(int(seconds * rate)) / rate
+    return AudioSegment((0.4 * np.sin(2 * np.pi * freq * t)).astype(np.float32), rate)
+
+
+def fill(backend: Backend, *segments: Segment) -> None:
+    """The sequence holds exactly `segments` (a sequence ending in media has no logits on every backend)."""
+    backend.reset()
+    for segment in segments:
+        backend.append(segment)
+
+
+def cold(backend: Backend, *segments: Segment) -> np.ndarray:
+    fill(backend, *segments)
+    return backend.logits()
+
+
+def same(a: np.ndarray, b: np.ndarray) -> None:
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def differ(a: np.ndarray, b: np.ndarray) -> None:
+    assert np.abs(a - b).max() > 1e-3, "different inputs gave the same logits: the comparison proves nothing"
+
+
+# -- append and logits ---------------------------------------------------------------------------------------
+
+
+def test_append_adds_what_count_tokens_said_and_logits_are_deterministic(backend: Backend) -> None:
+    assert backend.n_tokens == 0
+    n = backend.count_tokens(A)
+    assert n > 0 and backend.append(A) == n and backend.n_tokens == n
+    first = backend.logits()
+    assert first.dtype == np.float32 and first.ndim == 1 and np.isfinite(first).all()
+    m = backend.count_tokens(B)
+    assert backend.append(B) == m and backend.n_tokens == n + m
+    same(cold(backend, A), first)
+    differ(cold(backend, A, B), first)
+
+
+def test_tokenize_then_append_tokens_is_append(backend: Backend) -> None:
+    reference = cold(backend, A, B)
+    tokens = backend.tokenize(B)
+    assert len(tokens) == backend.count_tokens(B) and all(isinstance(t, int) for t in tokens)
+    fill(backend, A)
+    backend.append_tokens(tokens)
+    assert backend.n_tokens == backend.count_tokens(A) + len(tokens)
+    same(backend.logits(), reference)
+
+
+def test_append_token_extends_the_sequence_by_one(backend: Backend) -> None:
+    logits = cold(backend, A)
+    token = int(np.argmax(logits))
+    before = backend.n_tokens
+    backend.append_token(token)
+    assert backend.n_tokens == before + 1
+    assert isinstance(backend.token_bytes(token), bytes)
+    assert isinstance(backend.is_end_of_generation(token), bool)
+    differ(backend.logits(), logits)
+
+
+def test_media_segments_change_the_logits(backend: Backend) -> None:
+    a = cold(backend, A, image(1), B)
+    assert backend.n_tokens == sum(backend.count_tokens(s) for s in (A, image(1), B))
+    differ(a, cold(backend, A, image(2), B))
+    if "audio" in backend.info.capabilities:
+        with_sound = cold(backend, A, tone(backend), B)
+        differ(with_sound, cold(backend, A, tone(backend, freq=1500.0), B))
+
+
+# -- snapshot and restore ------------------------------------------------------------------------------------
+
+
+def test_a_restored_snapshot_gives_the_same_logits_as_a_cold_prefill(backend: Backend) -> None:
+    cold_a, cold_ab = cold(backend, A), cold(backend, A, B)
+    backend.reset()
+    backend.append(A)
+    snap = backend.snapshot()
+    assert snap.n_tokens == backend.n_tokens
+    backend.append(C)
+    backend.restore(snap)
+    assert backend.n_tokens == snap.n_tokens
+    same(backend.logits(), cold_a)
+    backend.append(B)
+    same(backend.logits(), cold_ab)
+
+
+def test_restore_into_a_sequence_that_held_something_else(backend: Backend) -> None:
+    cold_ab = cold(backend, A, B)
+    backend.reset()
+    backend.append(A)
+    snap = backend.snapshot()
+    fill(backend, OTHER, C)  # a longer, unrelated sequence in between
+    backend.restore(snap)
+    backend.append(B)
+    same(backend.logits(), cold_ab)
+    backend.reset()  # and after an empty one
+    backend.restore(snap)
+    backend.append(B)
+    same(backend.logits(), cold_ab)
+
+
+def test_a_snapshot_after_media_restores_the_media(backend: Backend) -> None:
+    reference = cold(backend, A, image(3), B)
+    backend.reset()
+    backend.append(A)
+    backend.append(image(3))
+    snap = backend.snapshot()
+    fill(backend, A, image(4))
+    backend.restore(snap)
+    backend.append(B)
+    same(backend.logits(), reference)
+
+
+def test_a_damaged_snapshot_is_refused_and_changes_nothing(backend: Backend) -> None:
+    from omnid.models.base import Snapshot
+    backend.append(A)
+    snap = backend.snapshot()
+    backend.append(B)
+    logits, n = backend.logits(), backend.n_tokens
+    payload = bytearray(snap.payload)
+    payload[len(payload) // 2] ^= 0xFF
+    with pytest.raises(InputError):
+        backend.restore(Snapshot(snap.n_tokens, bytes(payload)))
+    # Refused before anything was read into the sequence, or (llama.cpp rejecting the state) emptied:
+    # never a half-restored sequence.
+    assert backend.n_tokens in (n, 0)
+    if backend.n_tokens == n:
+        same(backend.logits(), logits)
+
+
+# -- truncate ------------------------------------------------------------------------------------------------
+
+
+def test_truncate_cuts_back_between_tokens_where_the_backend_can(backend: Backend) -> None:
+    cold_ac, cold_ab = cold(backend, A, C), cold(backend, A, B)
+    n_a, tokens_b = backend.count_tokens(A), backend.tokenize(B)
+    fill(backend, A, B)
+    if not backend.can_truncate:  # a decoder that cannot be cut (recurrent, hybrid): refused, unchanged
+        assert not backend.truncate(n_a)
+        assert backend.n_tokens == n_a + len(tokens_b)
+        same(backend.logits(), cold_ab)
+        return
+    assert backend.truncate(n_a + 1)  # inside a text segment: any token boundary will do
+    assert backend.n_tokens == n_a + 1
+    backend.append_tokens(tokens_b[1:])
+    same(backend.logits(), cold_ab)
+    assert backend.truncate(n_a)
+    backend.append(C)
+    same(backend.logits(), cold_ac)
+    assert not backend.truncate(backend.n_tokens + 1)  # past the end: refused
+
+
+def test_truncate_never_cuts_inside_media(backend: Backend) -> None:
+    n_a, n_image = backend.count_tokens(A), backend.count_tokens(image(5))
+    reference = cold(backend, A, image(5), B)
+    fill(backend, A, image(5), B)
+    if not backend.can_truncate:
+        pytest.skip("this decoder is never cut (test_truncate_cuts_back_... checks that it refuses)")
+    assert not backend.truncate(n_a + n_image // 2)
+    assert backend.n_tokens == n_a + n_image + backend.count_tokens(B)
+    same(backend.logits(), reference)
+    assert backend.truncate(n_a + n_image)  # the end of the image is a place to cut
+    backend.append(B)
+    same(backend.logits(), reference)
+
+
+# -- bad input: refused before the runtime sees it, the sequence unchanged -----------------------------------
+
+
+def bad_inputs(backend: Backend) -> dict[str, Segment]:
+    rate = backend.info.audio_sample_rate
+    nan = tone(backend).pcm.copy()
+    nan[100] = np.nan
+    inf = tone(backend).pcm.copy()
+    inf[5] = np.inf
+    return {
+        "empty image": ImageSegment(np.zeros((0, 0, 3), np.uint8)),
+        "zero-height image": ImageSegment(np.zeros((0, 64, 3), np.uint8)),
+        "wrong sample rate": AudioSegment(tone(backend).pcm, rate // 2),
+        "NaN audio": AudioSegment(nan, rate),
+        "infinite audio": AudioSegment(inf, rate),
+        "one sample of audio": AudioSegment(np.zeros(1, np.float32), rate),
+        "no audio at all": AudioSegment(np.zeros(0, np.float32), rate),
+    }
+
+
+BAD_CASES = ["empty image", "zero-height image", "wrong sample rate", "NaN audio", "infinite audio",
+             "one sample of audio", "no audio at all"]
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_media_is_refused_and_the_sequence_is_unchanged(backend: Backend, case: str) -> None:
+    segment = bad_inputs(backend)[case]
+    logits = cold(backend, A)
+    with pytest.raises(InputError):
+        backend.count_tokens(segment)
+    with pytest.raises(InputError):
+        backend.append(segment)
+    assert backend.n_tokens == backend.count_tokens(A)
+    same(backend.logits(), logits)
+    backend.append(B)  # and the backend goes on as if nothing happened
+    same(backend.logits(), cold(backend, A, B))
+
+
+def test_a_modality_the_model_lacks_is_refused_as_unsupported(models: Models) -> None:
+    lacking = models.without_audio
+    lacking.reset()
+    assert "audio" not in lacking.info.capabilities
+    lacking.append(A)
+    logits = lacking.logits()
+    for call in (lacking.count_tokens, lacking.append):
+        with pytest.raises(InputError) as err:
+            call(tone(models.full))
+        assert err.value.unsupported and "audio" in str(err.value)
+    assert lacking.n_tokens == lacking.count_tokens(A)
+    same(lacking.logits(), logits)
+
+
+def test_context_overflow_is_refused_and_leaves_the_sequence_unchanged(backend: Backend) -> None:
+    logits = cold(backend, A)
+    n = backend.n_tokens
+    room = backend.info.context_length - n
+    long_text = TextSegment("word " * (room + 8))
+    assert backend.count_tokens(long_text) > room
+    with pytest.raises(ContextOverflow) as err:
+        backend.append(long_text)
+    assert err.value.available == backend.info.context_length and err.value.needed > err.value.available
+    with pytest.raises(ContextOverflow):
+        backend.append_tokens(backend.tokenize(long_text))
+    assert backend.n_tokens == n
+    same(backend.logits(), logits)
+
+
+# -- cancellation --------------------------------------------------------------------------------------------
+
+
+def test_should_stop_ends_a_long_prefill_early_and_reset_recovers(backend: Backend) -> None:
+    cold_a = cold(backend, A)
+    unit = "many words in a row "
+    long_text = TextSegment(unit * (1200 // backend.count_tokens(TextSegment(unit))))  # several prefill batches
+    total = backend.count_tokens(long_text)
+    assert total < backend.info.context_length - backend.n_tokens
+    polls: list[int] = []
+
+    def stop() -> bool:
+        polls.append(backend.n_tokens)
+        return True
+    backend.reset()
+    backend.append(A)
+    start = backend.n_tokens
+    backend.append(long_text, should_stop=stop)
+    assert polls, "should_stop was never polled during a long prefill"
+    assert backend.n_tokens < start + total  # stopped before the end
+    same(cold(backend, A), cold_a)  # the caller resets, and the backend is as good as new
