@@ -2,57 +2,72 @@
 
     omni ask "What is in this picture?" --image photo.png
     omni ask "What is said here?" --audio memo.wav --json
+    git diff | omni ask - --system "Review this change"
     omni status
 
 Area commands (documents, meetings, screen) are added by `register(commands)` functions in
-clients/cli_<area>.py; every handler is called as `handler(args, client_factory)`. Errors print one line and
-exit non-zero: 2 for a gRPC error, 3 without a daemon.
+clients/cli_<area>.py; every handler is called as `handler(args, client_factory)` and returns the exit code.
+Errors print one line and exit with the codes of the README's table (cli_common.EXIT_*).
 """
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
+from importlib import metadata
 
 import grpc
-from google.protobuf.json_format import MessageToDict
 
 from omnid.clients import cli_documents, cli_meetings, cli_screen
-from omnid.clients.cli_common import (ClientFactory, add_sampling_flags, print_stream, print_usage,
-                                      sampling_from_args)
-from omnid.clients.client import DaemonNotRunning, OmniClient, connect, parts_for
+from omnid.clients.cli_common import (EXIT_DAEMON_ERROR, EXIT_INTERRUPTED, EXIT_NO_DAEMON, EXIT_OK,
+                                      EXIT_PIPE_CLOSED, EXIT_USAGE, PROMPT_HELP, ClientFactory,
+                                      add_sampling_flags, print_json, print_stream, print_usage, read_prompt,
+                                      sampling_from_args, to_dict)
+from omnid.clients.client import DaemonNotRunning, OmniClient, OmniError, connect, parts_for
+
+
+def version() -> str:
+    try:
+        return metadata.version("omnid")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def add_connection_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("connection")
     group.add_argument("--socket", default=None, help="the daemon's Unix socket (default: OMNID_SOCKET or the runtime dir)")
-    group.add_argument("--tcp", default=None, help="a loopback HOST:PORT instead of the socket")
-    group.add_argument("--token-file", default=None, help="the token for --tcp (or set OMNID_TOKEN)")
+    group.add_argument("--tcp", default=None, metavar="HOST:PORT", help="a loopback HOST:PORT instead of the socket")
+    group.add_argument("--token-file", default=None,
+                       help="the token for --tcp (default: OMNID_TOKEN, else ~/.config/omnid/token)")
 
 
 def cmd_ask(args: argparse.Namespace, client_factory: ClientFactory) -> int:
-    parts = parts_for(args.question, args.image, args.audio)
+    question = read_prompt(args.question)
+    parts = parts_for(question, args.image, args.audio)
     with client_factory() as client:
-        events = client.generate(*parts, system=args.system, max_tokens=args.max_tokens,
+        events = client.generate(*parts, system=read_prompt(args.system), max_tokens=args.max_tokens,
                                  sampling=sampling_from_args(args))
         final = print_stream(events, args.json)
     if args.verbose and not args.json:
         print_usage(final.usage)
-    return 0
+    return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace, client_factory: ClientFactory) -> int:
     with client_factory() as client:
         status = client.status()
     if args.json:
-        print(json.dumps(MessageToDict(status, always_print_fields_with_no_presence=True)))
-        return 0
+        print_json(to_dict(status))
+        return EXIT_OK
     c = status.cache
     print(f"model      {status.model_name} ({status.backend}) {status.model_path}")
     if status.mmproj_path:
         print(f"mmproj     {status.mmproj_path}")
     print(f"can        {', '.join(status.capabilities)}; context {status.context_length} tokens")
     print(f"endpoint   {status.endpoint}")
+    idle = f"; unloads after {status.idle_unload_seconds:g} s idle" if status.idle_unload_seconds else ""
+    loaded = "loaded" if status.model_loaded else "not loaded (the next request loads it)"
+    print(f"state      model {loaded}{idle}")
     print(f"memory     {status.memory_rss_bytes / 2**20:.0f} MiB resident; up {status.uptime_seconds:.0f} s")
     print(f"queue      {status.queue_depth}/{status.queue_capacity} waiting{'; busy' if status.busy else ''}")
     print(f"cache      {c.hits} hits, {c.misses} misses, {c.tokens_reused} tokens reused, {c.entries} entries, "
@@ -64,35 +79,49 @@ def cmd_status(args: argparse.Namespace, client_factory: ClientFactory) -> int:
           f"state {c.state_base_bytes / 1024:.0f} KiB + {c.state_bytes_per_token:.0f} B/token")
     if status.note:
         print(f"note       {status.note}")
-    return 0
+    return EXIT_OK
+
+
+def cmd_unload(args: argparse.Namespace, client_factory: ClientFactory) -> int:
+    with client_factory() as client:
+        was_loaded = client.unload()
+    print("model unloaded; the next request loads it again" if was_loaded else "the model was not loaded")
+    return EXIT_OK
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
-    parser = argparse.ArgumentParser(prog="omni", description="Ask the local omnid daemon.")
+    parser = argparse.ArgumentParser(prog="omni", description="Ask the local omnid daemon.",
+                                     epilog="Exit codes: 0 ok, 1 the daemon refused or failed the request, "
+                                            "2 usage error, 3 no daemon running, 130 interrupted.")
+    parser.add_argument("--version", action="version", version=f"omni {version()}")
     add_connection_flags(parser)
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND", required=True)
 
     ask = commands.add_parser("ask", help="ask about text, images and sounds")
-    ask.add_argument("question")
+    ask.add_argument("question", help=PROMPT_HELP)
     ask.add_argument("--image", action="append", default=[], help="an image file (repeatable)")
     ask.add_argument("--audio", action="append", default=[], help="a sound file (repeatable)")
-    ask.add_argument("--system", default="", help="a system text")
+    ask.add_argument("--system", default="", help="a system text (`@FILE` reads it from a file)")
     ask.add_argument("--json", action="store_true", help="print one JSON object with the text and usage")
     ask.add_argument("-v", "--verbose", action="store_true", help="print usage to stderr")
     add_sampling_flags(ask)
     ask.set_defaults(handler=cmd_ask)
 
     status = commands.add_parser("status", help="the model, queue and cache")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="print the status as one JSON object")
     status.set_defaults(handler=cmd_status)
+
+    unload = commands.add_parser("unload", help="free the model's memory now (the next request loads it again)")
+    unload.set_defaults(handler=cmd_unload)
     cli_documents.register(commands)
     cli_meetings.register(commands)
     cli_screen.register(commands)
     return parser, commands
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser, commands = build_parser()
+def run(argv: list[str] | None = None) -> int:
+    """Parse and run one command; every failure is one line on stderr and an exit code."""
+    parser, _ = build_parser()
     args = parser.parse_args(argv)
 
     def client_factory() -> OmniClient:
@@ -102,15 +131,34 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args, client_factory)
     except DaemonNotRunning as exc:
         print(f"omni: {exc}", file=sys.stderr)
-        return 3
-    except grpc.RpcError as exc:
+        return EXIT_NO_DAEMON
+    except (OmniError, grpc.RpcError) as exc:
         print(f"omni: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
-        return 2
-    except (OSError, ValueError) as exc:
+        return EXIT_DAEMON_ERROR
+    except BrokenPipeError:
+        raise
+    except OSError as exc:  # a local file: name it, without Python's "[Errno 2]"
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"omni: cannot read{where}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as exc:
         print(f"omni: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        code = run(argv)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # The reader went away (`omni status | head -1`): stop quietly, like other Unix tools. Point stdout
+        # at /dev/null so the interpreter's final flush has nowhere to fail either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_PIPE_CLOSED
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""What every `omni` command shares: sampling flags, printing a generating stream and its usage.
+"""What every `omni` command shares: exit codes, argument types, JSON output, progress, sampling flags,
+printing a generating stream and its usage.
 
 Its own module so that clients/cli.py and the area modules (cli_documents, cli_meetings, cli_screen) all
 import it at the top, without importing each other.
@@ -6,22 +7,148 @@ import it at the top, without importing each other.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import os
 import sys
-from typing import Callable, Iterable
+from pathlib import Path
+from typing import Any, Callable, Iterable, TextIO
 
-from omnid.clients.client import OmniClient, usage_dict
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+
+from omnid.clients.client import OmniClient
 from omnid.proto import omnid_pb2 as pb
 
 ClientFactory = Callable[[], OmniClient]
 
+# The exit codes of every `omni` command (the README's table).
+EXIT_OK = 0
+EXIT_DAEMON_ERROR = 1    # the daemon refused or failed the request (its gRPC status is printed)
+EXIT_USAGE = 2           # bad arguments, or a local file that cannot be read
+EXIT_NO_DAEMON = 3       # no daemon answers at the socket / TCP address
+EXIT_INTERRUPTED = 130   # Ctrl-C
+EXIT_PIPE_CLOSED = 141   # stdout was closed early (`omni ... | head`): nothing is printed about it
+
+
+class UsageError(ValueError):
+    """A problem with what the user typed, found before asking the daemon: exit code 2."""
+
+
+def to_dict(message: Message) -> dict[str, Any]:
+    """A message as JSON-ready data, named as in proto/omnid.proto (snake_case), zero values included.
+
+    Every `--json` output uses this one convention.
+    """
+    return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value), flush=True)
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {text}")
+    return value
+
+
+def read_prompt(value: str, stdin: TextIO | None = None) -> str:
+    """A prompt argument: `-` reads stdin, `@FILE` reads a text file, anything else is the text itself
+    (`@@text` for text that starts with `@`)."""
+    if value == "-":
+        return (stdin or sys.stdin).read()
+    if value.startswith("@@"):
+        return value[1:]
+    if value.startswith("@") and len(value) > 1:
+        path = Path(value[1:]).expanduser()
+        try:
+            return path.read_text()
+        except OSError as exc:
+            raise UsageError(f"cannot read the prompt file {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"the prompt file {path} is not UTF-8 text") from None
+    return value
+
+
+def parse_when(value: str, now: dt.datetime | None = None) -> float:
+    """'HH:MM' (today, or yesterday if that is still to come), 'YYYY-MM-DD HH:MM', or unix seconds."""
+    now = now or dt.datetime.now()
+    value = value.strip()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    for fmt in ("%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M", "%Y-%m-%d"):
+        try:
+            return dt.datetime.strptime(value, fmt).timestamp()
+        except ValueError:
+            pass
+    try:
+        t = dt.datetime.strptime(value, "%H:%M").time()
+    except ValueError:
+        raise ValueError(f"cannot read the time {value!r}: use HH:MM, 'YYYY-MM-DD HH:MM' or unix seconds") from None
+    when = dt.datetime.combine(now.date(), t)
+    if when > now:
+        when -= dt.timedelta(days=1)
+    return when.timestamp()
+
+
+WHEN_HELP = "HH:MM (the last one), 'YYYY-MM-DD HH:MM' or unix seconds"
+
+
+def add_delete_flags(parser: argparse.ArgumentParser, what: str, when: str) -> None:
+    """`rm ID...`, or `--since/--until`, or `--all`: the selection of a Delete* call."""
+    parser.add_argument("ids", nargs="*", metavar="ID", help=f"{what} ids, or unique prefixes of them")
+    parser.add_argument("--since", default="", help=f"delete those {when} from this time on: {WHEN_HELP}")
+    parser.add_argument("--until", default="", help=f"delete those {when} before this time")
+    parser.add_argument("--all", action="store_true", help=f"delete every {what}")
+    parser.add_argument("--json", action="store_true", help="print what was deleted as JSON")
+
+
+def deletion_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments for the client's delete_* calls; exactly one kind of selection, or UsageError."""
+    since = parse_when(args.since) if args.since else 0.0
+    until = parse_when(args.until) if args.until else 0.0
+    if sum((bool(args.ids), bool(since or until), args.all)) != 1:
+        raise UsageError("say what to delete: ids, or --since/--until, or --all (one of them)")
+    return {"ids": args.ids, "since": since, "until": until, "everything": args.all}
+
+
+def print_deleted(reply: pb.DeleteReply, what: str, as_json: bool) -> None:
+    if as_json:
+        print_json(to_dict(reply))
+        return
+    cached = f", {reply.cache_entries_removed} prompt-cache entries" if reply.cache_entries_removed else ""
+    files = f", {reply.bytes_removed / 2**20:.1f} MiB of files" if reply.bytes_removed else ""
+    print(f"deleted {reply.deleted} {what}{'' if reply.deleted == 1 else 's'}{cached}{files}")
+    for deleted_id in reply.deleted_ids:
+        print(f"  {deleted_id}")
+
+
+PROMPT_HELP = "the text; `-` reads it from stdin, `@FILE` from a text file"
+
 
 def add_sampling_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-tokens", type=int, default=0, help="at most this many tokens (default 512)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    parser.add_argument("--top-p", type=float, default=0.0)
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-tokens", type=positive_int, default=0,
+                        help="at most this many tokens (default: the daemon's, 512; 128 and stopping at a blank "
+                             "line for a base model)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="randomness; 0 = greedy (default: 0)")
+    parser.add_argument("--top-p", type=float, default=0.0,
+                        help="sample from the smallest set of tokens whose probabilities add up to this "
+                             "(0-1; default: 0 = off)")
+    parser.add_argument("--top-k", type=int, default=0,
+                        help="sample from this many most likely tokens (default: 0 = off)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random seed for sampling; equal seeds give equal answers (default: 0 = a fixed seed)")
     parser.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
 
 
@@ -40,8 +167,7 @@ def print_stream(events: Iterable, as_json: bool, extra: dict | None = None) -> 
         elif kind == "done":
             final = event.done
     if as_json:
-        print(json.dumps({"text": final.text, "stop_reason": final.stop_reason,
-                          "usage": usage_dict(final.usage), **(extra or {})}))
+        print_json({**to_dict(final), **(extra or {})})
     else:
         print()
     return final
@@ -53,3 +179,52 @@ def print_usage(usage: pb.Usage) -> None:
     print(f"[{usage.prompt_tokens} prompt tokens, {cached}, {usage.generated_tokens} generated, "
           f"first token {usage.time_to_first_token_ms:.0f} ms, {usage.decode_tokens_per_second:.1f} tok/s]",
           file=sys.stderr)
+
+
+class Progress:
+    """Progress of a long call on stderr: a tqdm bar on a terminal; plain lines otherwise (a log file or a pipe
+    gets one line when the stage changes and one per tenth of the way, never carriage-return redraws)."""
+
+    def __init__(self, unit: str, *, stream: TextIO | None = None, enabled: bool = True) -> None:
+        self.stream = stream or sys.stderr
+        self.unit = unit
+        self.enabled = enabled
+        self.tty = self.stream.isatty()
+        self._bar: Any = None
+        self._stage = ""
+        self._tenth = -1
+
+    def update(self, stage: str, done: float, total: float, note: str = "") -> None:
+        if not self.enabled:
+            return
+        if self.tty:
+            self._update_bar(stage, done, total, note)
+            return
+        tenth = int(10 * done / total) if total else 0
+        if stage != self._stage or tenth > self._tenth:
+            self._stage, self._tenth = stage, tenth
+            of = f"/{total:g}" if total else ""
+            print(f"{stage}: {done:g}{of} {self.unit}{', ' + note if note else ''}", file=self.stream, flush=True)
+
+    def _update_bar(self, stage: str, done: float, total: float, note: str) -> None:
+        from tqdm import tqdm
+
+        if self._bar is None or stage != self._stage:
+            self.close()
+            self._stage = stage
+            try:  # the terminal's size; one that reports none (a fresh pseudo-terminal) counts as 80x24,
+                size = os.get_terminal_size(self.stream.fileno())  # else tqdm hides the bar in "row 0 of 0"
+                columns, rows = size.columns or 80, size.lines or 24
+            except (OSError, ValueError):
+                columns, rows = 80, 24
+            self._bar = tqdm(total=total or None, desc=stage, unit=self.unit, file=self.stream, leave=True,
+                             ncols=columns, nrows=rows)
+        self._bar.n = done
+        if note:
+            self._bar.set_postfix_str(note, refresh=False)
+        self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -4,17 +4,17 @@
     omni doc ask report.pdf "What changed in Q3?"   # ingests first when the daemon does not hold it yet
     omni doc ask 3f9a... "Which pages mention risk?" --pages 10-30
     omni doc list
+    omni doc rm 3f9a                                # delete it (pages, images, its prompt-cache entries)
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from google.protobuf.json_format import MessageToDict
-
-from omnid.clients.cli_common import ClientFactory, add_sampling_flags, print_usage, sampling_from_args
+from omnid.clients.cli_common import (EXIT_OK, PROMPT_HELP, ClientFactory, Progress, add_delete_flags,
+                                      add_sampling_flags, deletion_from_args, print_deleted, print_json,
+                                      print_usage, read_prompt, sampling_from_args, to_dict)
 from omnid.clients.documents import document_id
 from omnid.proto import omnid_pb2 as pb
 
@@ -23,7 +23,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     """Add `omni doc` and its subcommands; handlers are called as handler(args, client_factory)."""
 
     doc = commands.add_parser("doc", help="ingest PDFs and ask about them")
-    sub = doc.add_subparsers(dest="doc_command", required=True)
+    sub = doc.add_subparsers(title="doc commands", dest="doc_command", metavar="DOC_COMMAND", required=True)
 
     ingest = sub.add_parser("ingest", help="read a PDF into the daemon (and warm the cache with it)")
     ingest.add_argument("file", help="a PDF file")
@@ -32,8 +32,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     ingest.set_defaults(handler=cmd_ingest)
 
     ask = sub.add_parser("ask", help="ask a question about a PDF (ingesting it first if needed)")
-    ask.add_argument("document", help="a PDF file, or the id `omni doc list` shows")
-    ask.add_argument("question")
+    ask.add_argument("document", help="a PDF file, or the id `omni doc list` shows (a unique prefix is enough)")
+    ask.add_argument("question", help=PROMPT_HELP)
     ask.add_argument("--pages", default="", help="a page range such as 3-7 (default: all that fit)")
     _add_source_flags(ask)
     ask.add_argument("--json", action="store_true", help="print one JSON object with the answer")
@@ -42,8 +42,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     ask.set_defaults(handler=cmd_ask)
 
     listing = sub.add_parser("list", help="the documents the daemon holds")
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--json", action="store_true", help="print a JSON list")
     listing.set_defaults(handler=cmd_list)
+
+    remove = sub.add_parser("rm", help="delete documents: pages, page images and their prompt-cache entries")
+    add_delete_flags(remove, "document", "ingested")
+    remove.set_defaults(handler=cmd_rm)
 
 
 def _add_source_flags(parser: argparse.ArgumentParser) -> None:
@@ -58,21 +62,22 @@ def cmd_ingest(args: argparse.Namespace, client_factory: ClientFactory) -> int:
     with client_factory() as client:
         info = _ingest(client, args.file, args, quiet=args.json)
     if args.json:
-        print(json.dumps(MessageToDict(info, always_print_fields_with_no_presence=True)))
+        print_json(to_dict(info))
     else:
         print(describe(info))
-    return 0
+    return EXIT_OK
 
 
 def cmd_ask(args: argparse.Namespace, client_factory: ClientFactory) -> int:
     first, last = parse_pages(args.pages)
+    question = read_prompt(args.question)
     with client_factory() as client:
         doc_id = args.document
         if Path(args.document).expanduser().is_file():
             doc_id = document_id(args.document)
             if doc_id not in {d.document_id for d in client.list_documents()}:
                 _ingest(client, args.document, args, quiet=args.json)
-        events = client.ask_document(doc_id, args.question, first_page=first, last_page=last,
+        events = client.ask_document(doc_id, question, first_page=first, last_page=last,
                                      max_tokens=args.max_tokens, sampling=sampling_from_args(args))
         final, pages = pb.Final(), None
         for event in events:
@@ -86,62 +91,48 @@ def cmd_ask(args: argparse.Namespace, client_factory: ClientFactory) -> int:
             elif kind == "done":
                 final = event.done
     if args.json:
-        print(json.dumps({"document_id": doc_id, "text": final.text, "stop_reason": final.stop_reason,
-                          "pages_used": list(pages.pages) if pages else [],
-                          "pages_reason": pages.reason if pages else "",
-                          "usage": MessageToDict(final.usage, always_print_fields_with_no_presence=True)}))
-        return 0
+        print_json({"document_id": doc_id, **to_dict(final), "pages_used": list(pages.pages) if pages else [],
+                    "pages_reason": pages.reason if pages else ""})
+        return EXIT_OK
     print()
     if args.verbose:
         print_usage(final.usage)
-    return 0
+    return EXIT_OK
 
 
 def cmd_list(args: argparse.Namespace, client_factory: ClientFactory) -> int:
     with client_factory() as client:
         docs = client.list_documents()
     if args.json:
-        print(json.dumps([MessageToDict(d, always_print_fields_with_no_presence=True) for d in docs]))
-        return 0
+        print_json([to_dict(d) for d in docs])
+        return EXIT_OK
     if not docs:
         print("no documents; add one with `omni doc ingest FILE.pdf`")
     for info in docs:
         print(describe(info))
-    return 0
+    return EXIT_OK
+
+
+def cmd_rm(args: argparse.Namespace, client_factory: ClientFactory) -> int:
+    selection = deletion_from_args(args)
+    with client_factory() as client:
+        reply = client.delete_documents(**selection)
+    print_deleted(reply, "document", args.json)
+    return EXIT_OK
 
 
 def _ingest(client, source: str, args: argparse.Namespace, *, quiet: bool) -> pb.DocumentInfo:
-    bar = ProgressBar(sys.stderr, enabled=not quiet)
+    progress = Progress("pages", enabled=not quiet)
+
+    def update(p: pb.IngestProgress) -> None:
+        seconds = f"{p.elapsed_ms / 1000:.1f} s"
+        progress.update(p.stage, p.pages_done, p.pages_total, f"{p.tokens} tokens, {seconds}" if p.tokens else seconds)
+
     try:
         return client.ingest_document(source, password=args.password, name=args.name, send_path=args.by_path,
-                                      progress=bar.update)
+                                      progress=update)
     finally:
-        bar.close()
-
-
-class ProgressBar:
-    """One line on stderr, redrawn in place: stage, a bar of pages, tokens so far, time."""
-
-    def __init__(self, stream, *, enabled: bool = True, width: int = 30) -> None:
-        self.stream = stream
-        self.enabled = enabled
-        self.width = width
-        self.drawn = False
-
-    def update(self, p: pb.IngestProgress) -> None:
-        if not self.enabled:
-            return
-        filled = self.width * p.pages_done // max(p.pages_total, 1)
-        tokens = f", {p.tokens} tokens" if p.tokens else ""
-        self.stream.write(f"\r{p.stage:<10} [{'#' * filled}{'.' * (self.width - filled)}] "
-                          f"{p.pages_done}/{p.pages_total} pages{tokens}, {p.elapsed_ms / 1000:.1f} s ")
-        self.stream.flush()
-        self.drawn = True
-
-    def close(self) -> None:
-        if self.drawn:
-            self.stream.write("\n")
-            self.stream.flush()
+        progress.close()
 
 
 def describe(info: pb.DocumentInfo) -> str:

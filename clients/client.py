@@ -11,17 +11,18 @@ CoreClient, which owns the channel.
 """
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import grpc
 import numpy as np
 
 from omnid.clients.documents import DocumentsClient
 from omnid.clients.meetings import MeetingsClient
-from omnid.common.paths import default_socket_path
+from omnid.common.paths import default_socket_path, default_token_path
 from omnid.common.private_paths import check_socket
 from omnid.proto import omnid_pb2 as pb
 from omnid.proto import omnid_pb2_grpc
@@ -32,6 +33,74 @@ MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 class DaemonNotRunning(ConnectionError):
     """No daemon answers at the endpoint; the message says how to start one."""
+
+
+class OmniError(grpc.RpcError):
+    """The daemon refused or failed a call: `code` is its gRPC status, `details` its one-line message.
+
+    Every call of the client raises this instead of grpc's own call objects, so callers catch one type of
+    this library (it stays a grpc.RpcError, with the same code() and details(), for code written against grpc).
+    """
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def __str__(self) -> str:
+        return f"{self._code.name}: {self._details}"
+
+
+def _translate(exc: grpc.RpcError) -> OmniError:
+    code, details = exc.code(), exc.details()  # type: ignore[attr-defined]
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        details += " (the token comes from --token-file, OMNID_TOKEN or ~/.config/omnid/token)"
+    return OmniError(code, details or code.name.lower())
+
+
+class _Stream:
+    """A server-streaming call whose errors arrive as OmniError; cancel() ends it early."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def __iter__(self) -> "_Stream":
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return next(self._call)
+        except grpc.RpcError as exc:
+            raise _translate(exc) from None
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+    def __getattr__(self, name: str) -> Any:  # the rest of grpc's call object (is_active, time_remaining, ...)
+        return getattr(self._call, name)
+
+
+class _Stub:
+    """The generated stub, with every call's grpc errors turned into OmniError."""
+
+    def __init__(self, stub: omnid_pb2_grpc.OmniStub) -> None:
+        self._stub = stub
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._stub, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                result = method(*args, **kwargs)
+            except grpc.RpcError as exc:
+                raise _translate(exc) from None
+            return _Stream(result) if isinstance(result, Iterator) else result
+        return call
 
 
 def text(value: str) -> pb.Part:
@@ -72,15 +141,18 @@ def usage_dict(usage: pb.Usage) -> dict[str, float]:
 
 
 class CoreClient:
-    """The channel, and the core calls: generate, ask, status, prefill, unpin."""
+    """The channel, and the core calls: generate, ask, status, prefill, unpin, unload."""
 
     def __init__(self, endpoint: str | None = None, token: str | None = None, *,
                  connect_timeout: float = 3.0) -> None:
-        """endpoint: 'unix:/path' (default: the daemon's socket) or a loopback 'HOST:PORT' (needs a token,
-        from `token` or the OMNID_TOKEN environment variable)."""
+        """endpoint: 'unix:/path' (default: the daemon's socket) or a loopback 'HOST:PORT' (needs a token:
+        `token`, else the OMNID_TOKEN environment variable, else the file ~/.config/omnid/token that
+        `omnid serve --tcp` writes)."""
         self.endpoint = endpoint or f"unix:{default_socket_path()}"
         _check_unix_endpoint(self.endpoint)
         token = token or os.environ.get("OMNID_TOKEN")
+        if not token and not self.endpoint.startswith("unix:"):
+            token = read_token(default_token_path(), missing_ok=True)
         self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
@@ -93,8 +165,8 @@ class CoreClient:
                 f"no omnid daemon answers at {self.endpoint}. Start one with `omnid serve` "
                 "(or `omnid serve --model MODEL.gguf --mmproj MMPROJ.gguf`), or point the client at it "
                 "with --socket / OMNID_SOCKET") from None
-        #: Any: the generated stub has no type hints, and the area mixins declare it loosely too.
-        self.stub: Any = omnid_pb2_grpc.OmniStub(self.channel)
+        #: Any: the generated stub has no type hints; _Stub turns its grpc errors into OmniError.
+        self.stub: Any = _Stub(omnid_pb2_grpc.OmniStub(self.channel))
 
     def close(self) -> None:
         self.channel.close()
@@ -135,6 +207,10 @@ class CoreClient:
     def unpin(self, prefix_id: str) -> bool:
         return self.stub.Unpin(pb.UnpinRequest(prefix_id=prefix_id), metadata=self.metadata).was_pinned
 
+    def unload(self) -> bool:
+        """Free the model's memory now (the next request loads it again); True if it was loaded."""
+        return self.stub.Unload(pb.UnloadRequest(), metadata=self.metadata).was_loaded
+
 
 def _check_unix_endpoint(endpoint: str) -> None:
     """Refuse (UnsafePath, a PermissionError naming the path and why) a socket another user owns or could have
@@ -155,11 +231,22 @@ class OmniClient(MeetingsClient, DocumentsClient, CoreClient, ScreenClient):
     """The full client: core calls plus one mixin per area."""
 
 
+def read_token(path: str | Path, missing_ok: bool = False) -> str | None:
+    """The token in a token file (None for a missing file with missing_ok)."""
+    path = Path(path).expanduser()
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise FileNotFoundError(errno.ENOENT, "no token file (`omnid serve --tcp` writes one)", str(path)) from None
+
+
 def connect(socket: str | Path | None = None, tcp: str | None = None, token_file: str | Path | None = None,
             token: str | None = None) -> OmniClient:
-    """A client for the CLI's connection flags."""
+    """A client for the CLI's connection flags (the token: token_file, else OMNID_TOKEN, else the default file)."""
     if token_file and not token:
-        token = Path(token_file).expanduser().read_text().strip()
+        token = read_token(token_file)
     if tcp:
         return OmniClient(tcp, token)
     return OmniClient(f"unix:{socket}" if socket else None, token)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from omnid.proto import omnid_pb2 as pb
 
@@ -56,6 +56,13 @@ class DocumentsClient:
                                         last_page=last_page, max_tokens=max_tokens,
                                         sampling=sampling or pb.Sampling())
         return self.stub.AskDocument(request, metadata=self.metadata)  # type: ignore[attr-defined]
+
+    def delete_documents(self, ids: Iterable[str] = (), *, since: float = 0.0, until: float = 0.0,
+                         everything: bool = False) -> pb.DeleteReply:
+        """Delete documents by id (or unique prefix), ingested within [since, until), or all (exactly one of
+        these): their pages, page images and prompt-cache entries."""
+        request = pb.DeleteRequest(ids=list(ids), since_unix=since, until_unix=until, all=everything)
+        return self.stub.DeleteDocuments(request, metadata=self.metadata)  # type: ignore[attr-defined]
 
     def list_documents(self) -> list[pb.DocumentInfo]:
         reply = self.stub.ListDocuments(pb.ListDocumentsRequest(), metadata=self.metadata)  # type: ignore[attr-defined]

@@ -20,10 +20,12 @@ class MeetingsClient:
     metadata: tuple[tuple[str, str], ...]
 
     def transcribe(self, source: str | Path | bytes | np.ndarray, *, sample_rate: int = 0, summary: bool = False,
-                   language: str = "", title: str = "", by_path: bool = False) -> Iterator[pb.TranscriptEvent]:
+                   language: str = "", title: str = "", by_path: bool = False,
+                   no_store: bool = False) -> Iterator[pb.TranscriptEvent]:
         """Transcribe a file (sent as bytes, or named by path with by_path=True: the daemon must be allowed to
-        read it), encoded bytes, or float samples (with sample_rate)."""
-        request = pb.TranscribeRequest(summary=summary, language=language, title=title)
+        read it), encoded bytes, or float samples (with sample_rate). The daemon stores the transcript and a
+        copy of sent audio as a meeting (the final message says where) unless no_store."""
+        request = pb.TranscribeRequest(summary=summary, language=language, title=title, no_store=no_store)
         if isinstance(source, np.ndarray):
             samples = np.asarray(source, dtype="<f4")
             channels = 1 if samples.ndim == 1 else samples.shape[1]
@@ -60,6 +62,13 @@ class MeetingsClient:
     def meeting(self, meeting_id: str) -> pb.TranscriptFinal:
         return self.stub.GetMeeting(pb.GetMeetingRequest(meeting_id=meeting_id),  # type: ignore[attr-defined]
                                     metadata=self.metadata)
+
+    def delete_meetings(self, ids: Iterable[str] = (), *, since: float = 0.0, until: float = 0.0,
+                        everything: bool = False) -> pb.DeleteReply:
+        """Delete stored meetings by id (or unique prefix), created within [since, until), or all (exactly
+        one of these): transcript, summary and the audio the daemon kept."""
+        request = pb.DeleteRequest(ids=list(ids), since_unix=since, until_unix=until, all=everything)
+        return self.stub.DeleteMeetings(request, metadata=self.metadata)  # type: ignore[attr-defined]
 
     @staticmethod
     def transcript(events: Iterable[pb.TranscriptEvent]) -> pb.TranscriptFinal:

@@ -39,6 +39,12 @@ class ScreenClient:
                                                               until_unix=until), metadata=self.metadata)
         return list(reply.observations)
 
+    def delete_screen_history(self, ids: Iterable[str] = (), *, since: float = 0.0, until: float = 0.0,
+                              everything: bool = False) -> pb.DeleteReply:
+        """Delete screen observations by id (or unique prefix), seen within [since, until), or all."""
+        request = pb.DeleteRequest(ids=list(ids), since_unix=since, until_unix=until, all=everything)
+        return self.stub.DeleteScreenHistory(request, metadata=self.metadata)
+
     def ask_screen(self, question: str, since: float = 0.0, until: float = 0.0,
                    max_tokens: int = 0) -> Iterator[pb.GenerateEvent]:
         """Stream an answer from the screen history (not from a new grab)."""

@@ -18,6 +18,12 @@ def default_socket_path() -> Path:
     return Path(os.environ["OMNID_SOCKET"]) if os.environ.get("OMNID_SOCKET") else runtime_dir() / "omnid.sock"
 
 
+def default_token_path() -> Path:
+    """The TCP endpoint's token, shared by `omnid serve --tcp` and `omni --tcp` ($XDG_CONFIG_HOME/omnid/token)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base) / "omnid" / "token"
+
+
 def private_dir(path: Path) -> Path:
     """Create `path` 0700 if it is missing (its parents as `mkdir -p` makes them); an existing folder is left as
     it is: it is someone's choice (`--socket /tmp/omnid.sock` must not chmod /tmp). Whether an existing folder

@@ -6,9 +6,11 @@ import logging
 import os
 import re
 import sys
+from importlib import metadata
 from pathlib import Path
 
-from omnid.daemon.config import DaemonConfig, default_socket_path
+from omnid.daemon.config import (DaemonConfig, cache_dir, data_dir, default_ram_budget, default_socket_path,
+                                 default_token_path)
 from omnid.models.registry import backend_names
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
@@ -23,51 +25,98 @@ def parse_size(text: str) -> int:
     return int(float(number) * 1024 ** " kmgt".index(unit.lower() or " "))
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$", re.IGNORECASE)
+#: llama.cpp's smallest context; a smaller --ctx would be raised to this silently.
+MIN_CONTEXT = 256
+
+
+def parse_duration(text: str) -> float:
+    """'30m', '2h', '90s', '45' (seconds), '0' (off) -> seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90s, 30m, 2h)")
+    number, unit = match.groups()
+    return float(number) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[(unit or "s").lower()]
+
+
+def context_tokens(text: str) -> int:
+    value = int(text)
+    if value < MIN_CONTEXT:
+        raise argparse.ArgumentTypeError(f"the context must be at least {MIN_CONTEXT} tokens, not {value}")
+    return value
+
+
+def version() -> str:
+    try:
+        return metadata.version("omnid")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="omnid", description="On-device multimodal assistant daemon.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"omnid {version()}")
+    commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND", required=True)
 
     serve = commands.add_parser("serve", help="load one model and serve it over gRPC",
                                 description="Load one model, keep it warm, and serve it over gRPC.")
-    serve.add_argument("--model", default="", help="a .gguf file (llama.cpp) or an MLX model folder / repo id; "
-                       "default: the embedded text-only gemma-3-270m")
-    serve.add_argument("--mmproj", default="", help="the multimodal projector GGUF (images, audio) for --model")
-    serve.add_argument("--backend", default="auto", choices=["auto", *backend_names()])
-    serve.add_argument("--ctx", type=int, default=32768, help="context length in tokens (capped by the model)")
-    serve.add_argument("--threads", type=int, default=None, help="CPU threads for the decoder")
+    serve.add_argument("--model", default="", help="a .gguf file (llama.cpp) or an MLX model folder / repo id "
+                       "(default: the embedded text-only gemma-3-270m)")
+    serve.add_argument("--mmproj", default="",
+                       help="the multimodal projector GGUF (images, audio) for --model (default: none, text only)")
+    serve.add_argument("--backend", default="auto", choices=["auto", *backend_names()],
+                       help="the inference library (default: auto, from what --model is)")
+    serve.add_argument("--ctx", type=context_tokens, default=32768,
+                       help=f"context length in tokens, at least {MIN_CONTEXT} (default: 32768)")
+    serve.add_argument("--threads", type=int, default=None,
+                       help="CPU threads for the decoder (default: the number of physical cores)")
     serve.add_argument("--flash-attn", action="store_true",
                        help="flash attention (llama.cpp): less memory for long contexts and faster on GPUs, but "
                             "3-12x slower prompt evaluation on CPUs (bench/prompt_cache.py --flash-attn); changes "
-                            "logits slightly, so cached prefixes are kept apart from those without it")
-    serve.add_argument("--socket", type=Path, default=None, help=f"Unix socket path (default {default_socket_path()})")
-    serve.add_argument("--tcp", default="", help="also listen on loopback HOST:PORT (needs --token-file)")
-    serve.add_argument("--token-file", type=Path, default=None, help="the TCP token (created if missing)")
-    serve.add_argument("--allow-read", type=Path, action="append", default=[],
-                       help="a folder whose files clients may name by path (repeatable)")
-    serve.add_argument("--max-queue", type=int, default=16, help="requests that may wait for the decoder")
-    serve.add_argument("--cache-ram", type=parse_size, default=None, help="prompt cache RAM budget (e.g. 4G)")
-    serve.add_argument("--cache-disk", default=None, help="prompt cache disk folder, or 'off'")
-    serve.add_argument("--cache-disk-size", type=parse_size, default=None, help="prompt cache disk budget")
-    serve.add_argument("--data-dir", type=Path, default=None, help="where documents, meetings and screen history live")
-    serve.add_argument("--max-document-pages", type=int, default=500, help="refuse PDFs with more pages than this")
+                            "logits slightly, so cached prefixes are kept apart from those without it (default: off)")
+    serve.add_argument("--socket", type=Path, default=None, help=f"Unix socket path (default: {default_socket_path()})")
+    serve.add_argument("--tcp", default="", metavar="HOST:PORT",
+                       help="also listen on a loopback HOST:PORT, with a token (default: no TCP)")
+    serve.add_argument("--token-file", type=Path, default=None,
+                       help=f"the TCP token, created if missing (default: {default_token_path()})")
+    serve.add_argument("--allow-read", type=Path, action="append", default=[], metavar="DIR",
+                       help="a folder whose files clients may name by path (repeatable; default: none)")
+    serve.add_argument("--max-queue", type=int, default=16,
+                       help="requests that may wait for the decoder; more get RESOURCE_EXHAUSTED (default: 16)")
+    serve.add_argument("--cache-ram", type=parse_size, default=None,
+                       help=f"prompt cache RAM budget, e.g. 4G (default: a quarter of available memory, "
+                            f"{default_ram_budget() / 2**30:.1f}G now)")
+    serve.add_argument("--cache-disk", default=None,
+                       help=f"prompt cache disk folder, or 'off' (default: {cache_dir() / 'prompt-cache'})")
+    serve.add_argument("--cache-disk-size", type=parse_size, default=None,
+                       help="prompt cache disk budget (default: 8G)")
+    serve.add_argument("--data-dir", type=Path, default=None,
+                       help=f"where documents, meetings and screen history live (default: {data_dir()})")
+    serve.add_argument("--max-document-pages", type=int, default=500,
+                       help="refuse PDFs with more pages than this (default: 500)")
     serve.add_argument("--screen-history-size", type=parse_size, default=256 << 20,
-                       help="bytes of screen history to keep (oldest go first; default 256M)")
+                       help="bytes of screen history to keep; the oldest go first (default: 256M)")
+    serve.add_argument("--idle-unload", type=parse_duration, default=0.0, metavar="DURATION",
+                       help="free the model's memory after this long without requests, e.g. 30m; the next request "
+                            "loads it again (default: 0 = never)")
     serve.add_argument("--exit-with-parent", action="store_true",
-                       help="stop when the process that started omnid exits "
-                            "(apps running it as a child, test harnesses)")
-    serve.add_argument("-v", "--verbose", action="store_true")
+                       help="stop when the process that started omnid exits (apps running it as a child, test "
+                            "harnesses; default: off)")
+    serve.add_argument("-v", "--verbose", action="store_true",
+                       help="log each request, and the backend's own logs (llama.cpp, mlx-vlm) on stderr")
 
     make = commands.add_parser("make-test-model", help="write a tiny random-weight omni model",
                                description="Write a tiny random-weight omni model (text + vision + audio) "
                                            "to run the whole path on without downloading anything.")
-    make.add_argument("directory", type=Path)
-    make.add_argument("--backend", default="llama.cpp", choices=backend_names())
+    make.add_argument("directory", type=Path, help="the folder to write the model files into")
+    make.add_argument("--backend", default="llama.cpp", choices=backend_names(),
+                      help="GGUF files for llama.cpp, or an MLX folder for mlx-vlm (default: llama.cpp)")
     make.add_argument("--decoder", default="nemotron_h_moe", choices=["nemotron_h_moe", "llama"],
                       help="llama.cpp text decoder: the hybrid Mamba2/attention/MoE one of Nemotron 3 Nano Omni "
                            "(default) or an attention-only llama")
-    make.add_argument("--no-vision", action="store_true")
-    make.add_argument("--no-audio", action="store_true")
-    make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--no-vision", action="store_true", help="leave out the vision encoder")
+    make.add_argument("--no-audio", action="store_true", help="leave out the audio encoder")
+    make.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
     return parser
 
 
@@ -77,7 +126,8 @@ def config_from(args: argparse.Namespace) -> DaemonConfig:
                           max_queue=args.max_queue, allow_read=list(args.allow_read),
                           max_document_pages=args.max_document_pages,
                           screen_history_bytes=args.screen_history_size,
-                          parent_pid=os.getppid() if args.exit_with_parent else None)
+                          parent_pid=os.getppid() if args.exit_with_parent else None,
+                          idle_unload_seconds=args.idle_unload, verbose=args.verbose)
     if args.socket:
         config.socket_path = args.socket
     if args.cache_ram is not None:

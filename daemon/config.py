@@ -4,6 +4,7 @@ Everything stays on this machine, under the user's own directories:
   socket        $XDG_RUNTIME_DIR/omnid/omnid.sock (or /tmp/omnid-$UID/omnid.sock), in a 0700 directory
   data          $XDG_DATA_HOME/omnid (~/.local/share/omnid): documents, meetings, screen history (SQLite)
   cache         $XDG_CACHE_HOME/omnid (~/.cache/omnid): the prompt cache's disk tier, the default model
+  token         $XDG_CONFIG_HOME/omnid/token (~/.config/omnid/token): the TCP endpoint's token (0600)
 Clients find the socket the same way (or through OMNID_SOCKET), so `omnid serve` and `omni ask` agree
 without flags.
 """
@@ -13,10 +14,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omnid.common.paths import default_socket_path, private_dir, runtime_dir
+from omnid.common.paths import default_socket_path, default_token_path, private_dir, runtime_dir
 
-__all__ = ["DaemonConfig", "cache_dir", "data_dir", "default_ram_budget", "default_socket_path", "private_dir",
-           "runtime_dir"]
+__all__ = ["DaemonConfig", "cache_dir", "data_dir", "default_ram_budget", "default_socket_path",
+           "default_token_path", "private_dir", "runtime_dir"]
 
 
 def data_dir() -> Path:
@@ -69,3 +70,8 @@ class DaemonConfig:
     #: Stop once this process (the one that started the daemon) is gone, so a crashed app or test run leaves no model
     #: loaded. The CLI records it before loading anything: a parent that dies during a slow load is still noticed.
     parent_pid: int | None = None
+    #: Free the model after this many seconds without requests; the next request loads it again (0 = never:
+    #: the point of omnid is a warm model).
+    idle_unload_seconds: float = 0.0
+    #: Backend logs (llama.cpp's, mlx-vlm's timings) on stderr.
+    verbose: bool = False

@@ -8,8 +8,14 @@ import grpc
 from google.protobuf.message import DecodeError
 
 
+#: Served over TCP without the token: a health probe learns only SERVING / NOT_SERVING, nothing about the
+#: model or the user's data, and standard probes (grpc_health_probe, load balancers) send no token.
+_OPEN_SERVICE_PREFIX = "/grpc.health.v1.Health/"
+
+
 class TokenAuth(grpc.ServerInterceptor):
-    """Refuses every call on the TCP endpoint that lacks `authorization: Bearer <token>` (the scheme in any case)."""
+    """Refuses every call on the TCP endpoint that lacks `authorization: Bearer <token>` (the scheme in any case),
+    health checks aside."""
 
     def __init__(self, token: str) -> None:
         self._expected = token.encode()
@@ -20,6 +26,8 @@ class TokenAuth(grpc.ServerInterceptor):
         self._deny_stream = grpc.unary_stream_rpc_method_handler(deny)
 
     def intercept_service(self, continuation, handler_call_details):
+        if handler_call_details.method.startswith(_OPEN_SERVICE_PREFIX):
+            return continuation(handler_call_details)
         given = dict(handler_call_details.invocation_metadata).get("authorization", "")
         scheme, _, credentials = given.strip().partition(" ")
         # The scheme is case-insensitive (RFC 7235 section 2.1): "bearer TOKEN" is as good as "Bearer TOKEN".

@@ -11,12 +11,16 @@ through rpc_meetings' runner).
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Callable, Sequence
+
+import numpy as np
 
 from omnid.daemon.events import Done, PagesUsed, Progress, TextDelta, Usage
 from omnid.daemon.sampling import SamplingParams
 from omnid.daemon.session import DecoderSession, GenerationResult, PrefillStats, Prompt
+from omnid.daemon.token_chain import TokenChain, media_code
 from omnid.modalities.document_prompt import SYSTEM, choose_pages, layout, page_segments, question_segment
 from omnid.modalities.document_store import StoredPage
 from omnid.modalities.screen_store import Observation
@@ -125,6 +129,26 @@ def ask_document(pages: Sequence[StoredPage], question: str, *, first: int, last
     return job
 
 
+def forget_document(pages: Sequence[StoredPage], vision: bool) -> Callable[[DecoderSession, Emit], int]:
+    """Drop every cache entry made from a document's content (its warm prefix, checkpoints inside it, snapshots
+    of questions after it: all that shares more with it than the system text every document prompt starts
+    with); returns how many. The pages are tokenized as the prompts had them."""
+    segments = layout(pages, vision)
+
+    def job(session: DecoderSession, emit: Emit) -> int:
+        shared = unit_chain(session, session.build_prompt([], SYSTEM, open_turn=True).segments)
+        document = unit_chain(session, document_prompt(session, segments).segments)
+        return session.cache.drop_sharing(document, beyond=len(shared))
+    return job
+
+
+def unit_chain(session: DecoderSession, segments: Sequence[Segment]) -> TokenChain:
+    """The cache's units for these segments (text tokens, one code per media item), as a prefill lays them out."""
+    codes = [np.asarray(session.backend.tokenize(s), np.int64) if isinstance(s, TextSegment)
+             else np.array([media_code(s.digest())], np.int64) for s in segments]
+    return TokenChain(np.concatenate(codes) if codes else np.zeros(0, np.int64))
+
+
 def document_prompt(session: DecoderSession, segments: list[Segment], question: TextSegment | None = None) -> Prompt:
     """The document prompt with one cache point, after the document; without a question, just that prefix.
 
@@ -150,16 +174,17 @@ ASK_SCREEN_SYSTEM = (
     "observations given (local time). Say when something is not in the observations.")
 
 
-def describe_frame(frame: ChangedFrame, max_tokens: int) -> Callable[[DecoderSession, Emit], Done]:
+def describe_frame(frame: ChangedFrame, max_tokens: int,
+                   sampling: SamplingParams = SamplingParams()) -> Callable[[DecoderSession, Emit], Done]:
     """One grabbed frame described, streamed (ScreenOnce)."""
     def job(session: DecoderSession, emit: Emit) -> Done:
         stats = session.prefill(frame_prompt(session, frame))
-        return answer(session, stats, max_tokens, SamplingParams(), emit)
+        return answer(session, stats, max_tokens, sampling, emit)
     return job
 
 
-def ask_screen(observations: Sequence[Observation], question: str,
-               max_tokens: int) -> Callable[[DecoderSession, Emit], Done]:
+def ask_screen(observations: Sequence[Observation], question: str, max_tokens: int,
+               sampling: SamplingParams = SamplingParams()) -> Callable[[DecoderSession, Emit], Done]:
     """A question about the screen history: the newest observations that fit the context, then the question."""
     def job(session: DecoderSession, emit: Emit) -> Done:
         lines = [_line(o) for o in observations]
@@ -169,8 +194,12 @@ def ask_screen(observations: Sequence[Observation], question: str,
         while len(lines) > 1 and session.count_tokens(history) > room:  # keep the newest that fit
             lines = lines[max(1, len(lines) // 10):]
             history = TextSegment("Observations:\n" + "\n".join(lines))
-        stats = session.prefill(session.build_prompt([history, asked], ASK_SCREEN_SYSTEM))
-        return answer(session, stats, max_tokens, SamplingParams(), emit)
+        # The only cache point is after the system text: no snapshot of the history is kept, so what
+        # DeleteScreenHistory deletes leaves nothing behind in the prompt cache.
+        prompt = session.build_prompt([history, asked], ASK_SCREEN_SYSTEM)
+        prompt = dataclasses.replace(prompt, cache_points=frozenset(sorted(prompt.cache_points)[:1]))
+        stats = session.prefill(prompt)
+        return answer(session, stats, max_tokens, sampling, emit)
     return job
 
 

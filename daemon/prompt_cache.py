@@ -243,6 +243,16 @@ class PromptCache:
         if self.disk_dir:
             self._disk_path(key).unlink(missing_ok=True)
 
+    def drop_sharing(self, chain: TokenChain, beyond: int) -> int:
+        """Drop (and unpin) every entry sharing more than `beyond` leading units with `chain`: all that was made
+        from the content after those units (deleting a document). Returns how many entries went."""
+        with self._lock:
+            keys = [k for k, e in self._entries.items() if e.chain.common_prefix(chain) > beyond]
+            self._pinned.difference_update(keys)
+        for key in keys:
+            self.drop(key)
+        return len(keys)
+
     def stats(self) -> CacheStats:
         with self._lock:
             s = CacheStats(**vars(self._stats))

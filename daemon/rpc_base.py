@@ -23,9 +23,15 @@ from omnid.daemon.sampling import SamplingParams
 from omnid.daemon.scheduler import Job, QueueFull, Scheduler, ShuttingDown
 from omnid.daemon.session import Cancelled
 from omnid.proto import omnid_pb2 as pb
-from omnid.models.base import ContextOverflow, InputError, ModelInfo
+from omnid.models.base import ContextOverflow, InputError, ModelInfo, ModelLoadError
 
 log = logging.getLogger(__name__)
+
+#: A base model (no chat template) continues text and has no end of turn to stop at: unless asked otherwise it
+#: gets this many tokens and stops at the end of a paragraph (gemma-3-270m otherwise repeated one line ~40
+#: times until the 512-token default).
+BASE_MODEL_MAX_TOKENS = 128
+PARAGRAPH_END = "\n\n"
 
 
 class NotFound(LookupError):
@@ -61,6 +67,8 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.NOT_FOUND, str(exc)
     if isinstance(exc, PermissionDenied):
         return grpc.StatusCode.PERMISSION_DENIED, str(exc)
+    if isinstance(exc, ModelLoadError):  # loading again after an unload failed (the files went away?)
+        return grpc.StatusCode.UNAVAILABLE, f"the model could not be loaded: {exc}"
     if isinstance(exc, (ValueError, TypeError)):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, OSError) and exc.errno in _OS_ERRORS:
@@ -85,6 +93,26 @@ def abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
         log.error("internal error serving a call", exc_info=exc)
     context.abort(code, clean_message(message))
     raise AssertionError("unreachable")  # context.abort raises
+
+
+@dataclasses.dataclass(frozen=True)
+class Deletion:
+    """A DeleteRequest, checked: exactly one of ids, a time range [since, until) (0 = open end), or everything."""
+
+    ids: tuple[str, ...] = ()
+    since: float = 0.0
+    until: float = 0.0
+    everything: bool = False
+
+    @classmethod
+    def of(cls, request: pb.DeleteRequest) -> "Deletion":
+        ids = tuple(i.strip() for i in request.ids if i.strip())
+        ranged = bool(request.since_unix or request.until_unix)
+        if sum((bool(ids), ranged, request.all)) != 1:
+            raise InputError("say what to delete: ids, a time range (since/until), or all - exactly one of them")
+        if ranged and request.until_unix and request.since_unix >= request.until_unix:
+            raise InputError("the time range is empty: since must come before until")
+        return cls(ids, request.since_unix, request.until_unix, request.all)
 
 
 def sampling_from(message: pb.Sampling) -> SamplingParams:
@@ -133,8 +161,30 @@ class RpcBase:
 
     @property
     def info(self) -> ModelInfo:
-        assert self.scheduler.backend is not None
-        return self.scheduler.backend.info
+        info = self.scheduler.info
+        assert info is not None
+        return info
+
+    @property
+    def is_base_model(self) -> bool:
+        """The model has no chat template (a base model that continues text; see models/chat_frame.py)."""
+        frame = self.scheduler.frame
+        return frame is not None and not (frame.user_open or frame.user_close)
+
+    def answer_limits(self, max_tokens: int, sampling: SamplingParams) -> tuple[int, SamplingParams]:
+        """A request's max_tokens (0 = the default) and sampling, with the defaults filled in; a max_tokens
+        beyond the whole context is refused rather than silently cut short. A base model's default is
+        BASE_MODEL_MAX_TOKENS and, unless the request has stop strings, a stop at the end of a paragraph."""
+        context = self.info.context_length
+        if max_tokens > context:
+            raise InputError(f"max_tokens {max_tokens} is more than the model's whole context ({context} tokens)")
+        if max_tokens:
+            return max_tokens, sampling
+        if self.is_base_model:  # both defaults together: a client that names a length gets that length
+            if not sampling.stop:
+                sampling = dataclasses.replace(sampling, stop=(PARAGRAPH_END,))
+            return BASE_MODEL_MAX_TOKENS, sampling
+        return self.config.default_max_tokens, sampling
 
     def stream_job(self, job: Job, context: grpc.ServicerContext, name: str,
                    message: Callable[[Any], Any]) -> Generator[Any, None, Any]:

@@ -1,4 +1,4 @@
-"""The core RPCs: Generate, Status, Prefill, Unpin.
+"""The core RPCs: Generate, Status, Prefill, Unpin, Unload.
 
 Client parts are decoded and checked here, in the gRPC handler's thread, before anything is queued: a bad
 image or a sound for a model without ears is refused at once, and the decoder only ever sees valid segments.
@@ -85,8 +85,8 @@ class CoreRpcs(RpcBase):
 
     def Generate(self, request: pb.GenerateRequest, context: grpc.ServicerContext) -> Iterator[pb.GenerateEvent]:
         segments = self.call(context, lambda: self.segments_from_parts(list(request.parts)))
-        sampling = self.call(context, lambda: sampling_from(request.sampling))
-        max_tokens = request.max_tokens or self.config.default_max_tokens
+        max_tokens, sampling = self.call(context, lambda: self.answer_limits(request.max_tokens,
+                                                                             sampling_from(request.sampling)))
         job = jobs.generate(segments, request.system or None, max_tokens, sampling)
         yield from self.answer_stream(job, context, "generate", pb.GenerateEvent)
 
@@ -101,6 +101,9 @@ class CoreRpcs(RpcBase):
         assert self.scheduler.cache is not None
         return pb.UnpinReply(was_pinned=self.scheduler.cache.unpin(request.prefix_id))
 
+    def Unload(self, request: pb.UnloadRequest, context: grpc.ServicerContext) -> pb.UnloadReply:
+        return pb.UnloadReply(was_loaded=self.call(context, self.scheduler.unload))
+
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusReply:
         info = self.info
         assert self.scheduler.cache is not None
@@ -112,7 +115,8 @@ class CoreRpcs(RpcBase):
             uptime_seconds=time.monotonic() - self.started_at, cache=self.cache_stats(),
             version=VERSION, endpoint=self.endpoint,
             audio_sample_rate=info.audio_sample_rate if "audio" in info.capabilities else 0,
-            max_audio_clip_seconds=info.max_audio_clip_seconds or 0.0, note=info.note)
+            max_audio_clip_seconds=info.max_audio_clip_seconds or 0.0, note=info.note,
+            model_loaded=self.scheduler.loaded, idle_unload_seconds=self.scheduler.idle_unload_seconds)
 
 
     def cache_stats(self) -> pb.CacheStats:

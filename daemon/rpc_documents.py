@@ -18,6 +18,7 @@ bad file, a cancelled ingest or a failed count leaves no row, no folder and no c
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -29,13 +30,16 @@ from PIL import Image
 
 from omnid.daemon import jobs
 from omnid.daemon.events import Progress
-from omnid.daemon.rpc_base import NotFound, RpcBase, abort, sampling_from
+from omnid.daemon.rpc_base import Deletion, NotFound, RpcBase, abort, sampling_from
+from omnid.daemon.session import DecoderSession
 from omnid.modalities.document_prompt import layout
 from omnid.modalities.document_store import DocumentStore, StoredDocument, StoredPage
 from omnid.modalities.documents import PdfDocument, TooManyPages
 from omnid.modalities.images import image_segment
 from omnid.models.base import InputError, Segment, TextSegment
 from omnid.proto import omnid_pb2 as pb
+
+log = logging.getLogger(__name__)
 
 #: Largest PDF taken (bytes): a scanned 500-page book fits; the gRPC message limit is the same.
 MAX_PDF_BYTES = 256 * 1024 * 1024
@@ -147,7 +151,8 @@ class DocumentRpcs(RpcBase):
             return loaded, first, last
 
         loaded, first, last = self.call(context, prepare)
-        sampling = self.call(context, lambda: sampling_from(request.sampling))
+        max_tokens, sampling = self.call(context, lambda: self.answer_limits(request.max_tokens,
+                                                                             sampling_from(request.sampling)))
         if loaded.doc.fingerprint != self.info.fingerprint:  # ingested under another model: recount once
             for _ in self._count(loaded, context, time.perf_counter()):
                 pass  # progress of a recount is not part of an answer
@@ -155,8 +160,53 @@ class DocumentRpcs(RpcBase):
                 loaded.doc.id, loaded.doc.fingerprint, {p.number: p.tokens for p in loaded.doc.pages}))
         job = jobs.ask_document(loaded.pages[first - 1:last], request.question, first=first, last=last,
                                 whole=(first, last) == (1, loaded.doc.page_count), vision=self._vision(),
-                                max_tokens=request.max_tokens or self.config.default_max_tokens, sampling=sampling)
+                                max_tokens=max_tokens, sampling=sampling)
         yield from self.answer_stream(job, context, "ask-document", pb.AskDocumentEvent)
+
+    # -- DeleteDocuments -------------------------------------------------------------------------------------
+
+    def DeleteDocuments(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteReply:
+        """Rows, page images, the decoded copy in memory and every prompt-cache entry made from the document."""
+        def select() -> list[str]:
+            what = Deletion.of(request)
+            if what.everything:
+                return [d.id for d in self.documents.list()]
+            if what.ids:
+                return list(dict.fromkeys(self._resolve(i) for i in what.ids))  # all known, or nothing goes
+            return self.documents.ids_between(what.since, what.until)
+
+        reply = pb.DeleteReply()
+        for doc_id in self.call(context, select):
+            loaded = self.call(context, lambda: self._load(doc_id))
+            reply.cache_entries_removed += self._forget_cached(loaded, context)
+            doc, freed = self.call(context, lambda: self.documents.delete(doc_id))
+            with self._loaded_lock:
+                self._loaded.pop(doc_id, None)
+            if doc is not None:
+                reply.deleted_ids.append(doc_id)
+                reply.bytes_removed += freed
+        reply.deleted = len(reply.deleted_ids)
+        log.info("deleted %d documents", reply.deleted)
+        return reply
+
+    def _forget_cached(self, loaded: _Loaded, context: grpc.ServicerContext) -> int:
+        """Drop every cache entry made from the document's content (the warm prefix, checkpoints inside it,
+        snapshots of questions after it) and empty the live sequence. A decoder job: the pages are tokenized
+        as the prompts had them."""
+        forget = jobs.forget_document(loaded.pages, self._vision())
+
+        def job(session: DecoderSession, emit: jobs.Emit) -> int:
+            removed = forget(session, emit)
+            self.scheduler.empty_sequence()  # the live sequence may hold the document too
+            return removed
+
+        return self.unary_job(job, context, "forget-document")
+
+    def _resolve(self, id_or_prefix: str) -> str:
+        full_id = self.documents.resolve(id_or_prefix)
+        if full_id is None:
+            raise NotFound(f"no document {id_or_prefix!r} (see `omni doc list`)")
+        return full_id
 
     # -- ListDocuments and DocumentRef parts -----------------------------------------------------------------
 
@@ -187,7 +237,7 @@ class DocumentRpcs(RpcBase):
         return replace(page, rgb=image_segment(Image.fromarray(page.rgb), self.info.max_image_side).rgb)
 
     def _load(self, doc_id: str) -> _Loaded:
-        """A document by id (or a unique prefix of 8+ characters), from memory or the store; NotFound."""
+        """A document by id (or a unique prefix of 4+ characters), from memory or the store; NotFound."""
         doc_id = doc_id.strip().lower()
         with self._loaded_lock:
             if doc_id in self._loaded:

@@ -23,12 +23,13 @@ from typing import Callable, Iterator, TypeVar
 import grpc
 
 from omnid.daemon.config import private_dir
-from omnid.daemon.rpc_base import NotFound, RpcBase, abort, sampling_from
+from omnid.daemon.rpc_base import Deletion, NotFound, RpcBase, abort, sampling_from
 from omnid.daemon.scheduler import QueueFull, Scheduler
 from omnid.daemon.session import DecoderSession
 from omnid.modalities import meetings
 from omnid.modalities.audio_clips import MAX_CLIP_TOKENS, clip_seconds, cut_stream
 from omnid.modalities.audio_io import AudioStream, pcm_blocks, pcm_from_f32le
+from omnid.modalities.ids import MIN_PREFIX
 from omnid.modalities.meeting_store import MeetingRow, MeetingStore
 from omnid.modalities.recorder import Recorder, WavSpool, input_devices
 from omnid.models.base import InputError, require
@@ -41,6 +42,8 @@ T = TypeVar("T")
 #: so a segment appears within ~15 s of being said.
 FILE_CLIP_SECONDS = 30.0
 LIVE_CLIP_SECONDS = 15.0
+#: Meeting states whose audio is still being captured or transcribed: not deletable until they end.
+_ACTIVE = ("recording", "transcribing")
 #: How long a clip's job may wait for room in a full queue before the meeting gives up.
 QUEUE_FULL_PATIENCE_SECONDS = 60.0
 
@@ -79,33 +82,37 @@ class MeetingRpcs(RpcBase):
         self.call(context, lambda: require(self.info, "audio", "transcribe"))
         settings = self.call(context, lambda: self._settings(request.summary, request.language, None))
         max_clip = self.call(context, lambda: self._clip_seconds(FILE_CLIP_SECONDS))
+        store = not request.no_store
         if request.path:
             opened = self.call(context, lambda: self.open_readable(request.path))
             stream = self.call(context, lambda: AudioStream(opened.file))  # owns the descriptor: never reopened
-            meeting_id = self.call(context, lambda: self.meeting_store.create(request.title or opened.name,
-                                                                               request.path, "transcribing"))
+            meeting_id = self.call(context, lambda: self._create(store, request.title or opened.name, request.path))
             audio_path, rate, total, blocks = request.path, stream.rate, stream.seconds, stream.blocks()
         elif source == "encoded":
             stream = self.call(context, lambda: AudioStream(request.audio.encoded))
-            meeting_id = self.call(context, lambda: self.meeting_store.create(request.title or "upload", "",
-                                                                               "transcribing"))
+            meeting_id = self.call(context, lambda: self._create(store, request.title or "upload", ""))
             audio_path = self.call(context, lambda: self._keep(meeting_id, stream.format.lower(),
-                                                               lambda p: p.write_bytes(request.audio.encoded)))
+                                                               lambda p: p.write_bytes(request.audio.encoded))
+                                   if store else "")
             rate, total, blocks = stream.rate, stream.seconds, stream.blocks()
         elif source == "pcm":
             pcm = request.audio.pcm
             samples = self.call(context, lambda: pcm_from_f32le(pcm.f32le, pcm.sample_rate, pcm.channels))
             if not len(samples):
                 self.call(context, lambda: _raise(InputError("the audio has no samples")))
-            meeting_id = self.call(context, lambda: self.meeting_store.create(request.title or "upload", "",
-                                                                               "transcribing"))
+            meeting_id = self.call(context, lambda: self._create(store, request.title or "upload", ""))
             audio_path = self.call(context, lambda: self._keep(meeting_id, "wav",
-                                                               lambda p: _write_wav(p, samples, pcm.sample_rate)))
+                                                               lambda p: _write_wav(p, samples, pcm.sample_rate))
+                                   if store else "")
             rate, total, blocks = pcm.sample_rate, len(samples) / pcm.sample_rate, pcm_blocks(samples)
         else:
             self.call(context, lambda: _raise(InputError("no audio: set path, audio.encoded or audio.pcm")))
         yield from self._serve(context, meeting_id, audio_path, cut_stream(blocks, rate, max_clip), settings,
                                lambda: ("transcribing", total))
+
+    def _create(self, store: bool, title: str, audio_path: str) -> str:
+        """A stored meeting's id, or "" for a transcript that is kept nowhere (no_store)."""
+        return self.meeting_store.create(title, audio_path, "transcribing") if store else ""
 
     # -- live meetings ---------------------------------------------------------------------------------------
 
@@ -150,6 +157,9 @@ class MeetingRpcs(RpcBase):
         if action not in ("pause", "resume", "stop", "status", ""):
             raise InputError(f"unknown action {action!r} (pause, resume, stop, status)")
         live = self._live
+        typed = meeting_id.strip().lower()
+        if live is not None and len(typed) >= MIN_PREFIX and live.meeting_id.startswith(typed):
+            meeting_id = live.meeting_id
         if live is not None and meeting_id in ("", live.meeting_id):
             r = live.recorder
             {"pause": r.pause, "resume": r.resume, "stop": r.stop}.get(action, lambda: None)()
@@ -161,7 +171,7 @@ class MeetingRpcs(RpcBase):
             raise NotFound("no meeting is being recorded")
         found = self.meeting_store.get(meeting_id)
         if found is None:
-            raise NotFound(f"no meeting {meeting_id!r}")
+            raise NotFound(f"no meeting {meeting_id!r} (see `omni meeting list`)")
         if action in ("pause", "resume"):
             raise InputError(f"meeting {meeting_id} is not being recorded (it is {found[0].state})")
         row = found[0]
@@ -190,13 +200,54 @@ class MeetingRpcs(RpcBase):
         def get() -> pb.TranscriptFinal:
             found = self.meeting_store.get(request.meeting_id)
             if found is None:
-                raise NotFound(f"no meeting {request.meeting_id!r}")
+                raise NotFound(f"no meeting {request.meeting_id!r} (see `omni meeting list`)")
             row, segments = found
             usage = pb.Usage(**json.loads(row.usage_json)) if row.usage_json else pb.Usage()
             return pb.TranscriptFinal(meeting_id=row.id, segments=[_segment(s) for s in segments],
                                       text=" ".join(s.text for s in segments if s.text), summary=row.summary,
                                       usage=usage, audio_path=row.audio_path, duration_seconds=row.duration)
         return self.call(context, get)
+
+    def DeleteMeetings(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteReply:
+        """Transcripts, summaries, their search index entries, and the audio the daemon kept for them."""
+        def delete() -> pb.DeleteReply:
+            what = Deletion.of(request)
+            if what.ids:
+                ids = []
+                for given in what.ids:
+                    full_id = self.meeting_store.resolve(given)
+                    if full_id is None:
+                        raise NotFound(f"no meeting {given!r} (see `omni meeting list`)")
+                    row = self.meeting_store.get(full_id)
+                    if row is not None and row[0].state in _ACTIVE:
+                        raise InputError(f"meeting {full_id} is {row[0].state} now; stop it first", unsupported=True)
+                    ids.append(full_id)
+            else:
+                since, until = (0.0, 0.0) if what.everything else (what.since, what.until)
+                ids = self.meeting_store.ids_between(since, until)
+            reply = pb.DeleteReply()
+            for meeting_id in dict.fromkeys(ids):
+                found = self.meeting_store.get(meeting_id)
+                if found is None or found[0].state in _ACTIVE:  # a range or `all` leaves running ones alone
+                    continue
+                self.meeting_store.delete(meeting_id)
+                reply.bytes_removed += self._remove_kept_audio(found[0].audio_path)
+                reply.deleted_ids.append(meeting_id)
+            reply.deleted = len(reply.deleted_ids)
+            log.info("deleted %d meetings", reply.deleted)
+            return reply
+        return self.call(context, delete)
+
+    def _remove_kept_audio(self, audio_path: str) -> int:
+        """Delete the audio file if the daemon made it (under its audio folder); a client's own file stays."""
+        if not audio_path:
+            return 0
+        path = Path(audio_path)
+        if not path.resolve().is_relative_to(self.audio_dir.resolve()) or not path.is_file():
+            return 0
+        size = path.stat().st_size
+        path.unlink(missing_ok=True)
+        return size
 
     # -- the shared loop -------------------------------------------------------------------------------------
 
@@ -209,7 +260,8 @@ class MeetingRpcs(RpcBase):
         run = _ClipRunner(self.scheduler, context)
         try:
             for i, segment in enumerate(meetings.transcribe(clips, run, transcript)):
-                self.meeting_store.add_segment(meeting_id, i, segment)
+                if meeting_id:
+                    self.meeting_store.add_segment(meeting_id, i, segment)
                 yield pb.TranscriptEvent(segment=_segment(segment))
                 state, total = progress()
                 yield pb.TranscriptEvent(progress=pb.TranscriptProgress(
@@ -217,18 +269,21 @@ class MeetingRpcs(RpcBase):
             if settings.summary:
                 run(lambda session: meetings.summarise(session, transcript))
         except GeneratorExit:  # the client went away: what was transcribed so far stays stored
-            self.meeting_store.update(meeting_id, state="cancelled", duration=transcript.end)
+            if meeting_id:
+                self.meeting_store.update(meeting_id, state="cancelled", duration=transcript.end)
             raise
         except Exception as exc:
-            self.meeting_store.update(meeting_id, state="failed")
+            if meeting_id:
+                self.meeting_store.update(meeting_id, state="failed")
             abort(context, exc)
         finally:
             assert self.scheduler.cache is not None
             meetings.finish(self.scheduler.cache, transcript)
         usage = _usage(transcript.usage, run.queue_ms, (time.perf_counter() - t0) * 1000)
-        self.meeting_store.update(meeting_id, state="done", duration=transcript.end, summary=transcript.summary,
-                                  usage_json=json.dumps({f.name: getattr(usage, f.name)
-                                                         for f in usage.DESCRIPTOR.fields}))
+        if meeting_id:
+            self.meeting_store.update(meeting_id, state="done", duration=transcript.end, summary=transcript.summary,
+                                      usage_json=json.dumps({f.name: getattr(usage, f.name)
+                                                             for f in usage.DESCRIPTOR.fields}))
         yield pb.TranscriptEvent(done=pb.TranscriptFinal(
             meeting_id=meeting_id, segments=[_segment(s) for s in transcript.segments], text=transcript.text,
             summary=transcript.summary, usage=usage, audio_path=audio_path, duration_seconds=transcript.end))

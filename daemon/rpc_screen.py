@@ -17,7 +17,8 @@ import grpc
 
 from omnid.daemon import jobs
 from omnid.daemon.config import private_dir
-from omnid.daemon.rpc_base import NotFound, RpcBase
+from omnid.daemon.rpc_base import Deletion, NotFound, RpcBase
+from omnid.daemon.sampling import SamplingParams
 from omnid.modalities.screen_capture import ScreenGrabber
 from omnid.modalities.screen_store import Observation, ScreenStore
 from omnid.modalities.screen_watcher import (ONCE_INSTRUCTION, ChangedFrame, Observed, ScreenWatcher,
@@ -175,13 +176,17 @@ class ScreenRpcs(RpcBase):
         return self.call(context, start)
 
     def StopScreenWatch(self, request: pb.ScreenControlRequest, context: grpc.ServicerContext) -> pb.ScreenWatchState:
-        with self._screen_lock:
-            watcher = self._screen_watcher
-        if watcher is not None:
+        """Stop watching; like pause, a stop with nothing to stop is FAILED_PRECONDITION."""
+        def stop() -> pb.ScreenWatchState:
+            with self._screen_lock:
+                watcher = self._screen_watcher
+            if watcher is None or not watcher.running:
+                raise _not_watching()
             watcher.stop()
-        state = self._state()
-        state.watching = state.paused = False
-        return state
+            state = self._state()
+            state.watching = state.paused = False
+            return state
+        return self.call(context, stop)
 
     def ControlScreenWatch(self, request: pb.ScreenControlRequest,
                            context: grpc.ServicerContext) -> pb.ScreenWatchState:
@@ -192,8 +197,7 @@ class ScreenRpcs(RpcBase):
             watcher = self._screen_watcher
             if action != "status":
                 if watcher is None or not watcher.running:
-                    raise InputError("the screen is not being watched (start with `omni screen watch`)",
-                                     unsupported=True)
+                    raise _not_watching()
                 watcher.pause() if action == "pause" else watcher.resume()
                 self._screen_events.publish(pb.ScreenEvent(state=self._state()))
             return self._state()
@@ -216,7 +220,8 @@ class ScreenRpcs(RpcBase):
 
     def ScreenOnce(self, request: pb.ScreenOnceRequest, context: grpc.ServicerContext) -> Iterator[pb.GenerateEvent]:
         frame = self.call(context, lambda: self._grab_for_model(request.monitor, request.prompt or ONCE_INSTRUCTION))
-        job = jobs.describe_frame(frame, request.max_tokens or self.config.default_max_tokens)
+        max_tokens, sampling = self.call(context, lambda: self.answer_limits(request.max_tokens, SamplingParams()))
+        job = jobs.describe_frame(frame, max_tokens, sampling)
         yield from self.answer_stream(job, context, "screen-once", pb.GenerateEvent)
 
     def SearchScreen(self, request: pb.SearchScreenRequest, context: grpc.ServicerContext) -> pb.SearchScreenReply:
@@ -237,9 +242,28 @@ class ScreenRpcs(RpcBase):
                 raise NotFound("no screen observations in that time range (watch with `omni screen watch`)")
             return sorted(found.values(), key=lambda o: o.time_unix)
         observations = self.call(context, gather)
-        job = jobs.ask_screen(observations, request.question.strip(),
-                              request.max_tokens or self.config.default_max_tokens)
+        max_tokens, sampling = self.call(context, lambda: self.answer_limits(request.max_tokens, SamplingParams()))
+        job = jobs.ask_screen(observations, request.question.strip(), max_tokens, sampling)
         yield from self.answer_stream(job, context, "ask-screen", pb.GenerateEvent)
+
+    def DeleteScreenHistory(self, request: pb.DeleteRequest, context: grpc.ServicerContext) -> pb.DeleteReply:
+        def delete() -> pb.DeleteReply:
+            what = Deletion.of(request)
+            store = self._screen_store
+            ids = []
+            for given in what.ids:
+                full_id = store.resolve(given)
+                if full_id is None:
+                    raise NotFound(f"no screen observation {given!r} (see `omni screen search`)")
+                ids.append(full_id)
+            deleted = store.delete(ids, what.since, what.until, everything=what.everything)
+            log.info("deleted %d screen observations", deleted)
+            return pb.DeleteReply(deleted=deleted, deleted_ids=ids if what.ids else [])
+        return self.call(context, delete)
+
+
+def _not_watching() -> InputError:
+    return InputError("the screen is not being watched (start with `omni screen watch`)", unsupported=True)
 
 
 def _observation(o: Observation) -> pb.ScreenObservation:

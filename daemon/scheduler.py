@@ -9,9 +9,14 @@ A job is a function `job(session, emit) -> result`: it uses the DecoderSession, 
 `JobHandle.events()` / `JobHandle.result()` in their own threads. The queue is bounded
 (QueueFull -> RESOURCE_EXHAUSTED); a cancelled handle stops its job at the next token or segment, and the
 decoder moves on to the next job at once.
+
+Unloading (`omni unload`, `omnid serve --idle-unload`): the model can be freed between jobs, on the worker
+thread like everything else that touches it; the next job loads it again first (its queue time includes the
+load). The prompt cache is kept: the same weights give the same fingerprint, so its entries stay valid.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import threading
@@ -23,7 +28,7 @@ from omnid.daemon.prompt_cache import PromptCache
 from omnid.daemon.sampling import SamplingParams
 from omnid.daemon.session import DEFAULT_CHECKPOINT_INTERVAL, Cancelled, DecoderSession
 from omnid.daemon.token_chain import ANCHOR, LiveSequence, TokenizerCache
-from omnid.models.base import Backend, ChatFrame, InputError, TextSegment
+from omnid.models.base import Backend, ChatFrame, InputError, ModelInfo, TextSegment
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +36,14 @@ Emit = Callable[[Any], None]
 #: A job: `job(session, emit) -> result`. It emits typed events (daemon/events.py) and returns a typed result.
 Job = Callable[[DecoderSession, Emit], Any]
 T = TypeVar("T")
+
+
+class _Unload:
+    """A request, queued like a job, to free the model once the jobs before it are done."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.was_loaded = False
 
 
 #: Words the warm-up evaluates to measure how snapshots grow per token.
@@ -172,11 +185,11 @@ class Scheduler:
     """Owns the backend on one worker thread and runs queued jobs in order."""
 
     def __init__(self, load_backend: Callable[[], Backend], make_cache: Callable[[Backend], PromptCache],
-                 max_queue: int = 16) -> None:
+                 max_queue: int = 16, idle_unload_seconds: float = 0.0) -> None:
         self._load_backend = load_backend
         self._make_cache = make_cache
         self.max_queue = max_queue
-        self._queue: queue.Queue[JobHandle | None] = queue.Queue(maxsize=max_queue)
+        self._queue: queue.Queue[JobHandle | _Unload | None] = queue.Queue(maxsize=max_queue)
         self._thread = threading.Thread(target=self._run, name="omnid-decoder", daemon=True)
         self._loaded = threading.Event()
         self._load_error: BaseException | None = None
@@ -195,6 +208,10 @@ class Scheduler:
         #: Snapshot bytes of an empty sequence (recurrent state, logits) and per token (attention KV).
         self.state_base_bytes = 0
         self.state_bytes_per_token = 0.0
+        #: Free the model after this long without jobs (0 = never).
+        self.idle_unload_seconds = idle_unload_seconds
+        self._info: ModelInfo | None = None
+        self._last_active = time.monotonic()
 
     # -- lifetime --------------------------------------------------------------------------------------------
 
@@ -236,6 +253,41 @@ class Scheduler:
         modalities/decoder.py)."""
         return self.submit(lambda session, emit: work(session), name)
 
+    def unload(self, timeout: float | None = None) -> bool:
+        """Free the model once the jobs queued before this call are done; True if it was loaded."""
+        request = _Unload()
+        with self._lock:
+            if self._stopping:
+                raise ShuttingDown("the daemon is shutting down")
+            try:
+                self._queue.put_nowait(request)
+            except queue.Full:
+                raise QueueFull(f"{self.max_queue} requests are already waiting for the decoder; "
+                                "try again later") from None
+        request.done.wait(timeout)
+        return request.was_loaded
+
+    def empty_sequence(self) -> None:
+        """Empty the decoder's sequence, so nothing of what it held can be reused (deleting a document).
+        Call it only from inside a job: the worker thread owns the backend."""
+        assert threading.current_thread() is self._thread and self.backend is not None
+        self.backend.reset()
+        self._live.clear()
+
+    @property
+    def info(self) -> ModelInfo | None:
+        """The model's info, also while it is unloaded (it loads again the same)."""
+        return self._info
+
+    @property
+    def frame(self) -> ChatFrame | None:
+        """The model's chat frame (kept while unloaded, like info)."""
+        return self._frame
+
+    @property
+    def loaded(self) -> bool:
+        return self.backend is not None
+
     @property
     def queue_depth(self) -> int:
         return self._queue.qsize()
@@ -246,10 +298,7 @@ class Scheduler:
 
     def _run(self) -> None:
         try:
-            self.backend = self._load_backend()
-            self.cache = self._make_cache(self.backend)
-            self._frame = self.backend.chat_frame()  # rendered once: every job lays prompts out with it
-            self._warm_up()
+            self._load()
         except BaseException as exc:  # reported by start(); the thread ends
             self._load_error = exc
             self._loaded.set()
@@ -257,14 +306,72 @@ class Scheduler:
         self._loaded.set()
         try:
             while True:
-                handle = self._queue.get()
-                if handle is None:
+                try:
+                    item = self._queue.get(timeout=self._idle_timeout())
+                except queue.Empty:
+                    log.warning("no requests for %.0f s: unloading the model (the next request loads it again)",
+                                self.idle_unload_seconds)
+                    self._unload()
+                    continue
+                if item is None:
                     break
-                self._run_one(handle)
+                if isinstance(item, _Unload):
+                    item.was_loaded = self._unload()
+                    item.done.set()
+                    continue
+                if self.backend is None and not self._reload(item):
+                    continue
+                self._run_one(item)
+                self._last_active = time.monotonic()
             self._finish_left()
         finally:
+            assert self.cache is not None
             self.cache.close()  # queued disk snapshots land before the process ends
-            self.backend.close()
+            if self.backend is not None:
+                self.backend.close()
+
+    def _load(self) -> None:
+        self.backend = self._load_backend()
+        if self.cache is None or self.cache.fingerprint != self.backend.info.fingerprint:
+            if self.cache is not None:  # the files changed while unloaded: their old entries do not apply
+                self.cache.close()
+                self._tokens = TokenizerCache()
+            self.cache = self._make_cache(self.backend)
+        self._info = self.backend.info
+        self._frame = self.backend.chat_frame()  # rendered once: every job lays prompts out with it
+        self._warm_up()
+        self._last_active = time.monotonic()
+
+    def _reload(self, handle: JobHandle) -> bool:
+        """Load the unloaded model for a job; a failure fails that job (the next one tries again)."""
+        if handle.is_cancelled():
+            handle.finish(error=Cancelled())
+            return False
+        log.warning("loading the model again for %s", handle.name)
+        try:
+            self._load()
+        except Exception as exc:
+            log.exception("loading the model again failed")
+            self.backend = None
+            handle.finish(error=exc)
+            return False
+        return True
+
+    def _unload(self) -> bool:
+        """Free the model (the cache stays); False if it was not loaded."""
+        if self.backend is None:
+            return False
+        backend, self.backend = self.backend, None
+        self._live.clear()
+        backend.close()
+        del backend
+        gc.collect()  # the backend's Python objects hold the weights' buffers: free them now, not later
+        return True
+
+    def _idle_timeout(self) -> float | None:
+        if not self.idle_unload_seconds or self.backend is None:
+            return None
+        return max(0.0, self._last_active + self.idle_unload_seconds - time.monotonic())
 
     def _finish_left(self) -> None:
         """Everything still queued ends with ShuttingDown (at stop, and after the sentinel): no submitter may
@@ -274,7 +381,9 @@ class Scheduler:
                 handle = self._queue.get_nowait()
             except queue.Empty:
                 return
-            if handle is not None:
+            if isinstance(handle, _Unload):
+                handle.done.set()  # the model is freed by the shutdown itself
+            elif handle is not None:
                 handle.finish(error=ShuttingDown("the daemon is shutting down"))
 
     def _warm_up(self) -> None:

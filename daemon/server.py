@@ -2,7 +2,8 @@
 
 Endpoints, private by default:
   * a Unix socket (always), mode 0600 inside a 0700 directory: only this user can connect;
-  * TCP (optional), on a loopback address only, and every call must carry `authorization: Bearer TOKEN`.
+  * TCP (optional), on a loopback address only, and every call must carry `authorization: Bearer TOKEN`
+    (the token file defaults to ~/.config/omnid/token), except grpc.health.v1, which reveals nothing.
 Both serve the same servicer, the standard grpc.health.v1 service and server reflection (so grpcurl and
 other languages need no copy of our .proto). SIGTERM/SIGINT stop the daemon: queued and running calls end
 with UNAVAILABLE, the socket file is removed.
@@ -33,7 +34,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from omnid.daemon.config import DaemonConfig, cache_dir, private_dir
+from omnid.daemon.config import DaemonConfig, cache_dir, default_token_path, private_dir
 from omnid.daemon.interceptors import TokenAuth, UndecodableRequests
 from omnid.common.private_paths import UnsafePath, check_private_dir, read_private_token, socket_identity
 from omnid.daemon.prompt_cache import PromptCache
@@ -97,7 +98,8 @@ class Daemon:
 
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
-        self.scheduler = Scheduler(self._load_backend, self._make_cache, max_queue=config.max_queue)
+        self.scheduler = Scheduler(self._load_backend, self._make_cache, max_queue=config.max_queue,
+                                   idle_unload_seconds=config.idle_unload_seconds)
         self.servers: list[grpc.Server] = []
         self.health = health.HealthServicer()
         self.servicer: OmniServicer | None = None
@@ -112,7 +114,10 @@ class Daemon:
             model, note = str(default_model_path(cache_dir())), DEFAULT_MODEL_NOTE
         backend = load_backend(model, self.config.mmproj, self.config.backend,
                                context_length=self.config.context_length, threads=self.config.threads,
-                               flash_attn=self.config.flash_attn)
+                               flash_attn=self.config.flash_attn, verbose=self.config.verbose)
+        if backend.info.context_length != self.config.context_length:
+            log.warning("context: %d tokens asked for, the model runs with %d", self.config.context_length,
+                        backend.info.context_length)
         if note:
             backend.info = replace(backend.info, note=note)
         return backend
@@ -128,9 +133,7 @@ class Daemon:
         tcp = parse_loopback(self.config.tcp) if self.config.tcp else None
         token = None
         if tcp:
-            if not self.config.token_file:
-                raise ValueError("--tcp needs --token-file (TCP is only served with a token)")
-            token = read_or_create_token(self.config.token_file)
+            token = read_or_create_token(self.config.token_file or default_token_path())
         _claim_socket(self.config.socket_path)
         self.scheduler.start()
         self.endpoints = [f"unix:{self.config.socket_path}"] + ([f"{tcp[0]}:{tcp[1]}"] if tcp else [])

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from omnid.common.paths import private_dir
+from omnid.modalities.ids import resolve_prefix
 
 PageKind = Literal["text", "image"]
 
@@ -84,6 +85,7 @@ class DocumentStore:
         self._db = sqlite3.connect(self.root / "index.sqlite", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA foreign_keys = ON")
         self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA secure_delete = ON")  # a deleted document's text is overwritten on disk
         self._db.executescript(_SCHEMA)
         self._remove_orphans()
 
@@ -140,6 +142,22 @@ class DocumentStore:
         with self._lock:
             self._db.execute("UPDATE documents SET prefix_key = ? WHERE id = ?", (prefix_key, doc_id))
 
+    def delete(self, doc_id: str) -> tuple[StoredDocument | None, int]:
+        """Remove a document's rows, then its page images; returns what it was (None if unknown) and the
+        bytes of images removed. Rows first: a crash in between leaves a folder the next start removes."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id, name, page_count, created, ingest_ms, fingerprint, prefix_key FROM documents "
+                "WHERE id = ?", (doc_id,)).fetchone()
+            if row is None:
+                return None, 0
+            self._db.execute("DELETE FROM documents WHERE id = ?", (doc_id,))  # pages cascade
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        folder = self.root / doc_id
+        freed = sum(f.stat().st_size for f in folder.iterdir() if f.is_file()) if folder.is_dir() else 0
+        shutil.rmtree(folder, ignore_errors=True)
+        return StoredDocument(*row), freed
+
     # -- reading ---------------------------------------------------------------------------------------------
 
     def list(self) -> list[StoredDocument]:
@@ -157,13 +175,17 @@ class DocumentStore:
         return docs
 
     def resolve(self, id_or_prefix: str) -> str | None:
-        """The full id of the one document whose id starts with this (ids are long; people type 8+ characters)."""
-        if len(id_or_prefix) < 8 or not all(c in "0123456789abcdef" for c in id_or_prefix):
-            return None
+        """The full id of the one document whose id is or starts with this (4+ characters); None when none
+        does, AmbiguousId when several do."""
         with self._lock:
-            rows = self._db.execute("SELECT id FROM documents WHERE substr(id, 1, ?) = ? LIMIT 2",
-                                    (len(id_or_prefix), id_or_prefix)).fetchall()
-        return rows[0][0] if len(rows) == 1 else None
+            return resolve_prefix(self._db, "documents", id_or_prefix, "document")
+
+    def ids_between(self, since: float, until: float) -> list[str]:
+        """Documents ingested in [since, until) (0 = open end)."""
+        with self._lock:
+            return [r[0] for r in self._db.execute(
+                "SELECT id FROM documents WHERE created >= ? AND created < ? ORDER BY created",
+                (since, until or float("inf")))]
 
     def get(self, doc_id: str, *, with_content: bool = True) -> StoredDocument | None:
         """One document with its pages' text and images (None when unknown)."""

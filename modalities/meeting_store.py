@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from omnid.modalities.ids import resolve_prefix
 from omnid.modalities.meetings import TranscriptSegment
 
 _SCHEMA = """
@@ -66,6 +67,7 @@ class MeetingStore:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA secure_delete=ON")  # a deleted transcript is overwritten, not left in free pages
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._db.execute("UPDATE meetings SET state='interrupted' WHERE state IN ('recording', 'transcribing')")
@@ -105,13 +107,44 @@ class MeetingStore:
             if summary is not None:
                 self._db.execute("UPDATE meetings_fts SET summary = ? WHERE meeting_id = ?", (summary, meeting_id))
 
-    def get(self, meeting_id: str) -> tuple[MeetingRow, list[TranscriptSegment]] | None:
+    def resolve(self, id_or_prefix: str) -> str | None:
+        """The full id of the one meeting whose id is or starts with this; None when none does, AmbiguousId
+        when several do."""
         with self._lock:
+            return resolve_prefix(self._db, "meetings", id_or_prefix, "meeting")
+
+    def ids_between(self, since: float, until: float) -> list[str]:
+        """Meetings created in [since, until) (0 = open end), oldest first."""
+        with self._lock:
+            return [r[0] for r in self._db.execute(
+                "SELECT id FROM meetings WHERE created >= ? AND created < ? ORDER BY created",
+                (since, until or float("inf")))]
+
+    def delete(self, meeting_id: str) -> MeetingRow | None:
+        """Remove a meeting's rows and its search index entries; returns the row (its audio_path is the
+        caller's to remove: only the caller knows which files are the daemon's own)."""
+        with self._lock, self._db:
             row = self._db.execute(f"SELECT {_COLUMNS} FROM meetings WHERE id = ?", (meeting_id,)).fetchone()
             if row is None:
                 return None
+            self._db.execute("DELETE FROM segments_fts WHERE meeting_id = ?", (meeting_id,))
+            self._db.execute("DELETE FROM meetings_fts WHERE meeting_id = ?", (meeting_id,))
+            self._db.execute("DELETE FROM meetings WHERE id = ?", (meeting_id,))  # segments cascade
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return _row(row)
+
+    def get(self, meeting_id: str) -> tuple[MeetingRow, list[TranscriptSegment]] | None:
+        """A meeting by id or unique prefix, with its segments (None when unknown)."""
+        full_id = self.resolve(meeting_id)
+        if full_id is None:
+            return None
+        with self._lock:
+            row = self._db.execute(f"SELECT {_COLUMNS} FROM meetings WHERE id = ?", (full_id,)).fetchone()
+            if row is None:
+                return None
             segments = self._db.execute("SELECT start, end, text FROM segments WHERE meeting_id = ? ORDER BY idx",
-                                        (meeting_id,)).fetchall()
+                                        (full_id,)).fetchall()
         return _row(row), [TranscriptSegment(*s) for s in segments]
 
     def list(self, limit: int = 50) -> list[MeetingRow]:

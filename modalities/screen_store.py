@@ -16,6 +16,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from omnid.modalities.ids import resolve_prefix
+
 DEFAULT_BUDGET_BYTES = 256 << 20
 
 
@@ -73,6 +75,7 @@ class ScreenStore:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA secure_delete=ON")  # deleted history is overwritten, not left in free pages
         self._db.executescript(_SCHEMA)
         path.chmod(0o600)
 
@@ -119,6 +122,32 @@ class ScreenStore:
                     "WHERE time_unix >= ? AND time_unix <= ? ORDER BY time_unix DESC LIMIT ?",
                     (since, until, limit)).fetchall()
         return [Observation(*row) for row in rows]
+
+    def resolve(self, id_or_prefix: str) -> str | None:
+        """The full id of the one observation whose id is or starts with this; None or AmbiguousId."""
+        with self._lock:
+            return resolve_prefix(self._db, "observations", id_or_prefix, "observation")
+
+    def delete(self, ids: list[str] = (), since: float = 0.0, until: float = 0.0, *, everything: bool = False) -> int:
+        """Delete observations by id, by time range [since, until) (0 = open end), or all; returns how many.
+
+        The FTS index follows through the delete trigger; with secure_delete on, SQLite overwrites the freed
+        pages, and the checkpoint clears the write-ahead log, so the deleted text is not left on disk.
+        """
+        with self._lock:
+            before = self._db.execute("SELECT count(*) FROM observations").fetchone()[0]
+            if everything:
+                self._db.execute("DELETE FROM observations")
+            elif ids:
+                self._db.executemany("DELETE FROM observations WHERE id = ?", [(i,) for i in ids])
+            else:
+                self._db.execute("DELETE FROM observations WHERE time_unix >= ? AND time_unix < ?",
+                                 (since, until or float("inf")))
+            deleted = before - self._db.execute("SELECT count(*) FROM observations").fetchone()[0]
+            if deleted:
+                self._db.execute("INSERT INTO observations_fts(observations_fts) VALUES ('optimize')")
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return deleted
 
     def _used_bytes(self) -> int:
         page_size = self._db.execute("PRAGMA page_size").fetchone()[0]

@@ -37,10 +37,18 @@ def choose_backend(model: str, requested: str = "auto") -> str:
 
 
 def load_backend(model: str, mmproj: str = "", backend: str = "auto", *, context_length: int = 32768,
-                 threads: int | None = None, flash_attn: bool = False) -> Backend:
-    """Load the named model on the backend that fits it."""
+                 threads: int | None = None, flash_attn: bool = False, verbose: bool = False) -> Backend:
+    """Load the named model on the backend that fits it (verbose: the backend's own logs on stderr).
+
+    Errors name the command-line flags (--model, --mmproj), since that is where people give these paths.
+    """
+    if mmproj and not Path(mmproj).expanduser().is_file():
+        raise ModelLoadError(f"projector file not found (--mmproj): {Path(mmproj).expanduser()}")
     spec = backend_spec(choose_backend(model, backend))
-    return spec.load(model, mmproj, context_length=context_length, threads=threads, flash_attn=flash_attn)
+    return spec.load(model, mmproj, context_length=context_length, threads=threads, flash_attn=flash_attn,
+                     verbose=verbose)
+
+
 def default_model_path(cache_dir: Path) -> Path:
     """The embedded default model, assembled from its PyPI packages and checked against its SHA-256."""
     try:

@@ -29,7 +29,8 @@ class BackendSpec:
     name: str
     #: Whether a model path (or hub id) is this backend's (for --backend auto).
     claims: Callable[[Path, str], bool]
-    #: load(model, mmproj, context_length=, threads=, flash_attn=) -> Backend; ModelLoadError when it cannot.
+    #: load(model, mmproj, context_length=, threads=, flash_attn=, verbose=) -> Backend; ModelLoadError when it
+    #: cannot. verbose: the backend's own logs on stderr (`omnid serve -v`).
     load: Callable[..., Backend]
     aliases: tuple[str, ...] = ()
 
@@ -42,13 +43,21 @@ def _is_gguf(path: Path, model: str) -> bool:
 
 
 def _load_llama_cpp(model: str, mmproj: str = "", *, context_length: int, threads: int | None = None,
-                    flash_attn: bool = False) -> Backend:
+                    flash_attn: bool = False, verbose: bool = False) -> Backend:
     try:
-        from omnid.models.llama_cpp_backend import LlamaCppBackend
+        from omnid.models.llama_cpp_backend import LlamaCppBackend, _read_gguf_fields
     except ImportError as exc:
         raise ModelLoadError(f"llama-cpp-python is not installed ({exc}); "
                              "install it with: pip install 'omnid[llama]'") from None
-    return LlamaCppBackend(model, mmproj or None, n_ctx=context_length, n_threads=threads, flash_attn=flash_attn)
+    try:  # said in the command line's words (the backend's own message names its mmproj_path parameter)
+        architecture = str(_read_gguf_fields(Path(model).expanduser()).get("general.architecture", ""))
+    except ModelLoadError:
+        architecture = ""  # unreadable: the backend says why
+    if architecture == "clip":
+        raise ModelLoadError(f"{model} is a multimodal projector (mmproj) file: pass it with --mmproj, and the "
+                             "language model with --model")
+    return LlamaCppBackend(model, mmproj or None, n_ctx=context_length, n_threads=threads, flash_attn=flash_attn,
+                           verbose=verbose)
 
 
 def _is_mlx(path: Path, model: str) -> bool:
@@ -59,11 +68,11 @@ def _is_mlx(path: Path, model: str) -> bool:
 
 
 def _load_mlx(model: str, mmproj: str = "", *, context_length: int, threads: int | None = None,
-              flash_attn: bool = False) -> Backend:
+              flash_attn: bool = False, verbose: bool = False) -> Backend:
     if mmproj:
         raise ModelLoadError("--mmproj is for GGUF models; an MLX model folder carries its own encoders")
     from omnid.models.mlx_backend import MlxBackend
-    return MlxBackend(model, n_ctx=context_length)
+    return MlxBackend(model, n_ctx=context_length, verbose=verbose)
 
 
 #: In the order --backend auto tries them.

@@ -209,7 +209,7 @@ class CacheStats(_message.Message):
     def __init__(self, hits: _Optional[int] = ..., misses: _Optional[int] = ..., tokens_reused: _Optional[int] = ..., ram_bytes: _Optional[int] = ..., ram_budget_bytes: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., disk_budget_bytes: _Optional[int] = ..., entries: _Optional[int] = ..., evictions: _Optional[int] = ..., pinned: _Optional[int] = ..., disk_hits: _Optional[int] = ..., rejected: _Optional[int] = ..., live_hits: _Optional[int] = ..., snapshot_hits: _Optional[int] = ..., checkpoint_hits: _Optional[int] = ..., checkpoint_bytes: _Optional[int] = ..., checkpoint_interval: _Optional[int] = ..., state_base_bytes: _Optional[int] = ..., state_bytes_per_token: _Optional[float] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("model_name", "model_path", "mmproj_path", "backend", "capabilities", "context_length", "memory_rss_bytes", "queue_depth", "queue_capacity", "busy", "uptime_seconds", "cache", "version", "endpoint", "audio_sample_rate", "max_audio_clip_seconds", "note")
+    __slots__ = ("model_name", "model_path", "mmproj_path", "backend", "capabilities", "context_length", "memory_rss_bytes", "queue_depth", "queue_capacity", "busy", "uptime_seconds", "cache", "version", "endpoint", "audio_sample_rate", "max_audio_clip_seconds", "note", "model_loaded", "idle_unload_seconds")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
     MMPROJ_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -227,6 +227,8 @@ class StatusReply(_message.Message):
     AUDIO_SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
     MAX_AUDIO_CLIP_SECONDS_FIELD_NUMBER: _ClassVar[int]
     NOTE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_LOADED_FIELD_NUMBER: _ClassVar[int]
+    IDLE_UNLOAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_path: str
     mmproj_path: str
@@ -244,7 +246,19 @@ class StatusReply(_message.Message):
     audio_sample_rate: int
     max_audio_clip_seconds: float
     note: str
-    def __init__(self, model_name: _Optional[str] = ..., model_path: _Optional[str] = ..., mmproj_path: _Optional[str] = ..., backend: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., context_length: _Optional[int] = ..., memory_rss_bytes: _Optional[int] = ..., queue_depth: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., busy: _Optional[bool] = ..., uptime_seconds: _Optional[float] = ..., cache: _Optional[_Union[CacheStats, _Mapping]] = ..., version: _Optional[str] = ..., endpoint: _Optional[str] = ..., audio_sample_rate: _Optional[int] = ..., max_audio_clip_seconds: _Optional[float] = ..., note: _Optional[str] = ...) -> None: ...
+    model_loaded: bool
+    idle_unload_seconds: float
+    def __init__(self, model_name: _Optional[str] = ..., model_path: _Optional[str] = ..., mmproj_path: _Optional[str] = ..., backend: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., context_length: _Optional[int] = ..., memory_rss_bytes: _Optional[int] = ..., queue_depth: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., busy: _Optional[bool] = ..., uptime_seconds: _Optional[float] = ..., cache: _Optional[_Union[CacheStats, _Mapping]] = ..., version: _Optional[str] = ..., endpoint: _Optional[str] = ..., audio_sample_rate: _Optional[int] = ..., max_audio_clip_seconds: _Optional[float] = ..., note: _Optional[str] = ..., model_loaded: _Optional[bool] = ..., idle_unload_seconds: _Optional[float] = ...) -> None: ...
+
+class UnloadRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class UnloadReply(_message.Message):
+    __slots__ = ("was_loaded",)
+    WAS_LOADED_FIELD_NUMBER: _ClassVar[int]
+    was_loaded: bool
+    def __init__(self, was_loaded: _Optional[bool] = ...) -> None: ...
 
 class IngestDocumentRequest(_message.Message):
     __slots__ = ("data", "path", "password", "name")
@@ -357,18 +371,20 @@ class ListDocumentsReply(_message.Message):
     def __init__(self, documents: _Optional[_Iterable[_Union[DocumentInfo, _Mapping]]] = ...) -> None: ...
 
 class TranscribeRequest(_message.Message):
-    __slots__ = ("audio", "path", "summary", "language", "title")
+    __slots__ = ("audio", "path", "summary", "language", "title", "no_store")
     AUDIO_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
+    NO_STORE_FIELD_NUMBER: _ClassVar[int]
     audio: Audio
     path: str
     summary: bool
     language: str
     title: str
-    def __init__(self, audio: _Optional[_Union[Audio, _Mapping]] = ..., path: _Optional[str] = ..., summary: _Optional[bool] = ..., language: _Optional[str] = ..., title: _Optional[str] = ...) -> None: ...
+    no_store: bool
+    def __init__(self, audio: _Optional[_Union[Audio, _Mapping]] = ..., path: _Optional[str] = ..., summary: _Optional[bool] = ..., language: _Optional[str] = ..., title: _Optional[str] = ..., no_store: _Optional[bool] = ...) -> None: ...
 
 class TranscriptSegment(_message.Message):
     __slots__ = ("start_seconds", "end_seconds", "text")
@@ -619,3 +635,27 @@ class AskScreenRequest(_message.Message):
     until_unix: float
     max_tokens: int
     def __init__(self, question: _Optional[str] = ..., since_unix: _Optional[float] = ..., until_unix: _Optional[float] = ..., max_tokens: _Optional[int] = ...) -> None: ...
+
+class DeleteRequest(_message.Message):
+    __slots__ = ("ids", "since_unix", "until_unix", "all")
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    SINCE_UNIX_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_UNIX_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    since_unix: float
+    until_unix: float
+    all: bool
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., since_unix: _Optional[float] = ..., until_unix: _Optional[float] = ..., all: _Optional[bool] = ...) -> None: ...
+
+class DeleteReply(_message.Message):
+    __slots__ = ("deleted_ids", "deleted", "cache_entries_removed", "bytes_removed")
+    DELETED_IDS_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    CACHE_ENTRIES_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    deleted_ids: _containers.RepeatedScalarFieldContainer[str]
+    deleted: int
+    cache_entries_removed: int
+    bytes_removed: int
+    def __init__(self, deleted_ids: _Optional[_Iterable[str]] = ..., deleted: _Optional[int] = ..., cache_entries_removed: _Optional[int] = ..., bytes_removed: _Optional[int] = ...) -> None: ...

@@ -58,6 +58,11 @@ class OmniStub:
                 request_serializer=omnid_dot_proto_dot_omnid__pb2.UnpinRequest.SerializeToString,
                 response_deserializer=omnid_dot_proto_dot_omnid__pb2.UnpinReply.FromString,
                 _registered_method=True)
+        self.Unload = channel.unary_unary(
+                '/omnid.v1.Omni/Unload',
+                request_serializer=omnid_dot_proto_dot_omnid__pb2.UnloadRequest.SerializeToString,
+                response_deserializer=omnid_dot_proto_dot_omnid__pb2.UnloadReply.FromString,
+                _registered_method=True)
         self.IngestDocument = channel.unary_stream(
                 '/omnid.v1.Omni/IngestDocument',
                 request_serializer=omnid_dot_proto_dot_omnid__pb2.IngestDocumentRequest.SerializeToString,
@@ -72,6 +77,11 @@ class OmniStub:
                 '/omnid.v1.Omni/ListDocuments',
                 request_serializer=omnid_dot_proto_dot_omnid__pb2.ListDocumentsRequest.SerializeToString,
                 response_deserializer=omnid_dot_proto_dot_omnid__pb2.ListDocumentsReply.FromString,
+                _registered_method=True)
+        self.DeleteDocuments = channel.unary_unary(
+                '/omnid.v1.Omni/DeleteDocuments',
+                request_serializer=omnid_dot_proto_dot_omnid__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=omnid_dot_proto_dot_omnid__pb2.DeleteReply.FromString,
                 _registered_method=True)
         self.Transcribe = channel.unary_stream(
                 '/omnid.v1.Omni/Transcribe',
@@ -102,6 +112,11 @@ class OmniStub:
                 '/omnid.v1.Omni/GetMeeting',
                 request_serializer=omnid_dot_proto_dot_omnid__pb2.GetMeetingRequest.SerializeToString,
                 response_deserializer=omnid_dot_proto_dot_omnid__pb2.TranscriptFinal.FromString,
+                _registered_method=True)
+        self.DeleteMeetings = channel.unary_unary(
+                '/omnid.v1.Omni/DeleteMeetings',
+                request_serializer=omnid_dot_proto_dot_omnid__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=omnid_dot_proto_dot_omnid__pb2.DeleteReply.FromString,
                 _registered_method=True)
         self.StartScreenWatch = channel.unary_unary(
                 '/omnid.v1.Omni/StartScreenWatch',
@@ -137,6 +152,11 @@ class OmniStub:
                 '/omnid.v1.Omni/AskScreen',
                 request_serializer=omnid_dot_proto_dot_omnid__pb2.AskScreenRequest.SerializeToString,
                 response_deserializer=omnid_dot_proto_dot_omnid__pb2.GenerateEvent.FromString,
+                _registered_method=True)
+        self.DeleteScreenHistory = channel.unary_unary(
+                '/omnid.v1.Omni/DeleteScreenHistory',
+                request_serializer=omnid_dot_proto_dot_omnid__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=omnid_dot_proto_dot_omnid__pb2.DeleteReply.FromString,
                 _registered_method=True)
 
 
@@ -174,6 +194,12 @@ class OmniServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Unload(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def IngestDocument(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -188,6 +214,13 @@ class OmniServicer:
 
     def ListDocuments(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDocuments(self, request, context):
+        """Deletes documents: their pages, page images and prompt-cache entries.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -224,6 +257,13 @@ class OmniServicer:
 
     def GetMeeting(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteMeetings(self, request, context):
+        """Deletes stored meetings: transcript, summary and the audio the daemon kept (not a meeting being recorded).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -270,6 +310,13 @@ class OmniServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteScreenHistory(self, request, context):
+        """Deletes screen observations (ids are those SearchScreen returns).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OmniServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -293,6 +340,11 @@ def add_OmniServicer_to_server(servicer, server):
                     request_deserializer=omnid_dot_proto_dot_omnid__pb2.UnpinRequest.FromString,
                     response_serializer=omnid_dot_proto_dot_omnid__pb2.UnpinReply.SerializeToString,
             ),
+            'Unload': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unload,
+                    request_deserializer=omnid_dot_proto_dot_omnid__pb2.UnloadRequest.FromString,
+                    response_serializer=omnid_dot_proto_dot_omnid__pb2.UnloadReply.SerializeToString,
+            ),
             'IngestDocument': grpc.unary_stream_rpc_method_handler(
                     servicer.IngestDocument,
                     request_deserializer=omnid_dot_proto_dot_omnid__pb2.IngestDocumentRequest.FromString,
@@ -307,6 +359,11 @@ def add_OmniServicer_to_server(servicer, server):
                     servicer.ListDocuments,
                     request_deserializer=omnid_dot_proto_dot_omnid__pb2.ListDocumentsRequest.FromString,
                     response_serializer=omnid_dot_proto_dot_omnid__pb2.ListDocumentsReply.SerializeToString,
+            ),
+            'DeleteDocuments': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDocuments,
+                    request_deserializer=omnid_dot_proto_dot_omnid__pb2.DeleteRequest.FromString,
+                    response_serializer=omnid_dot_proto_dot_omnid__pb2.DeleteReply.SerializeToString,
             ),
             'Transcribe': grpc.unary_stream_rpc_method_handler(
                     servicer.Transcribe,
@@ -337,6 +394,11 @@ def add_OmniServicer_to_server(servicer, server):
                     servicer.GetMeeting,
                     request_deserializer=omnid_dot_proto_dot_omnid__pb2.GetMeetingRequest.FromString,
                     response_serializer=omnid_dot_proto_dot_omnid__pb2.TranscriptFinal.SerializeToString,
+            ),
+            'DeleteMeetings': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteMeetings,
+                    request_deserializer=omnid_dot_proto_dot_omnid__pb2.DeleteRequest.FromString,
+                    response_serializer=omnid_dot_proto_dot_omnid__pb2.DeleteReply.SerializeToString,
             ),
             'StartScreenWatch': grpc.unary_unary_rpc_method_handler(
                     servicer.StartScreenWatch,
@@ -372,6 +434,11 @@ def add_OmniServicer_to_server(servicer, server):
                     servicer.AskScreen,
                     request_deserializer=omnid_dot_proto_dot_omnid__pb2.AskScreenRequest.FromString,
                     response_serializer=omnid_dot_proto_dot_omnid__pb2.GenerateEvent.SerializeToString,
+            ),
+            'DeleteScreenHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteScreenHistory,
+                    request_deserializer=omnid_dot_proto_dot_omnid__pb2.DeleteRequest.FromString,
+                    response_serializer=omnid_dot_proto_dot_omnid__pb2.DeleteReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -497,6 +564,33 @@ class Omni:
             _registered_method=True)
 
     @staticmethod
+    def Unload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/omnid.v1.Omni/Unload',
+            omnid_dot_proto_dot_omnid__pb2.UnloadRequest.SerializeToString,
+            omnid_dot_proto_dot_omnid__pb2.UnloadReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def IngestDocument(request,
             target,
             options=(),
@@ -567,6 +661,33 @@ class Omni:
             '/omnid.v1.Omni/ListDocuments',
             omnid_dot_proto_dot_omnid__pb2.ListDocumentsRequest.SerializeToString,
             omnid_dot_proto_dot_omnid__pb2.ListDocumentsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDocuments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/omnid.v1.Omni/DeleteDocuments',
+            omnid_dot_proto_dot_omnid__pb2.DeleteRequest.SerializeToString,
+            omnid_dot_proto_dot_omnid__pb2.DeleteReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -729,6 +850,33 @@ class Omni:
             '/omnid.v1.Omni/GetMeeting',
             omnid_dot_proto_dot_omnid__pb2.GetMeetingRequest.SerializeToString,
             omnid_dot_proto_dot_omnid__pb2.TranscriptFinal.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteMeetings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/omnid.v1.Omni/DeleteMeetings',
+            omnid_dot_proto_dot_omnid__pb2.DeleteRequest.SerializeToString,
+            omnid_dot_proto_dot_omnid__pb2.DeleteReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -918,6 +1066,33 @@ class Omni:
             '/omnid.v1.Omni/AskScreen',
             omnid_dot_proto_dot_omnid__pb2.AskScreenRequest.SerializeToString,
             omnid_dot_proto_dot_omnid__pb2.GenerateEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteScreenHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/omnid.v1.Omni/DeleteScreenHistory',
+            omnid_dot_proto_dot_omnid__pb2.DeleteRequest.SerializeToString,
+            omnid_dot_proto_dot_omnid__pb2.DeleteReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -343,7 +343,7 @@ def test_cli_bad_input_is_one_line(daemon, tmp_path) -> None:
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"nope")
     result = omni(daemon.socket, "ask", "x", "--image", str(bad))
-    assert result.returncode == 2 and result.stderr.startswith("omni: INVALID_ARGUMENT")
+    assert result.returncode == 1 and result.stderr.startswith("omni: INVALID_ARGUMENT")
 
 
 # -- the embedded default model: cancellation and the bounded queue on a real-speed decoder ---------------------

@@ -196,14 +196,15 @@ def test_cli_ingest_ask_list(daemon, tmp_path) -> None:
     asked = run("ask", str(pdf), "What is on page 1?", "--max-tokens", "2", "--json")  # ingests first
     assert asked.returncode == 0, asked.stderr
     answer = json.loads(asked.stdout)
-    assert answer["document_id"] == document_id(pdf) and answer["usage"]["promptTokens"] > 0
+    assert answer["document_id"] == document_id(pdf) and answer["usage"]["prompt_tokens"] > 0
     ingested = run("ingest", str(pdf))
     assert ingested.returncode == 0 and "4 pages" in ingested.stdout and document_id(pdf)[:16] in ingested.stdout
     listed = run("list", "--json")
-    assert document_id(pdf) in {d["documentId"] for d in json.loads(listed.stdout)}
+    assert document_id(pdf) in {d["document_id"] for d in json.loads(listed.stdout)}
     fresh = tmp_path / "fresh.pdf"
     fresh.write_bytes(make_report(5, lines=1))
     progress = run("ingest", str(fresh))
     assert progress.returncode == 0 and "reading" in progress.stderr and "5/5 pages" in progress.stderr
+    assert "\r" not in progress.stderr  # not a terminal: plain lines, no redraws
     bad = run("ingest", str(pdf.with_suffix(".txt")))
     assert bad.returncode != 0 and bad.stderr.startswith("omni:")

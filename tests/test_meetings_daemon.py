@@ -132,7 +132,7 @@ def test_cli_transcribe_json_list_show_search(daemon, speech: Path) -> None:
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert set(result) >= {"segments", "text", "usage", "meeting_id", "summary", "audio_path"}
-    assert result["usage"]["prompt_tokens"] > 0 and result["segments"][-1]["end"] == pytest.approx(70, abs=0.01)
+    assert result["usage"]["prompt_tokens"] > 0 and result["segments"][-1]["end_seconds"] == pytest.approx(70, abs=0.01)
     streamed = subprocess.run([*env_cmd, "transcribe", str(speech)], capture_output=True, text=True, timeout=120)
     assert streamed.returncode == 0 and streamed.stdout.splitlines()[0].startswith("[00:00.0 -> ")
     listing = subprocess.run([*env_cmd, "meeting", "list"], capture_output=True, text=True, timeout=30)

@@ -57,7 +57,8 @@ def screen_daemon(start_daemon, xvfb):
 def screen_client(screen_daemon):
     with screen_daemon.client() as c:
         yield c
-        c.stop_screen_watch()
+        if c.control_screen_watch("status").watching:
+            c.stop_screen_watch()
 
 
 @pytest.fixture
@@ -211,3 +212,16 @@ def test_no_display_and_no_vision_are_failed_preconditions(start_daemon, xvfb, t
         with pytest.raises(grpc.RpcError) as err:
             c.start_screen_watch()
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "vision" in err.value.details()
+
+
+def test_cli_says_when_a_watch_replaces_the_running_one(screen_daemon):
+    cli = [sys.executable, "-m", "omnid.clients.cli", "--socket", str(screen_daemon.socket), "screen"]
+    run = lambda *args: subprocess.run([*cli, *args], capture_output=True, text=True, timeout=60)  # noqa: E731
+    first = run("watch", "--detach", "--interval", "0.5")
+    assert first.returncode == 0 and "replaced" not in first.stderr, first.stderr
+    second = run("watch", "--detach", "--interval", "2")
+    assert second.returncode == 0
+    assert "replaced the running watcher (monitor 1 every 0.5 s) with monitor 1 every 2 s" in second.stderr
+    assert run("stop").returncode == 0
+    again = run("stop")  # nothing to stop: the same answer as `screen pause` when not watching
+    assert again.returncode == 1 and again.stderr.startswith("omni: FAILED_PRECONDITION")
