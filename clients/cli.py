@@ -35,7 +35,8 @@ def version() -> str:
 
 def add_connection_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("connection")
-    group.add_argument("--socket", default=None, help="the daemon's Unix socket (default: OMNID_SOCKET or the runtime dir)")
+    group.add_argument("--socket", default=None,
+                       help="the daemon's Unix socket (default: OMNID_SOCKET or the runtime dir)")
     group.add_argument("--tcp", default=None, metavar="HOST:PORT", help="a loopback HOST:PORT instead of the socket")
     group.add_argument("--token-file", default=None,
                        help="the token for --tcp (default: OMNID_TOKEN, else ~/.config/omnid/token)")

@@ -138,13 +138,14 @@ def _ingest(client, source: str, args: argparse.Namespace, *, quiet: bool) -> pb
 def describe(info: pb.DocumentInfo) -> str:
     """A few lines about a document: id, pages by kind, tokens, whether it fits and is warm."""
     kinds = {k: sum(1 for p in info.pages if p.kind == k) for k in ("text", "image", "unread")}
+    fits = "fits the context" if info.fits_context else "larger than the context: questions use the best-matching pages"
     lines = [f"{info.document_id[:16]}  {info.name}",
              f"  {info.page_count} pages ({kinds['text']} text, {kinds['image']} scanned"
-             f"{', %d unread' % kinds['unread'] if kinds['unread'] else ''}), {info.total_tokens} tokens, "
-             f"{'fits the context' if info.fits_context else 'larger than the context: questions use the best-matching pages'}"
+             f"{', %d unread' % kinds['unread'] if kinds['unread'] else ''}), {info.total_tokens} tokens, {fits}"
              f"{', warm in the cache' if info.cached else ''}, ingested in {info.ingest_ms / 1000:.1f} s"]
     if info.unread_pages:
-        lines.append(f"  not readable by this model (scanned, no vision encoder): pages {_ranges(list(info.unread_pages))}")
+        unread = _ranges(list(info.unread_pages))
+        lines.append(f"  not readable by this model (scanned, no vision encoder): pages {unread}")
     return "\n".join(lines)
 
 

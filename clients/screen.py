@@ -1,13 +1,13 @@
 """Client calls for the screen watcher (a mixin of OmniClient; self.stub and self.metadata come from CoreClient)."""
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from omnid.proto import omnid_pb2 as pb
 
 
 class ScreenClient:
-    stub: object
+    stub: Any  # the generated stub has no type hints
     metadata: tuple[tuple[str, str], ...]
 
     def start_screen_watch(self, interval: float = 0.0, monitor: int = 1, prompt: str = "",

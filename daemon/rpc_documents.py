@@ -173,7 +173,7 @@ class DocumentRpcs(RpcBase):
                 return [d.id for d in self.documents.list()]
             if what.ids:
                 return list(dict.fromkeys(self._resolve(i) for i in what.ids))  # all known, or nothing goes
-            return self.documents.ids_between(what.since, what.until)
+            return list(self.documents.ids_between(what.since, what.until))
 
         reply = pb.DeleteReply()
         for doc_id in self.call(context, select):

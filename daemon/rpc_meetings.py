@@ -224,7 +224,7 @@ class MeetingRpcs(RpcBase):
                     ids.append(full_id)
             else:
                 since, until = (0.0, 0.0) if what.everything else (what.since, what.until)
-                ids = self.meeting_store.ids_between(since, until)
+                ids = list(self.meeting_store.ids_between(since, until))
             reply = pb.DeleteReply()
             for meeting_id in dict.fromkeys(ids):
                 found = self.meeting_store.get(meeting_id)

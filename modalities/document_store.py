@@ -180,12 +180,12 @@ class DocumentStore:
         with self._lock:
             return resolve_prefix(self._db, "documents", id_or_prefix, "document")
 
-    def ids_between(self, since: float, until: float) -> list[str]:
+    def ids_between(self, since: float, until: float) -> tuple[str, ...]:
         """Documents ingested in [since, until) (0 = open end)."""
         with self._lock:
-            return [r[0] for r in self._db.execute(
+            return tuple(r[0] for r in self._db.execute(
                 "SELECT id FROM documents WHERE created >= ? AND created < ? ORDER BY created",
-                (since, until or float("inf")))]
+                (since, until or float("inf"))))
 
     def get(self, doc_id: str, *, with_content: bool = True) -> StoredDocument | None:
         """One document with its pages' text and images (None when unknown)."""

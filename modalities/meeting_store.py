@@ -113,12 +113,12 @@ class MeetingStore:
         with self._lock:
             return resolve_prefix(self._db, "meetings", id_or_prefix, "meeting")
 
-    def ids_between(self, since: float, until: float) -> list[str]:
+    def ids_between(self, since: float, until: float) -> tuple[str, ...]:
         """Meetings created in [since, until) (0 = open end), oldest first."""
         with self._lock:
-            return [r[0] for r in self._db.execute(
+            return tuple(r[0] for r in self._db.execute(
                 "SELECT id FROM meetings WHERE created >= ? AND created < ? ORDER BY created",
-                (since, until or float("inf")))]
+                (since, until or float("inf"))))
 
     def delete(self, meeting_id: str) -> MeetingRow | None:
         """Remove a meeting's rows and its search index entries; returns the row (its audio_path is the

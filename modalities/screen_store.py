@@ -15,6 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from omnid.modalities.ids import resolve_prefix
 
@@ -128,7 +129,8 @@ class ScreenStore:
         with self._lock:
             return resolve_prefix(self._db, "observations", id_or_prefix, "observation")
 
-    def delete(self, ids: list[str] = (), since: float = 0.0, until: float = 0.0, *, everything: bool = False) -> int:
+    def delete(self, ids: Sequence[str] = (), since: float = 0.0, until: float = 0.0, *,
+               everything: bool = False) -> int:
         """Delete observations by id, by time range [since, until) (0 = open end), or all; returns how many.
 
         The FTS index follows through the delete trigger; with secure_delete on, SQLite overwrites the freed

@@ -556,7 +556,8 @@ def test_the_cache_drops_everything_made_from_a_content_and_nothing_else(tmp_pat
     head, document = chain(1, 2, 3), chain(1, 2, 3, 7, 8, 9)
     keys = {name: cache.put(c, Snapshot(len(c), bytes(64)), kind)
             for name, c, kind in (("head", head, "snapshot"), ("inside", chain(1, 2, 3, 7, 8), "checkpoint"),
-                                  ("document", document, "snapshot"), ("question", chain(1, 2, 3, 7, 8, 9, 4), "snapshot"),
+                                  ("document", document, "snapshot"),
+                                  ("question", chain(1, 2, 3, 7, 8, 9, 4), "snapshot"),
                                   ("other", chain(1, 2, 3, 5, 6), "snapshot"))}
     cache.pin(keys["document"])
     cache.flush()
