@@ -11,6 +11,7 @@ in WAL mode keeps readers from waiting on the writer.
 """
 from __future__ import annotations
 
+import builtins
 import sqlite3
 import threading
 import time
@@ -155,7 +156,7 @@ class MeetingStore:
                 f"ORDER BY idx LIMIT 1) FROM meetings m ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
         return [_row(r[:-1], snippet=_clip(r[-1] or "")) for r in rows]
 
-    def search(self, query: str, limit: int = 50) -> list[MeetingRow]:
+    def search(self, query: str, limit: int = 50) -> builtins.list[MeetingRow]:  # `list` is a method here
         """Meetings whose transcript, title or summary match an FTS5 query (plain words match as words)."""
         match = _fts_query(query)
         if not match:

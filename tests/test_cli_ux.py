@@ -565,3 +565,60 @@ def test_the_cache_drops_everything_made_from_a_content_and_nothing_else(tmp_pat
     assert {name for name, key in keys.items() if cache.contains(key)} == {"head", "other"}
     assert cache.stats().pinned == 0 and len(list((tmp_path / "disk").glob("*.snap"))) == 2
     cache.close()
+
+
+# -- unloading, at the scheduler (FakeBackendForSchedulerTests: no model, fast, no sleeps) --------------------
+
+def test_an_unload_waits_for_the_jobs_before_it_and_the_next_job_loads_again() -> None:
+    import threading
+
+    from fake_backend import FakeBackendForSchedulerTests
+
+    from omnid.daemon.prompt_cache import PromptCache
+    from omnid.daemon.scheduler import Scheduler
+
+    loads: list[FakeBackendForSchedulerTests] = []
+
+    def load() -> FakeBackendForSchedulerTests:
+        loads.append(FakeBackendForSchedulerTests())
+        return loads[-1]
+
+    scheduler = Scheduler(load, lambda b: PromptCache(b.info.fingerprint, 1 << 20), max_queue=4)
+    scheduler.start()
+    started, release = threading.Event(), threading.Event()
+
+    def blocking(session, emit):
+        started.set()
+        assert release.wait(10)
+        return "ran on the loaded model"
+    running = scheduler.submit(blocking)
+    assert started.wait(10)
+    unloaded: list[bool] = []
+    waiter = threading.Thread(target=lambda: unloaded.append(scheduler.unload()))
+    waiter.start()
+    assert scheduler.loaded and not unloaded  # the unload waits behind the running job
+    release.set()
+    assert running.result(10) == "ran on the loaded model"
+    waiter.join(10)
+    assert unloaded == [True] and not scheduler.loaded and loads[0].closed
+    assert scheduler.info is not None and scheduler.info.name == "fake"  # Status still knows the model
+    assert scheduler.unload() is False  # nothing to free
+    assert scheduler.submit(lambda session, emit: session.backend is loads[1]).result(10)  # loaded again
+    assert len(loads) == 2 and scheduler.loaded
+    scheduler.stop()
+
+
+def test_idle_unload_frees_the_model_after_the_idle_time() -> None:
+    from fake_backend import FakeBackendForSchedulerTests
+
+    from omnid.daemon.prompt_cache import PromptCache
+    from omnid.daemon.scheduler import Scheduler
+
+    backend = FakeBackendForSchedulerTests()
+    scheduler = Scheduler(lambda: backend, lambda b: PromptCache(b.info.fingerprint, 1 << 20),
+                          idle_unload_seconds=0.2)
+    scheduler.start()
+    wait_for(lambda: not scheduler.loaded, timeout=10)
+    assert backend.closed
+    assert scheduler.submit(lambda session, emit: "again").result(10) == "again" and scheduler.loaded
+    scheduler.stop()
