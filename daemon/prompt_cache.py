@@ -198,7 +198,7 @@ class PromptCache:
         key = chain_hasher.key(len(chain))
         entry = Entry(key, chain, kind)
         with self._lock:
-            self._index(entry, chain_hasher.anchors()[: len(chain) // ANCHOR + 1])
+            self._index(entry, chain_hasher.anchors(within=len(chain)))
         self._put_ram(entry, snapshot)
         if self.disk_dir:
             with self._lock:
@@ -237,9 +237,7 @@ class PromptCache:
         with self._lock:
             self._pending.pop(key, None)
             self._forget_ram(key)
-            entry = self._entries.pop(key, None)
-            if entry is not None:
-                self._unindex(entry)
+            self._forget_entry(key)
         if self.disk_dir:
             self._disk_path(key).unlink(missing_ok=True)
 
@@ -351,7 +349,7 @@ class PromptCache:
                 self._stats.rejected += 1
                 path.unlink(missing_ok=True)
                 continue
-            self._index(entry, self.hasher(entry.chain).anchors()[: len(entry.chain) // ANCHOR + 1])
+            self._index(entry, self.hasher(entry.chain).anchors(within=len(entry.chain)))
 
     def _encode_meta(self, entry: Entry, snapshot: Snapshot) -> tuple[bytes, bytes]:
         """The file's header and everything between it and the payload (fingerprint, codes, media)."""

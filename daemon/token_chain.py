@@ -14,7 +14,7 @@ the longest prefix with a new prompt is found without hashing every prefix.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -35,7 +35,6 @@ class TokenChain:
 
     codes: np.ndarray  # int64, one per unit
     media: tuple[tuple[int, int], ...] = ()
-    _tokens: int = field(default=-1, repr=False)
 
     @staticmethod
     def empty() -> "TokenChain":
@@ -85,9 +84,11 @@ class ChainHasher:
             h.update(self._codes[start:start + ANCHOR].tobytes())
             self._states.append(h.copy())
 
-    def anchors(self) -> list[str]:
-        """anchors()[j] is the key of the first j * ANCHOR units."""
-        return [s.hexdigest() for s in self._states]
+    def anchors(self, within: int | None = None) -> list[str]:
+        """anchors()[j] is the key of the first j * ANCHOR units; `within`: only those of the first `within` units
+        (the anchors an entry of that length passes)."""
+        states = self._states if within is None else self._states[: within // ANCHOR + 1]
+        return [s.hexdigest() for s in states]
 
     def key(self, k: int) -> str:
         """The key of the first k units."""
