@@ -114,7 +114,8 @@ def main() -> None:
     print(f"pipeline Python heap peak: {heap_short:.1f} MB for {seconds / 240:.1f} min, {heap:.1f} MB for "
           f"{seconds / 60:.1f} min (flat = does not grow with length)")
     print(f"model: {transcript.windows} window(s), {len(transcript.segments)} segments, {u.prompt_tokens} prompt "
-          f"tokens, {u.generated_tokens} generated, prefill {u.prefill_ms / 1000:.1f} s, decode {u.decode_ms / 1000:.1f} s")
+          f"tokens, {u.generated_tokens} generated, prefill {u.prefill_ms / 1000:.1f} s, "
+          f"decode {u.decode_ms / 1000:.1f} s")
 
 
 if __name__ == "__main__":

@@ -99,7 +99,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         model_args = test_model_args(tmp, args.model, args.mmproj, args.backend, args.decoder)
-        flags = ["--threads", str(args.threads), "--ctx", str(max(sizes + edit_sizes) + 2048), "--cache-disk", str(tmp / "pc"),
+        flags = ["--threads", str(args.threads), "--ctx", str(max(sizes + edit_sizes) + 2048),
+                 "--cache-disk", str(tmp / "pc"),
                  "--cache-ram", "8G"] + (["--flash-attn"] if args.flash_attn else [])
         daemon = start_daemon(tmp, model_args, flags)
         prefixes: dict[str, list[list[pb.Part]]] = {}
@@ -199,7 +200,8 @@ def print_state_sizes(status: pb.CacheStats) -> None:
     base_target = recurrent + 4 * NEMOTRON_3_NANO_VOCAB
     print(f"Nemotron 3 Nano Omni (published shapes): recurrent state {recurrent / 2**20:.1f} MiB + logits "
           f"{4 * NEMOTRON_3_NANO_VOCAB / 2**20:.1f} MiB per snapshot, + {kv} B per token: "
-          f"{(base_target + 16_000 * kv) / 2**20:.0f} MiB at 16k tokens, {(base_target + 131_072 * kv) / 2**20:.0f} MiB "
+          f"{(base_target + 16_000 * kv) / 2**20:.0f} MiB at 16k tokens, "
+          f"{(base_target + 131_072 * kv) / 2**20:.0f} MiB "
           f"at 128k; with --cache-ram 8G and --ctx 32768 the daemon would checkpoint every "
           f"{checkpoint_interval(base_target, kv, 32768, 8 << 30)} tokens")
 

@@ -7,6 +7,7 @@ through this base class (e.g. `resolve_part` asks the documents mixin for a Docu
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import logging
@@ -20,7 +21,7 @@ from omnid.daemon.allowed_files import AllowedFile, PermissionDenied, open_allow
 from omnid.daemon.config import DaemonConfig
 from omnid.daemon.events import Done, PagesUsed, TextDelta, Usage
 from omnid.daemon.sampling import SamplingParams
-from omnid.daemon.scheduler import Job, QueueFull, Scheduler, ShuttingDown
+from omnid.daemon.scheduler import Job, JobHandle, QueueFull, Scheduler, ShuttingDown
 from omnid.daemon.session import Cancelled
 from omnid.proto import omnid_pb2 as pb
 from omnid.models.base import ContextOverflow, InputError, ModelInfo, ModelLoadError
@@ -193,19 +194,10 @@ class RpcBase:
 
         Errors (from submitting or from the job) end the call with the matching status.
         """
-        try:
-            handle = self.scheduler.submit(job, name)
-        except Exception as exc:
-            abort(context, exc)
-        context.add_callback(handle.cancel)
-        try:
+        with self.submitted(job, context, name) as handle:
             for event in handle.events():
                 yield message(event)
             return handle.result()
-        except Exception as exc:
-            abort(context, exc)
-        finally:
-            handle.cancel()  # the generator was closed early (client gone): free the decoder now
 
     def answer_stream(self, job: Job, context: grpc.ServicerContext, name: str, event_type: type) -> Iterator[Any]:
         """Stream an answering job (one that returns Done) as `event_type` messages, the final one last."""
@@ -215,13 +207,21 @@ class RpcBase:
 
     def unary_job(self, job: Job, context: grpc.ServicerContext, name: str) -> Any:
         """Run a job for a unary call and return its result."""
+        with self.submitted(job, context, name) as handle:
+            return handle.result()
+
+    @contextlib.contextmanager
+    def submitted(self, job: Job, context: grpc.ServicerContext, name: str) -> Iterator[JobHandle]:
+        """The job, submitted for this call: errors from submitting or from the job end the call with the
+        matching status, and the job is cancelled when the client goes away or the caller leaves early (a
+        streaming generator closed by gRPC), so the decoder is freed at once."""
         try:
             handle = self.scheduler.submit(job, name)
         except Exception as exc:
             abort(context, exc)
         context.add_callback(handle.cancel)
         try:
-            return handle.result()
+            yield handle
         except Exception as exc:
             abort(context, exc)
         finally:

@@ -124,10 +124,16 @@ class AudioStream:
         with the stream): that is how a file checked through its descriptor is read without opening it again."""
         if isinstance(source, (bytes, bytearray)) and not source:
             raise InputError("the audio is empty")
-        self._owned = source if hasattr(source, "read") else None
+        self._owned: BinaryIO | None = None
+        opened: BinaryIO | str
+        if isinstance(source, (bytes, bytearray)):
+            opened = io.BytesIO(source)
+        elif isinstance(source, (str, os.PathLike)):
+            opened = os.fspath(source)
+        else:
+            opened = self._owned = source
         try:
-            self._file = soundfile.SoundFile(io.BytesIO(source) if isinstance(source, (bytes, bytearray))
-                                             else source if self._owned else os.fspath(source))
+            self._file = soundfile.SoundFile(opened)
         except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
             self._close_owned()
             raise InputError(f"the audio could not be decoded (WAV, FLAC, OGG and MP3 are supported): "

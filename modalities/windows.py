@@ -128,6 +128,7 @@ def apply_exclusions(frame: Frame, windows: list[WindowInfo], rules: ExclusionRu
             continue
         frame.black_out(inside)
         x, y = inside.left - frame.area.left, inside.top - frame.area.top
+        assert covered is not None  # made above whenever there are windows
         covered[y:y + inside.height, x:x + inside.width] = True
     coverage = float(covered.mean()) if excluded and covered is not None else 0.0
     mask = None

@@ -103,7 +103,8 @@ def png_bytes(seed: int, size: tuple[int, int] = (96, 64)) -> bytes:
 def wav_bytes(frequency: float, seconds: float = 1.5, rate: int = 16000, channels: int = 1) -> bytes:
     """A tone with a little noise as WAV bytes."""
     t = np.arange(int(seconds * rate)) / rate
-    tone = 0.4 * np.sin(2 * np.pi * frequency * t) + 0.02 * np.random.default_rng(int(frequency)).standard_normal(len(t))
+    noise = np.random.default_rng(int(frequency)).standard_normal(len(t))
+    tone = 0.4 * np.sin(2 * np.pi * frequency * t) + 0.02 * noise
     samples = np.repeat(tone[:, None], channels, axis=1).astype(np.float32)
     out = io.BytesIO()
     soundfile.write(out, samples, rate, format="WAV")

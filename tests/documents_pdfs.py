@@ -65,7 +65,8 @@ def make_report(pages: int = 100, *, lines: int = 30, scan_size: tuple[int, int]
             pdf.drawString(72, y, fact(number))
             for i in range(lines):
                 y -= 18
-                pdf.drawString(72, y, f"Line {i} of page {number}: {' '.join(WORDS[(number * i + k) % len(WORDS)] for k in range(9))}.")
+                words = " ".join(WORDS[(number * i + k) % len(WORDS)] for k in range(9))
+                pdf.drawString(72, y, f"Line {i} of page {number}: {words}.")
         pdf.showPage()
     pdf.save()
     return buf.getvalue()

@@ -652,6 +652,14 @@ def test_images_pixel_limit_is_the_documented_one() -> None:
 
 # -- meetings_: what a crash leaves behind -------------------------------------------------------------------------
 
+def _kill_mid_stream(daemon, stream) -> None:
+    """SIGKILL the daemon while `stream` runs: the stream must end in an error, not hang."""
+    daemon.process.kill()
+    daemon.process.wait(20)
+    with pytest.raises(grpc.RpcError):
+        list(stream)
+
+
 def test_meetings_sigkill_is_reported_interrupted(tmp_path: Path, test_model) -> None:
     """A transcription whose daemon is SIGKILLed mid-way used to be reported "stopped", like a finished one."""
     model = {"model": str(test_model.text), "mmproj": str(test_model.mmproj), "backend": "auto"}
@@ -664,10 +672,7 @@ def test_meetings_sigkill_is_reported_interrupted(tmp_path: Path, test_model) ->
             while not c.meetings() and time.monotonic() < deadline:
                 time.sleep(0.05)
             meeting_id = c.meetings()[0].meeting_id
-            first.process.kill()
-            first.process.wait(20)
-            with pytest.raises(grpc.RpcError):
-                list(stream)
+            _kill_mid_stream(first, stream)
     finally:
         first.stop()
     second = start_daemon(tmp_path, model, flags)
@@ -700,10 +705,7 @@ def test_meetings_live_recording_killed_is_interrupted(tmp_path: Path, test_mode
                     state = c.control_meeting("status")
                 assert state.state == "recording"
                 time.sleep(1.0)  # a second of audio in the spool
-                first.process.kill()
-                first.process.wait(20)
-                with pytest.raises(grpc.RpcError):
-                    list(stream)
+                _kill_mid_stream(first, stream)
         finally:
             first.stop()
         second = start_daemon(tmp_path, model, flags)

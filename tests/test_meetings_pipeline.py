@@ -121,7 +121,8 @@ def test_a_model_without_an_audio_encoder_is_unsupported(tmp_path: Path, test_mo
         cache = PromptCache(backend.info.fingerprint, 1 << 26)
         clip = Clip(np.zeros(16_000, np.float32), 16_000, 0)
         with pytest.raises(InputError) as err:
-            list(meetings.transcribe([clip], _runner(backend, cache), meetings.Transcript(meetings.TranscribeSettings())))
+            transcript = meetings.Transcript(meetings.TranscribeSettings())
+            list(meetings.transcribe([clip], _runner(backend, cache), transcript))
         assert err.value.unsupported and "no audio encoder" in str(err.value)
     finally:
         backend.close()
