@@ -21,7 +21,7 @@ from omnid.daemon.events import Done, PagesUsed, Progress, TextDelta, Usage
 from omnid.daemon.sampling import SamplingParams
 from omnid.daemon.session import DecoderSession, GenerationResult, PrefillStats, Prompt
 from omnid.daemon.token_chain import TokenChain, media_code
-from omnid.modalities.document_prompt import SYSTEM, choose_pages, layout, page_segments, question_segment
+from omnid.modalities.document_prompt import SYSTEM, choose_pages, grouped_layout, page_segments, question_segment
 from omnid.modalities.document_store import StoredPage
 from omnid.modalities.screen_store import Observation
 from omnid.modalities.screen_watcher import ChangedFrame, frame_prompt
@@ -51,9 +51,9 @@ def answer(session: DecoderSession, stats: PrefillStats, max_tokens: int, sampli
 
 def generate(segments: Sequence[Segment], system: str | None, max_tokens: int,
              sampling: SamplingParams) -> Callable[[DecoderSession, Emit], Done]:
-    """A plain answer to one user turn of `segments`."""
+    """A plain answer to one user turn of `segments` (a long prompt reports PrefillProgress first)."""
     def job(session: DecoderSession, emit: Emit) -> Done:
-        stats = session.prefill(session.build_prompt(segments, system))
+        stats = session.prefill(session.build_prompt(segments, system), progress=emit)
         return answer(session, stats, max_tokens, sampling, emit)
     return job
 
@@ -88,30 +88,55 @@ def count_pages(pages: Sequence[StoredPage], vision: bool) -> Callable[[DecoderS
     return job
 
 
-def warm_document(pages: Sequence[StoredPage], vision: bool) -> Callable[[DecoderSession, Emit], str]:
+def warm_document(pages: Sequence[StoredPage], vision: bool,
+                  head: TextSegment) -> Callable[[DecoderSession, Emit], str]:
     """Prefill a whole document into the shared prompt cache (so even its first question is warm); returns
-    the cache key of its prefix."""
-    segments = layout(pages, vision)
+    the cache key of its prefix. Its progress comes as PrefillProgress events."""
     total = sum(p.tokens for p in pages)
 
     def job(session: DecoderSession, emit: Emit) -> str:
         emit(Progress("prefilling", len(pages), len(pages), total))
-        stats = session.prefill(document_prompt(session, segments))
+        groups = grouped_layout(pages, vision, session.resume_interval)
+        stats = session.prefill(document_prompt(session, head, groups), checkpoints=False, progress=emit)
         if not session.cache.contains(stats.prefix_key):
             session.save_snapshot()
         return stats.prefix_key
     return job
 
 
-def ask_document(pages: Sequence[StoredPage], question: str, *, first: int, last: int, whole: bool, vision: bool,
-                 max_tokens: int, sampling: SamplingParams) -> Callable[[DecoderSession, Emit], Done]:
+def measure_prefill(pages: Sequence[StoredPage], vision: bool, head: TextSegment,
+                    sample_tokens: int) -> Callable[[DecoderSession, Emit], float]:
+    """This machine's prefill rate (tokens/s), for saying what a question on a document larger than the
+    context will cost. Until the daemon has measured it on real prompts, the document's first pages (up to
+    `sample_tokens`, one page at least) are prefilled to measure it: they stay in the cache as the start of
+    page sets that begin with them. 0 when still unknown (the sample was cached already)."""
+    def job(session: DecoderSession, emit: Emit) -> float:
+        if not session.rate.tokens_per_second:
+            sample: list[StoredPage] = []
+            taken = 0
+            for page in pages:
+                if sample and taken + page.tokens > sample_tokens:
+                    break
+                sample.append(page)
+                taken += page.tokens
+            emit(Progress("measuring", len(sample), len(pages), taken))
+            groups = grouped_layout(sample, vision, session.resume_interval)
+            session.prefill(document_prompt(session, head, groups), checkpoints=False, progress=emit)
+        return session.rate.tokens_per_second
+    return job
+
+
+def ask_document(pages: Sequence[StoredPage], question: str, *, head: TextSegment, first: int, last: int,
+                 whole: bool, vision: bool, max_tokens: int,
+                 sampling: SamplingParams) -> Callable[[DecoderSession, Emit], Done]:
     """Answer a question from pages first..last of a document: all of them when they fit the context, else
-    the pages that match the question best (PagesUsed says which, and why)."""
+    the pages that match the question best (PagesUsed says which, and why). Pages go in document order in
+    groups that each end at a cache point, the question last (see modalities/document_prompt.py)."""
     asked = question_segment(question.strip())
 
     def job(session: DecoderSession, emit: Emit) -> Done:
         context_length = session.info.context_length
-        fixed = sum(session.count_tokens(s) for s in session.build_prompt([asked], SYSTEM).segments)
+        fixed = sum(session.count_tokens(s) for s in session.build_prompt([head, asked], SYSTEM).segments)
         room = context_length - fixed - max_tokens
         budget = room - _margin(room)
         chosen = list(pages)
@@ -124,21 +149,19 @@ def ask_document(pages: Sequence[StoredPage], question: str, *, first: int, last
                 raise ContextOverflow(fixed + max_tokens + min(p.tokens for p in pages), context_length)
             emit(PagesUsed(tuple(choice.pages), choice.reason))
             chosen = [p for p in pages if p.number in set(choice.pages)]
-        stats = session.prefill(document_prompt(session, layout(chosen, vision), asked))
+        groups = grouped_layout(chosen, vision, session.resume_interval)
+        stats = session.prefill(document_prompt(session, head, groups, asked), checkpoints=False, progress=emit)
         return answer(session, stats, max_tokens, sampling, emit)
     return job
 
 
-def forget_document(pages: Sequence[StoredPage], vision: bool) -> Callable[[DecoderSession, Emit], int]:
-    """Drop every cache entry made from a document's content (its warm prefix, checkpoints inside it, snapshots
-    of questions after it: all that shares more with it than the system text every document prompt starts
-    with); returns how many. The pages are tokenized as the prompts had them."""
-    segments = layout(pages, vision)
-
+def forget_document(head: TextSegment) -> Callable[[DecoderSession, Emit], int]:
+    """Drop every cache entry made from a document's content (its warm prefix, its page groups, snapshots of
+    questions after them: every entry that holds the document's header after the system text all document
+    prompts start with); returns how many."""
     def job(session: DecoderSession, emit: Emit) -> int:
-        shared = unit_chain(session, session.build_prompt([], SYSTEM, open_turn=True).segments)
-        document = unit_chain(session, document_prompt(session, segments).segments)
-        return session.cache.drop_sharing(document, beyond=len(shared))
+        chain = unit_chain(session, session.build_prompt([head], SYSTEM, open_turn=True).segments)
+        return session.cache.drop_sharing(chain, beyond=len(chain) - 1)
     return job
 
 
@@ -149,17 +172,24 @@ def unit_chain(session: DecoderSession, segments: Sequence[Segment]) -> TokenCha
     return TokenChain(np.concatenate(codes) if codes else np.zeros(0, np.int64))
 
 
-def document_prompt(session: DecoderSession, segments: list[Segment], question: TextSegment | None = None) -> Prompt:
-    """The document prompt with one cache point, after the document; without a question, just that prefix.
+def document_prompt(session: DecoderSession, head: TextSegment, groups: Sequence[Sequence[Segment]],
+                    question: TextSegment | None = None) -> Prompt:
+    """The document prompt: system text, header, page groups (+ the question and the turn's close), with
+    cache points after the system text and after every page group; without a question, just the prefix.
 
     The prefix of a question's prompt is exactly the prefix prompt, so what ingest warms is what every
-    question restores.
+    question on the same pages restores.
     """
-    prefix = session.build_prompt(segments, SYSTEM, open_turn=True)
-    if question is None:
-        return Prompt(prefix.segments, frozenset({len(prefix.segments)}))
-    full = session.build_prompt([*segments, question], SYSTEM)
-    return Prompt(full.segments, frozenset({len(prefix.segments)}))
+    parts: list[Segment] = [head, *(s for group in groups for s in group)]
+    prefix = session.build_prompt(parts, SYSTEM, open_turn=True)
+    offset = len(prefix.segments) - len(parts)  # the parts are the prefix's last segments (none is empty)
+    points = {p for p in prefix.cache_points if p <= offset}
+    end = offset + 1
+    for group in groups:
+        end += len(group)
+        points.add(end)
+    segments = prefix.segments if question is None else session.build_prompt([*parts, question], SYSTEM).segments
+    return Prompt(segments, frozenset(points))
 
 
 def _margin(room: int) -> int:

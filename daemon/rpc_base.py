@@ -19,7 +19,7 @@ import grpc
 
 from omnid.daemon.allowed_files import AllowedFile, PermissionDenied, open_allowed
 from omnid.daemon.config import DaemonConfig
-from omnid.daemon.events import Done, PagesUsed, TextDelta, Usage
+from omnid.daemon.events import Done, PagesUsed, PrefillProgress, Progress, TextDelta, Usage
 from omnid.daemon.sampling import SamplingParams
 from omnid.daemon.scheduler import Job, JobHandle, QueueFull, Scheduler, ShuttingDown
 from omnid.daemon.session import Cancelled
@@ -131,12 +131,23 @@ def final_message(done: Done) -> pb.Final:
     return pb.Final(text=done.text, usage=usage_message(done.usage), stop_reason=done.stop_reason)
 
 
+def progress_message(progress: PrefillProgress | Progress) -> pb.Progress:
+    """A job's progress as the wire's Progress: a prefill's tokens, or a stage of pages."""
+    if isinstance(progress, PrefillProgress):
+        return pb.Progress(stage="prefilling", done=progress.done, total=progress.total, unit="tokens",
+                           per_second=progress.tokens_per_second, eta_seconds=progress.eta_seconds,
+                           elapsed_seconds=progress.elapsed_s, cached=progress.cached)
+    return pb.Progress(stage=progress.stage, done=progress.done, total=progress.total, unit="pages")
+
+
 def answer_message(event_type: type) -> Callable[[Any], Any]:
-    """The converter from an answering job's events (TextDelta, PagesUsed, Done) to `event_type` messages
-    (pb.GenerateEvent, pb.AskDocumentEvent: the same oneof names)."""
+    """The converter from an answering job's events (TextDelta, PagesUsed, PrefillProgress, Done) to
+    `event_type` messages (pb.GenerateEvent, pb.AskDocumentEvent: the same oneof names)."""
     def convert(event: Any) -> Any:
         if isinstance(event, TextDelta):
             return event_type(delta=event.text)
+        if isinstance(event, PrefillProgress):
+            return event_type(progress=progress_message(event))
         if isinstance(event, Done):
             return event_type(done=final_message(event))
         if isinstance(event, PagesUsed):
