@@ -158,14 +158,22 @@ def sampling_from_args(args: argparse.Namespace) -> pb.Sampling:
 
 
 def print_stream(events: Iterable, as_json: bool, extra: dict | None = None) -> pb.Final:
-    """Print deltas as they come (or one JSON object at the end); returns the final message."""
+    """Print deltas as they come (or one JSON object at the end), a long prefill's progress on stderr before
+    them; returns the final message."""
     final = pb.Final()
-    for event in events:
-        kind = event.WhichOneof("event")
-        if kind == "delta" and not as_json:
-            print(event.delta, end="", flush=True)
-        elif kind == "done":
-            final = event.done
+    progress = Progress("tokens", enabled=not as_json)
+    try:
+        for event in events:
+            kind = event.WhichOneof("event")
+            if kind == "progress":
+                show_progress(progress, event.progress)
+            elif kind == "delta" and not as_json:
+                progress.close()
+                print(event.delta, end="", flush=True)
+            elif kind == "done":
+                final = event.done
+    finally:
+        progress.close()
     if as_json:
         print_json({**to_dict(final), **(extra or {})})
     else:
@@ -179,6 +187,32 @@ def print_usage(usage: pb.Usage) -> None:
     print(f"[{usage.prompt_tokens} prompt tokens, {cached}, {usage.generated_tokens} generated, "
           f"first token {usage.time_to_first_token_ms:.0f} ms, {usage.decode_tokens_per_second:.1f} tok/s]",
           file=sys.stderr)
+
+
+def seconds_text(seconds: float) -> str:
+    """12 -> '12 s', 400 -> '6.7 min', 9000 -> '2.5 h'."""
+    if seconds < 1:
+        return "under a second"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def progress_note(p: pb.Progress) -> str:
+    """The rate and time left of a Progress message, e.g. '2048 cached, 41 tokens/s, about 6.2 min left'."""
+    notes = [f"{p.cached} cached"] if p.cached else []
+    if p.per_second:
+        notes.append(f"{p.per_second:.0f} {p.unit}/s")
+    if p.eta_seconds:
+        notes.append(f"about {seconds_text(p.eta_seconds)} left")
+    return ", ".join(notes)
+
+
+def show_progress(progress: "Progress", p: pb.Progress) -> None:
+    """A Progress message (a long prefill's tokens) on a progress display."""
+    progress.update(p.stage, p.done, p.total, progress_note(p))
 
 
 class Progress:
