@@ -174,17 +174,18 @@ def unit_chain(session: DecoderSession, segments: Sequence[Segment]) -> TokenCha
 
 def document_prompt(session: DecoderSession, head: TextSegment, groups: Sequence[Sequence[Segment]],
                     question: TextSegment | None = None) -> Prompt:
-    """The document prompt: system text, header, page groups (+ the question and the turn's close), with
-    cache points after the system text and after every page group; without a question, just the prefix.
+    """The document prompt: system text, header, page groups (+ the question and the turn's close), with a
+    cache point after every page group; without a question, just the prefix.
 
     The prefix of a question's prompt is exactly the prefix prompt, so what ingest warms is what every
-    question on the same pages restores.
+    question on the same pages restores. No cache point after the system text alone: on a hybrid decoder every
+    snapshot holds the whole recurrent state (~50 MB for the target) to save the ~100 tokens of that text, and
+    deleting a document leaves no entry behind that its questions made.
     """
     parts: list[Segment] = [head, *(s for group in groups for s in group)]
     prefix = session.build_prompt(parts, SYSTEM, open_turn=True)
-    offset = len(prefix.segments) - len(parts)  # the parts are the prefix's last segments (none is empty)
-    points = {p for p in prefix.cache_points if p <= offset}
-    end = offset + 1
+    end = len(prefix.segments) - len(parts) + 1  # the parts are the prefix's last segments (none is empty)
+    points: set[int] = set()
     for group in groups:
         end += len(group)
         points.add(end)
