@@ -21,10 +21,10 @@ from omnid.models.base import ModelLoadError
 OVERHEAD_BYTES = 512 << 20
 #: The context is a multiple of this (llama.cpp pads it anyway).
 CONTEXT_STEP = 256
-#: The smallest context llama.cpp runs with.
-MIN_CONTEXT = 256
 #: A model that does not say how long a context it was trained on gets this (the embedded default's).
 FALLBACK_CONTEXT = 32768
+#: The default context is not cut below this by the memory estimate (only an explicit --ctx is refused).
+SMALLEST_DEFAULT = 4096
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,10 @@ class ContextPlan:
 
 
 def plan_context(requested: int, size: StateSize | None, available: int, reserved: int) -> ContextPlan:
-    """The context for `requested` tokens (0 = choose): the model's trained context unless memory holds less;
-    a request memory cannot hold is refused (ModelLoadError) with the number that fits. `reserved`: bytes
-    other parts of the daemon may use (the prompt cache's RAM budget)."""
+    """The context for `requested` tokens (0 = choose): the model's trained context unless memory holds less
+    (then what it holds, SMALLEST_DEFAULT at least); a request memory cannot hold is refused (ModelLoadError)
+    with the number that fits. `reserved`: bytes other parts of the daemon may use (the prompt cache's RAM
+    budget)."""
     if size is None:  # a model whose shapes are unknown: what was asked, or the fallback
         return ContextPlan(requested or FALLBACK_CONTEXT, "--ctx" if requested else "model", 0, 0)
     limit = tokens_that_fit(size, available, reserved)
@@ -62,12 +63,10 @@ def plan_context(requested: int, size: StateSize | None, available: int, reserve
                 f"available ({_gib(size.weights_bytes)} for the model's weights, {_gib(reserved)} for the prompt "
                 f"cache): at most {limit} tokens fit (pass --ctx {limit} or less, or a smaller --cache-ram)")
         return ContextPlan(requested, "--ctx", size.trained_context, limit)
-    if size.bytes_per_token and limit < MIN_CONTEXT:
-        raise ModelLoadError(f"this machine's memory ({_gib(available)} available) does not hold the model "
-                             f"({_gib(size.weights_bytes)}) with even a {MIN_CONTEXT}-token context")
     trained = size.trained_context or FALLBACK_CONTEXT
-    if size.bytes_per_token and limit < trained:
-        return ContextPlan(limit, "memory", size.trained_context, limit)
+    if size.bytes_per_token and limit < trained:  # never below SMALLEST_DEFAULT unasked: the weights are
+        tokens = max(limit, min(trained, SMALLEST_DEFAULT))  # mapped, and the cache budget is a ceiling
+        return ContextPlan(tokens, "memory", size.trained_context, limit)
     return ContextPlan(trained, "model", size.trained_context, limit)
 
 

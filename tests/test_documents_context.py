@@ -16,11 +16,15 @@ from types import SimpleNamespace
 from typing import Iterator
 
 import pytest
-from _common import start_daemon as start_plain_daemon
+from _common import NEMOTRON_3_NANO, Shapes, start_daemon as start_plain_daemon
 
 from documents_pdfs import make_report
 from omnid.clients.client import OmniClient
 from omnid.modalities.document_prompt import page_groups
+from omnid.models.base import ModelLoadError
+from omnid.models.context_size import StateSize, gguf_state_size, plan_context
+from omnid.models.gguf_test_model import (H_HEAD_DIM, H_HEAD_KV, HYBRID_PATTERN, SSM_CONV, SSM_GROUPS, SSM_INNER,
+                                          SSM_STATE)
 from omnid.proto import omnid_pb2 as pb
 
 QUESTION = "What is the code of page 37?"
@@ -180,3 +184,26 @@ def test_progress_of_a_long_generate_over_grpc(client) -> None:
     assert events[-1].done.usage.prompt_tokens >= progress[-1].total
     short = list(client.generate(pb.Part(text="Hello"), max_tokens=2))  # a short prompt: no progress at all
     assert "progress" not in [e.WhichOneof("event") for e in short]
+
+
+def test_state_size_is_read_from_the_model_file_as_bench_shapes_computes_it(test_model) -> None:
+    size = gguf_state_size(test_model.text, test_model.mmproj)
+    shapes = Shapes(mamba_layers=HYBRID_PATTERN.count("M"), conv=SSM_CONV, d_inner=SSM_INNER, groups=SSM_GROUPS,
+                    d_state=SSM_STATE, attention_layers=HYBRID_PATTERN.count("*"), kv_heads=H_HEAD_KV,
+                    head_dim=H_HEAD_DIM)
+    assert size.bytes_per_token == shapes.kv_bytes_per_token() and size.fixed_bytes == shapes.recurrent_bytes()
+    assert size.trained_context == 32768
+    assert size.weights_bytes == test_model.text.stat().st_size + test_model.mmproj.stat().st_size
+
+
+def test_the_context_plan_for_the_target_model() -> None:
+    gib = 1 << 30
+    target = StateSize(262144, NEMOTRON_3_NANO.kv_bytes_per_token(), NEMOTRON_3_NANO.recurrent_bytes(), 18 * gib)
+    roomy = plan_context(0, target, available=64 * gib, reserved=8 * gib)
+    assert (roomy.tokens, roomy.source) == (262144, "model") and roomy.memory_limit > 262144
+    tight = plan_context(0, target, available=20 * gib, reserved=gib // 2)
+    assert tight.source == "memory" and 4096 <= tight.tokens == tight.memory_limit < 262144
+    assert tight.tokens * target.bytes_per_token <= 20 * gib - 18 * gib - gib // 2
+    assert plan_context(tight.tokens, target, available=20 * gib, reserved=gib // 2).source == "--ctx"
+    with pytest.raises(ModelLoadError, match=rf"at most {tight.tokens} tokens"):
+        plan_context(tight.tokens + 256, target, available=20 * gib, reserved=gib // 2)
