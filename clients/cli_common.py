@@ -206,7 +206,7 @@ def progress_note(p: pb.Progress) -> str:
     if p.per_second:
         notes.append(f"{p.per_second:.0f} {p.unit}/s")
     if p.eta_seconds:
-        notes.append(f"about {seconds_text(p.eta_seconds)} left")
+        notes.append(f"{'about ' if p.eta_seconds >= 1 else ''}{seconds_text(p.eta_seconds)} left")
     return ", ".join(notes)
 
 

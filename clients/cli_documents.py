@@ -162,7 +162,7 @@ def describe(info: pb.DocumentInfo) -> str:
         cold = (f"; a question on pages not in the cache takes about {seconds_text(info.cold_question_seconds)} "
                 "to read them here" if info.cold_question_seconds else "")
         lines.append(f"  {_thousands(info.total_tokens)} tokens, the context holds {_thousands(info.context_length)}: "
-                     f"each question reads about {info.question_pages} pages "
+                     f"each question reads about {info.question_pages} page{'' if info.question_pages == 1 else 's'} "
                      f"({_thousands(info.question_tokens)} tokens){cold}")
     if info.unread_pages:
         unread = _ranges(list(info.unread_pages))

@@ -122,7 +122,7 @@ def test_cli_doc_add_and_list_show_the_cost_of_a_question(fresh, report) -> None
     listed = _omni(fresh.socket, "doc", "list")
     assert listed.returncode == 0, listed.stderr
     line = next(line for line in listed.stdout.splitlines() if "context holds 4k" in line)
-    assert f"about {info['question_pages']} pages" in line and "takes about" in line
+    assert f"about {info['question_pages']} page" in line and "takes about" in line
 
 
 def test_cli_ask_shows_the_prefill_progress_as_plain_lines(fresh, tmp_path) -> None:
