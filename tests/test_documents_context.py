@@ -133,7 +133,7 @@ def test_cli_ask_shows_the_prefill_progress_as_plain_lines(fresh, tmp_path) -> N
     lines = [line for line in asked.stderr.splitlines() if line.startswith("prefilling:")]
     assert lines and "\r" not in asked.stderr  # not a terminal: plain lines, no redraws
     done, total = map(int, re.match(r"prefilling: (\d+)/(\d+) tokens", lines[-1]).groups())
-    assert done == total > 256
+    assert done == total > 512
 
 
 def test_the_default_context_is_the_models_and_status_shows_what_runs_and_waits(roomy) -> None:
