@@ -211,7 +211,11 @@ def progress_note(p: pb.Progress) -> str:
 
 
 def show_progress(progress: "Progress", p: pb.Progress) -> None:
-    """A Progress message (a long prefill's tokens) on a progress display."""
+    """A Progress message (a long prefill's tokens, or the wait for the decoder) on a progress display."""
+    if p.stage == "waiting":
+        ahead = f"{p.done} job{'' if p.done == 1 else 's'} ahead (`omni status` shows them)"
+        progress.update("waiting for the decoder", round(p.elapsed_seconds), 0, ahead, unit="s")
+        return
     progress.update(p.stage, p.done, p.total, progress_note(p))
 
 
@@ -228,19 +232,21 @@ class Progress:
         self._stage = ""
         self._tenth = -1
 
-    def update(self, stage: str, done: float, total: float, note: str = "") -> None:
+    def update(self, stage: str, done: float, total: float, note: str = "", unit: str = "") -> None:
+        """Show `done` of `total` (0: unknown) at `stage`, in this display's unit unless `unit` says otherwise."""
         if not self.enabled:
             return
         if self.tty:
-            self._update_bar(stage, done, total, note)
+            self._update_bar(stage, done, total, note, unit or self.unit)
             return
         tenth = int(10 * done / total) if total else 0
         if stage != self._stage or tenth > self._tenth:
             self._stage, self._tenth = stage, tenth
             of = f"/{total:g}" if total else ""
-            print(f"{stage}: {done:g}{of} {self.unit}{', ' + note if note else ''}", file=self.stream, flush=True)
+            print(f"{stage}: {done:g}{of} {unit or self.unit}{', ' + note if note else ''}", file=self.stream,
+                  flush=True)
 
-    def _update_bar(self, stage: str, done: float, total: float, note: str) -> None:
+    def _update_bar(self, stage: str, done: float, total: float, note: str, unit: str) -> None:
         from tqdm import tqdm
 
         if self._bar is None or stage != self._stage:
@@ -251,7 +257,7 @@ class Progress:
                 columns, rows = size.columns or 80, size.lines or 24
             except (OSError, ValueError):
                 columns, rows = 80, 24
-            self._bar = tqdm(total=total or None, desc=stage, unit=self.unit, file=self.stream, leave=True,
+            self._bar = tqdm(total=total or None, desc=stage, unit=unit, file=self.stream, leave=True,
                              ncols=columns, nrows=rows)
         self._bar.n = done
         if note:

@@ -61,6 +61,15 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class Waiting:
+    """The job has not started: `ahead` jobs run or wait before it, and it has waited `waited_s` seconds (the
+    front end says so to a client that would otherwise wait in silence; Status says what those jobs are)."""
+
+    ahead: int
+    waited_s: float
+
+
+@dataclass(frozen=True)
 class PrefillProgress:
     """How far a long prefill is: `done` of the prompt's `total` tokens are in the sequence (the `cached` ones
     it started from included), `elapsed_s` after evaluation began. Sent while a client waits for its first

@@ -145,11 +145,16 @@ class JobHandle(Generic[T]):
 
     # -- the submitter's side --------------------------------------------------------------------------------
 
-    def events(self) -> Iterator[Any]:
+    def events(self, idle: float | None = None) -> Iterator[Any]:
         """Events as the job emits them, deltas that were waiting joined into one; re-raises the job's error
-        after the last event."""
+        after the last event. With `idle`, None comes whenever that many seconds passed without an event (so a
+        front end can tell a client that waits in the queue why nothing comes)."""
         while True:
-            batch = [self._events.get()]
+            try:
+                batch = [self._events.get(timeout=idle)]
+            except queue.Empty:
+                yield None
+                continue
             while batch[-1] is not _END and not self._events.empty():
                 batch.append(self._events.get_nowait())
             done = batch[-1] is _END
