@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -21,7 +21,8 @@ from omnid.daemon.events import Done, PagesUsed, Progress, TextDelta, Usage
 from omnid.daemon.sampling import SamplingParams
 from omnid.daemon.session import DecoderSession, GenerationResult, PrefillStats, Prompt
 from omnid.daemon.token_chain import TokenChain, media_code
-from omnid.modalities.document_prompt import SYSTEM, choose_pages, grouped_layout, page_segments, question_segment
+from omnid.modalities.document_prompt import (SYSTEM, PageChoice, best_matches, choose_pages, grouped_layout,
+                                              page_segments, question_segment)
 from omnid.modalities.document_store import StoredPage
 from omnid.modalities.screen_store import Observation
 from omnid.modalities.screen_watcher import ChangedFrame, frame_prompt
@@ -127,11 +128,12 @@ def measure_prefill(pages: Sequence[StoredPage], vision: bool, head: TextSegment
 
 
 def ask_document(pages: Sequence[StoredPage], question: str, *, head: TextSegment, first: int, last: int,
-                 whole: bool, vision: bool, max_tokens: int,
-                 sampling: SamplingParams) -> Callable[[DecoderSession, Emit], Done]:
+                 whole: bool, vision: bool, max_tokens: int, sampling: SamplingParams,
+                 recent: RecentPageSets) -> Callable[[DecoderSession, Emit], Done]:
     """Answer a question from pages first..last of a document: all of them when they fit the context, else
-    the pages that match the question best (PagesUsed says which, and why). Pages go in document order in
-    groups that each end at a cache point, the question last (see modalities/document_prompt.py)."""
+    the pages that match the question best, or an earlier question's page set in the cache that holds its best
+    matches (`recent`; PagesUsed says which, and why). Pages go in document order in groups that each end at a
+    cache point, the question last (see modalities/document_prompt.py)."""
     asked = question_segment(question.strip())
 
     def job(session: DecoderSession, emit: Emit) -> Done:
@@ -147,12 +149,49 @@ def ask_document(pages: Sequence[StoredPage], question: str, *, head: TextSegmen
             choice = choose_pages(pages, question, budget, whole=whole)
             if not choice.pages:
                 raise ContextOverflow(fixed + max_tokens + min(p.tokens for p in pages), context_length)
+            choice = _cached_choice(session, pages, question, head, vision, budget, recent) or choice
             emit(PagesUsed(tuple(choice.pages), choice.reason))
+            recent.remember(tuple(choice.pages))
             chosen = [p for p in pages if p.number in set(choice.pages)]
         groups = grouped_layout(chosen, vision, session.resume_interval)
         stats = session.prefill(document_prompt(session, head, groups, asked), checkpoints=False, progress=emit)
         return answer(session, stats, max_tokens, sampling, emit)
     return job
+
+
+class RecentPageSets:
+    """The page sets a document's last questions were answered from, newest first (used on the decoder thread
+    only: the jobs of one daemon run one at a time)."""
+
+    def __init__(self, keep: int = 4) -> None:
+        self._sets: list[tuple[int, ...]] = []
+        self._keep = keep
+
+    def __iter__(self) -> Iterator[tuple[int, ...]]:
+        return iter(list(self._sets))
+
+    def remember(self, numbers: tuple[int, ...]) -> None:
+        self._sets = [numbers, *(s for s in self._sets if s != numbers)][:self._keep]
+
+
+def _cached_choice(session: DecoderSession, pages: Sequence[StoredPage], question: str, head: TextSegment,
+                   vision: bool, budget: int, recent: RecentPageSets) -> PageChoice | None:
+    """An earlier question's page set that holds this question's best matches, fits the budget and is still in
+    the prompt cache (so only the question is read), or None."""
+    wanted = best_matches(pages, question)
+    by_number = {p.number: p for p in pages}
+    for numbers in recent if wanted else ():
+        if not wanted <= set(numbers) or not set(numbers) <= by_number.keys():
+            continue
+        chosen = [by_number[n] for n in numbers]
+        if sum(p.tokens for p in chosen) > budget:
+            continue
+        prefix = document_prompt(session, head, grouped_layout(chosen, vision, session.resume_interval))
+        if session.cache.contains(session.key_of(prefix)):
+            return PageChoice(list(numbers), f"the pages matching the question best ({len(wanted)}) are all in the "
+                                             f"{len(numbers)} pages an earlier question used, which are in the "
+                                             "prompt cache: answered from those")
+    return None
 
 
 def forget_document(head: TextSegment) -> Callable[[DecoderSession, Emit], int]:

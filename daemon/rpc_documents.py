@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
 import grpc
@@ -67,6 +67,8 @@ class _Loaded:
 
     doc: StoredDocument
     pages: list[StoredPage]
+    #: The page sets its last questions used (for reusing one that the cache holds; see jobs.ask_document).
+    recent: jobs.RecentPageSets = field(default_factory=jobs.RecentPageSets)
 
 
 class DocumentRpcs(RpcBase):
@@ -176,7 +178,7 @@ class DocumentRpcs(RpcBase):
         job = jobs.ask_document(loaded.pages[first - 1:last], request.question, head=_head(loaded.doc),
                                 first=first, last=last,
                                 whole=(first, last) == (1, loaded.doc.page_count), vision=self._vision(),
-                                max_tokens=max_tokens, sampling=sampling)
+                                max_tokens=max_tokens, sampling=sampling, recent=loaded.recent)
         yield from self.answer_stream(job, context, "ask-document", pb.AskDocumentEvent)
 
     # -- DeleteDocuments -------------------------------------------------------------------------------------

@@ -292,6 +292,11 @@ class DecoderSession:
                         stops.setdefault(n - back, "checkpoint")
         return stops
 
+    def key_of(self, prompt: Prompt) -> str:
+        """The cache key of the whole prompt (what a snapshot at its end is found by), tokenized through the
+        tokenizer cache as a prefill would."""
+        return self.cache.key_of(TokenChain(self._layout(prompt).codes))
+
     def save_snapshot(self) -> str:
         """Snapshot the sequence now under the key of the chain it holds; returns that key."""
         return self.cache.put(self._live.chain, self.backend.snapshot())

@@ -13,6 +13,9 @@ deleting a document finds the cache entries of all its page sets.
 Page choice: when the pages do not fit, they are ranked by BM25 (a plain, explainable lexical score of the
 question's words against each page's text) and taken best first until the token budget is spent, then put back
 in page order. Pages without text (scans) score 0: they are used only when there is room after the matches.
+A question whose best matches (`best_matches`) all lie in the page set of an earlier question that is still in
+the prompt cache is answered from that set (the daemon checks the cache): a reworded question then reads only
+itself, where its own ranking would have filled the rest of the budget with other pages.
 """
 from __future__ import annotations
 
@@ -132,6 +135,17 @@ def choose_pages(pages: Sequence[StoredPage], question: str, budget: int, *, who
               f"used {len(chosen)} of {len(pages)} pages ({used} tokens), those matching the question best first "
               f"(BM25 over page text; {matched} pages share words with the question)")
     return PageChoice(chosen, reason)
+
+
+#: A page is one of a question's best matches when it scores at least this share of the best page's score.
+BEST_MATCH_SHARE = 0.5
+
+
+def best_matches(pages: Sequence[StoredPage], question: str) -> set[int]:
+    """The numbers of the pages matching the question best (empty when no page shares a word with it)."""
+    scores = bm25(question, [p.text for p in pages])
+    best = max(scores, default=0.0)
+    return {p.number for p, s in zip(pages, scores) if best > 0 and s >= BEST_MATCH_SHARE * best}
 
 
 def bm25(query: str, texts: Sequence[str], k1: float = 1.5, b: float = 0.75) -> list[float]:

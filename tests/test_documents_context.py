@@ -209,3 +209,17 @@ def test_the_context_plan_for_the_target_model() -> None:
     assert plan_context(tight.tokens, target, available=20 * gib, reserved=gib // 2).source == "--ctx"
     with pytest.raises(ModelLoadError, match=rf"at most {tight.tokens} tokens"):
         plan_context(tight.tokens + 256, target, available=20 * gib, reserved=gib // 2)
+
+
+def test_a_question_whose_best_pages_an_earlier_page_set_holds_reuses_that_set(start_daemon, report) -> None:
+    d = start_daemon()
+    with d.client() as c:
+        info = c.ingest_document(report)
+        tokens = {p.page: p.tokens for p in info.pages}
+        pages, _, _, _ = _ask(c, info.document_id, QUESTION)
+        # Ranked on its own, this wording fills the budget's end with another page (95 instead of 85 with these
+        # PDFs); its best matches (pages 35 and 37, which hold "37") are in the first set, which is cached.
+        other, _, final, kinds = _ask(c, info.document_id, "Tell me about page 37 and its harbor code")
+    assert other == pages and "progress" not in kinds
+    assert final.usage.cached_tokens >= sum(tokens[p] for p in pages)
+    assert final.usage.prompt_tokens - final.usage.cached_tokens < 80
