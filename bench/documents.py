@@ -111,7 +111,10 @@ def main() -> int:
         stages: dict[str, float] = {}
 
         def progress(p) -> None:
-            stages[p.stage] = p.elapsed_ms
+            if p.stage == "prefilling":  # when warming began (its prefill reports its tokens after that)
+                stages.setdefault(p.stage, p.elapsed_ms)
+            else:
+                stages[p.stage] = p.elapsed_ms
 
         daemon = start_daemon(tmp / "first", model_args, flags)
         try:

@@ -21,9 +21,10 @@ import grpc
 from omnid.clients import cli_documents, cli_meetings, cli_screen
 from omnid.clients.cli_common import (EXIT_DAEMON_ERROR, EXIT_INTERRUPTED, EXIT_NO_DAEMON, EXIT_OK,
                                       EXIT_PIPE_CLOSED, EXIT_USAGE, PROMPT_HELP, ClientFactory,
-                                      add_sampling_flags, print_json, print_stream, print_usage, read_prompt,
-                                      sampling_from_args, to_dict)
+                                      add_sampling_flags, print_json, print_stream, print_usage, progress_note,
+                                      read_prompt, sampling_from_args, to_dict)
 from omnid.clients.client import DaemonNotRunning, OmniClient, OmniError, connect, parts_for
+from omnid.proto import omnid_pb2 as pb
 
 
 def version() -> str:
@@ -64,13 +65,19 @@ def cmd_status(args: argparse.Namespace, client_factory: ClientFactory) -> int:
     print(f"model      {status.model_name} ({status.backend}) {status.model_path}")
     if status.mmproj_path:
         print(f"mmproj     {status.mmproj_path}")
-    print(f"can        {', '.join(status.capabilities)}; context {status.context_length} tokens")
+    print(f"can        {', '.join(status.capabilities)}; "
+          f"context {status.context_length} tokens ({_context_why(status)})")
     print(f"endpoint   {status.endpoint}")
     idle = f"; unloads after {status.idle_unload_seconds:g} s idle" if status.idle_unload_seconds else ""
     loaded = "loaded" if status.model_loaded else "not loaded (the next request loads it)"
     print(f"state      model {loaded}{idle}")
     print(f"memory     {status.memory_rss_bytes / 2**20:.0f} MiB resident; up {status.uptime_seconds:.0f} s")
     print(f"queue      {status.queue_depth}/{status.queue_capacity} waiting{'; busy' if status.busy else ''}")
+    print(f"running    {_job_line(status.running) if status.HasField('running') else 'nothing'}")
+    for job in status.waiting:
+        print(f"waiting    {_job_line(job)}")
+    if status.prefill_tokens_per_second:
+        print(f"prefill    {status.prefill_tokens_per_second:.0f} tokens/s (measured on this machine's prompts)")
     print(f"cache      {c.hits} hits, {c.misses} misses, {c.tokens_reused} tokens reused, {c.entries} entries, "
           f"{c.ram_bytes / 2**20:.1f}/{c.ram_budget_bytes / 2**20:.0f} MiB RAM, "
           f"{c.disk_bytes / 2**20:.1f} MiB disk, {c.evictions} evictions, {c.pinned} pinned")
@@ -81,6 +88,29 @@ def cmd_status(args: argparse.Namespace, client_factory: ClientFactory) -> int:
     if status.note:
         print(f"note       {status.note}")
     return EXIT_OK
+
+
+def _context_why(status: pb.StatusReply) -> str:
+    """Where the context length came from, in words."""
+    trained = f"the model was trained on {status.trained_context_length}" if status.trained_context_length else ""
+    memory = f"memory holds {status.memory_context_length}" if status.memory_context_length else ""
+    if status.context_source == "model":
+        return "the model's trained context" + (f"; {memory}" if memory else "")
+    if status.context_source == "memory":
+        return "as much as memory holds" + (f"; {trained}" if trained else "")
+    return "; ".join(p for p in ("--ctx", trained, memory) if p)
+
+
+def _job_line(job: pb.JobState) -> str:
+    """'ask-document for 12.0 s (waited 0.1 s): prefilling 2048/31000 tokens, 41 tokens/s, about 12 min left'."""
+    if not job.running_seconds:
+        return f"{job.name}, waiting for {job.queued_seconds:.1f} s"
+    line = f"{job.name} for {job.running_seconds:.1f} s (waited {job.queued_seconds:.1f} s)"
+    if job.HasField("progress"):
+        p = job.progress
+        note = progress_note(p)
+        line += f": {p.stage} {p.done}/{p.total} {p.unit}{', ' + note if note else ''}"
+    return line
 
 
 def cmd_unload(args: argparse.Namespace, client_factory: ClientFactory) -> int:

@@ -158,14 +158,22 @@ def sampling_from_args(args: argparse.Namespace) -> pb.Sampling:
 
 
 def print_stream(events: Iterable, as_json: bool, extra: dict | None = None) -> pb.Final:
-    """Print deltas as they come (or one JSON object at the end); returns the final message."""
+    """Print deltas as they come (or one JSON object at the end), a long prefill's progress on stderr before
+    them; returns the final message."""
     final = pb.Final()
-    for event in events:
-        kind = event.WhichOneof("event")
-        if kind == "delta" and not as_json:
-            print(event.delta, end="", flush=True)
-        elif kind == "done":
-            final = event.done
+    progress = Progress("tokens", enabled=not as_json)
+    try:
+        for event in events:
+            kind = event.WhichOneof("event")
+            if kind == "progress":
+                show_progress(progress, event.progress)
+            elif kind == "delta" and not as_json:
+                progress.close()
+                print(event.delta, end="", flush=True)
+            elif kind == "done":
+                final = event.done
+    finally:
+        progress.close()
     if as_json:
         print_json({**to_dict(final), **(extra or {})})
     else:
@@ -181,6 +189,36 @@ def print_usage(usage: pb.Usage) -> None:
           file=sys.stderr)
 
 
+def seconds_text(seconds: float) -> str:
+    """12 -> '12 s', 400 -> '6.7 min', 9000 -> '2.5 h'."""
+    if seconds < 1:
+        return "under a second"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def progress_note(p: pb.Progress) -> str:
+    """The rate and time left of a Progress message, e.g. '2048 cached, 41 tokens/s, about 6.2 min left'."""
+    notes = [f"{p.cached} cached"] if p.cached else []
+    if p.per_second:
+        notes.append(f"{p.per_second:.0f} {p.unit}/s")
+    if p.eta_seconds:
+        notes.append(f"{'about ' if p.eta_seconds >= 1 else ''}{seconds_text(p.eta_seconds)} left")
+    return ", ".join(notes)
+
+
+def show_progress(progress: "Progress", p: pb.Progress) -> None:
+    """A Progress message (a long prefill's tokens, or the wait for the decoder) on a progress display."""
+    if p.stage == "waiting":
+        ahead = f"{p.done} job{'' if p.done == 1 else 's'} ahead (`omni status` shows them)"
+        progress.update("waiting for the decoder", round(p.elapsed_seconds), 0, ahead, unit="s")
+        return
+    progress.update(p.stage, p.done, p.total, progress_note(p))
+
+
 class Progress:
     """Progress of a long call on stderr: a tqdm bar on a terminal; plain lines otherwise (a log file or a pipe
     gets one line when the stage changes and one per tenth of the way, never carriage-return redraws)."""
@@ -194,19 +232,21 @@ class Progress:
         self._stage = ""
         self._tenth = -1
 
-    def update(self, stage: str, done: float, total: float, note: str = "") -> None:
+    def update(self, stage: str, done: float, total: float, note: str = "", unit: str = "") -> None:
+        """Show `done` of `total` (0: unknown) at `stage`, in this display's unit unless `unit` says otherwise."""
         if not self.enabled:
             return
         if self.tty:
-            self._update_bar(stage, done, total, note)
+            self._update_bar(stage, done, total, note, unit or self.unit)
             return
         tenth = int(10 * done / total) if total else 0
         if stage != self._stage or tenth > self._tenth:
             self._stage, self._tenth = stage, tenth
             of = f"/{total:g}" if total else ""
-            print(f"{stage}: {done:g}{of} {self.unit}{', ' + note if note else ''}", file=self.stream, flush=True)
+            print(f"{stage}: {done:g}{of} {unit or self.unit}{', ' + note if note else ''}", file=self.stream,
+                  flush=True)
 
-    def _update_bar(self, stage: str, done: float, total: float, note: str) -> None:
+    def _update_bar(self, stage: str, done: float, total: float, note: str, unit: str) -> None:
         from tqdm import tqdm
 
         if self._bar is None or stage != self._stage:
@@ -217,7 +257,7 @@ class Progress:
                 columns, rows = size.columns or 80, size.lines or 24
             except (OSError, ValueError):
                 columns, rows = 80, 24
-            self._bar = tqdm(total=total or None, desc=stage, unit=self.unit, file=self.stream, leave=True,
+            self._bar = tqdm(total=total or None, desc=stage, unit=unit, file=self.stream, leave=True,
                              ncols=columns, nrows=rows)
         self._bar.n = done
         if note:

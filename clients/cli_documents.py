@@ -1,6 +1,6 @@
 """`omni doc ...`: ingest PDFs, ask about them, list them.
 
-    omni doc ingest report.pdf                 # progress bar on stderr, then the document's summary
+    omni doc ingest report.pdf                 # (or `doc add`) progress on stderr, then the document's summary
     omni doc ask report.pdf "What changed in Q3?"   # ingests first when the daemon does not hold it yet
     omni doc ask 3f9a... "Which pages mention risk?" --pages 10-30
     omni doc list
@@ -14,7 +14,8 @@ from pathlib import Path
 
 from omnid.clients.cli_common import (EXIT_OK, PROMPT_HELP, ClientFactory, Progress, add_delete_flags,
                                       add_sampling_flags, deletion_from_args, print_deleted, print_json,
-                                      print_usage, read_prompt, sampling_from_args, to_dict)
+                                      print_usage, read_prompt, sampling_from_args, seconds_text, show_progress,
+                                      to_dict)
 from omnid.clients.documents import document_id
 from omnid.proto import omnid_pb2 as pb
 
@@ -25,7 +26,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     doc = commands.add_parser("doc", help="ingest PDFs and ask about them")
     sub = doc.add_subparsers(title="doc commands", dest="doc_command", metavar="DOC_COMMAND", required=True)
 
-    ingest = sub.add_parser("ingest", help="read a PDF into the daemon (and warm the cache with it)")
+    ingest = sub.add_parser("ingest", aliases=["add"], help="read a PDF into the daemon (and warm the cache with it)")
     ingest.add_argument("file", help="a PDF file")
     _add_source_flags(ingest)
     ingest.add_argument("--json", action="store_true", help="print the document's info as JSON")
@@ -80,16 +81,23 @@ def cmd_ask(args: argparse.Namespace, client_factory: ClientFactory) -> int:
         events = client.ask_document(doc_id, question, first_page=first, last_page=last,
                                      max_tokens=args.max_tokens, sampling=sampling_from_args(args))
         final, pages = pb.Final(), None
-        for event in events:
-            kind = event.WhichOneof("event")
-            if kind == "pages":
-                pages = event.pages
-                if not args.json:
-                    print(f"[pages used: {_ranges(list(pages.pages))}: {pages.reason}]", file=sys.stderr)
-            elif kind == "delta" and not args.json:
-                print(event.delta, end="", flush=True)
-            elif kind == "done":
-                final = event.done
+        progress = Progress("tokens", enabled=not args.json)
+        try:
+            for event in events:
+                kind = event.WhichOneof("event")
+                if kind == "pages":
+                    pages = event.pages
+                    if not args.json:
+                        print(f"[pages used: {_ranges(list(pages.pages))}: {pages.reason}]", file=sys.stderr)
+                elif kind == "progress":
+                    show_progress(progress, event.progress)
+                elif kind == "delta" and not args.json:
+                    progress.close()
+                    print(event.delta, end="", flush=True)
+                elif kind == "done":
+                    final = event.done
+        finally:
+            progress.close()
     if args.json:
         print_json({"document_id": doc_id, **to_dict(final), "pages_used": list(pages.pages) if pages else [],
                     "pages_reason": pages.reason if pages else ""})
@@ -124,7 +132,13 @@ def cmd_rm(args: argparse.Namespace, client_factory: ClientFactory) -> int:
 def _ingest(client, source: str, args: argparse.Namespace, *, quiet: bool) -> pb.DocumentInfo:
     progress = Progress("pages", enabled=not quiet)
 
+    tokens = Progress("tokens", enabled=not quiet)
+
     def update(p: pb.IngestProgress) -> None:
+        if p.HasField("prefill"):  # measuring or warming: the prefill's own tokens
+            progress.close()
+            show_progress(tokens, p.prefill)
+            return
         seconds = f"{p.elapsed_ms / 1000:.1f} s"
         progress.update(p.stage, p.pages_done, p.pages_total, f"{p.tokens} tokens, {seconds}" if p.tokens else seconds)
 
@@ -133,6 +147,7 @@ def _ingest(client, source: str, args: argparse.Namespace, *, quiet: bool) -> pb
                                       progress=update)
     finally:
         progress.close()
+        tokens.close()
 
 
 def describe(info: pb.DocumentInfo) -> str:
@@ -143,10 +158,23 @@ def describe(info: pb.DocumentInfo) -> str:
              f"  {info.page_count} pages ({kinds['text']} text, {kinds['image']} scanned"
              f"{', %d unread' % kinds['unread'] if kinds['unread'] else ''}), {info.total_tokens} tokens, {fits}"
              f"{', warm in the cache' if info.cached else ''}, ingested in {info.ingest_ms / 1000:.1f} s"]
+    if not info.fits_context and info.context_length:
+        cold = (f"; a question on pages not in the cache takes about {seconds_text(info.cold_question_seconds)} "
+                "to read them here" if info.cold_question_seconds else "")
+        lines.append(f"  {_thousands(info.total_tokens)} tokens, the context holds {_thousands(info.context_length)}: "
+                     f"each question reads about {info.question_pages} page{'' if info.question_pages == 1 else 's'} "
+                     f"({_thousands(info.question_tokens)} tokens){cold}")
     if info.unread_pages:
         unread = _ranges(list(info.unread_pages))
         lines.append(f"  not readable by this model (scanned, no vision encoder): pages {unread}")
     return "\n".join(lines)
+
+
+def _thousands(tokens: int) -> str:
+    """40500 -> '40.5k', 32768 -> '32k' (a power-of-two context), 900 -> '900'."""
+    if tokens >= 1024 and tokens % 1024 == 0:
+        return f"{tokens // 1024}k"
+    return f"{tokens / 1000:.1f}k" if tokens >= 1000 else str(tokens)
 
 
 def parse_pages(spec: str) -> tuple[int, int]:

@@ -66,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the multimodal projector GGUF (images, audio) for --model (default: none, text only)")
     serve.add_argument("--backend", default="auto", choices=["auto", *backend_names()],
                        help="the inference library (default: auto, from what --model is)")
-    serve.add_argument("--ctx", type=context_tokens, default=32768,
-                       help=f"context length in tokens, at least {MIN_CONTEXT} (default: 32768)")
+    serve.add_argument("--ctx", type=context_tokens, default=0,
+                       help=f"context length in tokens, at least {MIN_CONTEXT}; more than memory holds is refused "
+                            "with the number that fits (default: the model's trained context, capped by memory)")
     serve.add_argument("--threads", type=int, default=None,
                        help="CPU threads for the decoder (default: the number of physical cores)")
     serve.add_argument("--flash-attn", action="store_true",

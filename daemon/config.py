@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from omnid.common.paths import default_socket_path, default_token_path, private_dir, runtime_dir
+from omnid.models.context_size import ContextPlan
 
 __all__ = ["DaemonConfig", "cache_dir", "data_dir", "default_ram_budget", "default_socket_path",
            "default_token_path", "private_dir", "runtime_dir"]
@@ -49,7 +50,10 @@ class DaemonConfig:
     model: str = ""                      # empty: the embedded default model
     mmproj: str = ""
     backend: str = "auto"                # "auto" or a registered name (models/registry.py)
-    context_length: int = 32768
+    #: Tokens of context; 0 = the model's trained context, capped by what memory holds (models/context_size.py).
+    context_length: int = 0
+    #: How the context was chosen (set at start-up, when the model's shapes are read).
+    context_plan: ContextPlan | None = None
     threads: int | None = None
     flash_attn: bool = False
     socket_path: Path = field(default_factory=default_socket_path)

@@ -58,3 +58,35 @@ class Progress:
     done: int
     total: int
     tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """The job has not started: `ahead` jobs run or wait before it, and it has waited `waited_s` seconds (the
+    front end says so to a client that would otherwise wait in silence; Status says what those jobs are)."""
+
+    ahead: int
+    waited_s: float
+
+
+@dataclass(frozen=True)
+class PrefillProgress:
+    """How far a long prefill is: `done` of the prompt's `total` tokens are in the sequence (the `cached` ones
+    it started from included), `elapsed_s` after evaluation began. Sent while a client waits for its first
+    token, so a question that reads 30k tokens says how long it will take instead of saying nothing."""
+
+    done: int
+    total: int
+    cached: int
+    elapsed_s: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        """The rate of the tokens evaluated so far (0 before the first chunk)."""
+        return (self.done - self.cached) / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def eta_seconds(self) -> float:
+        """Seconds left at that rate (0 when unknown)."""
+        rate = self.tokens_per_second
+        return (self.total - self.done) / rate if rate > 0 else 0.0

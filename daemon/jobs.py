@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -21,7 +21,8 @@ from omnid.daemon.events import Done, PagesUsed, Progress, TextDelta, Usage
 from omnid.daemon.sampling import SamplingParams
 from omnid.daemon.session import DecoderSession, GenerationResult, PrefillStats, Prompt
 from omnid.daemon.token_chain import TokenChain, media_code
-from omnid.modalities.document_prompt import SYSTEM, choose_pages, layout, page_segments, question_segment
+from omnid.modalities.document_prompt import (SYSTEM, PageChoice, best_matches, choose_pages, grouped_layout,
+                                              page_segments, question_segment)
 from omnid.modalities.document_store import StoredPage
 from omnid.modalities.screen_store import Observation
 from omnid.modalities.screen_watcher import ChangedFrame, frame_prompt
@@ -51,9 +52,9 @@ def answer(session: DecoderSession, stats: PrefillStats, max_tokens: int, sampli
 
 def generate(segments: Sequence[Segment], system: str | None, max_tokens: int,
              sampling: SamplingParams) -> Callable[[DecoderSession, Emit], Done]:
-    """A plain answer to one user turn of `segments`."""
+    """A plain answer to one user turn of `segments` (a long prompt reports PrefillProgress first)."""
     def job(session: DecoderSession, emit: Emit) -> Done:
-        stats = session.prefill(session.build_prompt(segments, system))
+        stats = session.prefill(session.build_prompt(segments, system), progress=emit)
         return answer(session, stats, max_tokens, sampling, emit)
     return job
 
@@ -88,30 +89,56 @@ def count_pages(pages: Sequence[StoredPage], vision: bool) -> Callable[[DecoderS
     return job
 
 
-def warm_document(pages: Sequence[StoredPage], vision: bool) -> Callable[[DecoderSession, Emit], str]:
+def warm_document(pages: Sequence[StoredPage], vision: bool,
+                  head: TextSegment) -> Callable[[DecoderSession, Emit], str]:
     """Prefill a whole document into the shared prompt cache (so even its first question is warm); returns
-    the cache key of its prefix."""
-    segments = layout(pages, vision)
+    the cache key of its prefix. Its progress comes as PrefillProgress events."""
     total = sum(p.tokens for p in pages)
 
     def job(session: DecoderSession, emit: Emit) -> str:
         emit(Progress("prefilling", len(pages), len(pages), total))
-        stats = session.prefill(document_prompt(session, segments))
+        groups = grouped_layout(pages, vision, session.resume_interval)
+        stats = session.prefill(document_prompt(session, head, groups), checkpoints=False, progress=emit)
         if not session.cache.contains(stats.prefix_key):
             session.save_snapshot()
         return stats.prefix_key
     return job
 
 
-def ask_document(pages: Sequence[StoredPage], question: str, *, first: int, last: int, whole: bool, vision: bool,
-                 max_tokens: int, sampling: SamplingParams) -> Callable[[DecoderSession, Emit], Done]:
+def measure_prefill(pages: Sequence[StoredPage], vision: bool, head: TextSegment,
+                    sample_tokens: int) -> Callable[[DecoderSession, Emit], float]:
+    """This machine's prefill rate (tokens/s), for saying what a question on a document larger than the
+    context will cost. Until the daemon has measured it on real prompts, the document's first pages (up to
+    `sample_tokens`, one page at least) are prefilled to measure it: they stay in the cache as the start of
+    page sets that begin with them. 0 when still unknown (the sample was cached already)."""
+    def job(session: DecoderSession, emit: Emit) -> float:
+        if not session.rate.tokens_per_second:
+            sample: list[StoredPage] = []
+            taken = 0
+            for page in pages:
+                if sample and taken + page.tokens > sample_tokens:
+                    break
+                sample.append(page)
+                taken += page.tokens
+            emit(Progress("measuring", len(sample), len(pages), taken))
+            groups = grouped_layout(sample, vision, session.resume_interval)
+            session.prefill(document_prompt(session, head, groups), checkpoints=False, progress=emit)
+        return session.rate.tokens_per_second
+    return job
+
+
+def ask_document(pages: Sequence[StoredPage], question: str, *, head: TextSegment, first: int, last: int,
+                 whole: bool, vision: bool, max_tokens: int, sampling: SamplingParams,
+                 recent: RecentPageSets) -> Callable[[DecoderSession, Emit], Done]:
     """Answer a question from pages first..last of a document: all of them when they fit the context, else
-    the pages that match the question best (PagesUsed says which, and why)."""
+    the pages that match the question best, or an earlier question's page set in the cache that holds its best
+    matches (`recent`; PagesUsed says which, and why). Pages go in document order in groups that each end at a
+    cache point, the question last (see modalities/document_prompt.py)."""
     asked = question_segment(question.strip())
 
     def job(session: DecoderSession, emit: Emit) -> Done:
         context_length = session.info.context_length
-        fixed = sum(session.count_tokens(s) for s in session.build_prompt([asked], SYSTEM).segments)
+        fixed = sum(session.count_tokens(s) for s in session.build_prompt([head, asked], SYSTEM).segments)
         room = context_length - fixed - max_tokens
         budget = room - _margin(room)
         chosen = list(pages)
@@ -122,23 +149,58 @@ def ask_document(pages: Sequence[StoredPage], question: str, *, first: int, last
             choice = choose_pages(pages, question, budget, whole=whole)
             if not choice.pages:
                 raise ContextOverflow(fixed + max_tokens + min(p.tokens for p in pages), context_length)
+            choice = _cached_choice(session, pages, question, head, vision, budget, recent) or choice
             emit(PagesUsed(tuple(choice.pages), choice.reason))
+            recent.remember(tuple(choice.pages))
             chosen = [p for p in pages if p.number in set(choice.pages)]
-        stats = session.prefill(document_prompt(session, layout(chosen, vision), asked))
+        groups = grouped_layout(chosen, vision, session.resume_interval)
+        stats = session.prefill(document_prompt(session, head, groups, asked), checkpoints=False, progress=emit)
         return answer(session, stats, max_tokens, sampling, emit)
     return job
 
 
-def forget_document(pages: Sequence[StoredPage], vision: bool) -> Callable[[DecoderSession, Emit], int]:
-    """Drop every cache entry made from a document's content (its warm prefix, checkpoints inside it, snapshots
-    of questions after it: all that shares more with it than the system text every document prompt starts
-    with); returns how many. The pages are tokenized as the prompts had them."""
-    segments = layout(pages, vision)
+class RecentPageSets:
+    """The page sets a document's last questions were answered from, newest first (used on the decoder thread
+    only: the jobs of one daemon run one at a time)."""
 
+    def __init__(self, keep: int = 4) -> None:
+        self._sets: list[tuple[int, ...]] = []
+        self._keep = keep
+
+    def __iter__(self) -> Iterator[tuple[int, ...]]:
+        return iter(list(self._sets))
+
+    def remember(self, numbers: tuple[int, ...]) -> None:
+        self._sets = [numbers, *(s for s in self._sets if s != numbers)][:self._keep]
+
+
+def _cached_choice(session: DecoderSession, pages: Sequence[StoredPage], question: str, head: TextSegment,
+                   vision: bool, budget: int, recent: RecentPageSets) -> PageChoice | None:
+    """An earlier question's page set that holds this question's best matches, fits the budget and is still in
+    the prompt cache (so only the question is read), or None."""
+    wanted = best_matches(pages, question)
+    by_number = {p.number: p for p in pages}
+    for numbers in recent if wanted else ():
+        if not wanted <= set(numbers) or not set(numbers) <= by_number.keys():
+            continue
+        chosen = [by_number[n] for n in numbers]
+        if sum(p.tokens for p in chosen) > budget:
+            continue
+        prefix = document_prompt(session, head, grouped_layout(chosen, vision, session.resume_interval))
+        if session.cache.contains(session.key_of(prefix)):
+            return PageChoice(list(numbers), f"the pages matching the question best ({len(wanted)}) are all in the "
+                                             f"{len(numbers)} pages an earlier question used, which are in the "
+                                             "prompt cache: answered from those")
+    return None
+
+
+def forget_document(head: TextSegment) -> Callable[[DecoderSession, Emit], int]:
+    """Drop every cache entry made from a document's content (its warm prefix, its page groups, snapshots of
+    questions after them: every entry that holds the document's header after the system text all document
+    prompts start with); returns how many."""
     def job(session: DecoderSession, emit: Emit) -> int:
-        shared = unit_chain(session, session.build_prompt([], SYSTEM, open_turn=True).segments)
-        document = unit_chain(session, document_prompt(session, segments).segments)
-        return session.cache.drop_sharing(document, beyond=len(shared))
+        chain = unit_chain(session, session.build_prompt([head], SYSTEM, open_turn=True).segments)
+        return session.cache.drop_sharing(chain, beyond=len(chain) - 1)
     return job
 
 
@@ -149,17 +211,25 @@ def unit_chain(session: DecoderSession, segments: Sequence[Segment]) -> TokenCha
     return TokenChain(np.concatenate(codes) if codes else np.zeros(0, np.int64))
 
 
-def document_prompt(session: DecoderSession, segments: list[Segment], question: TextSegment | None = None) -> Prompt:
-    """The document prompt with one cache point, after the document; without a question, just that prefix.
+def document_prompt(session: DecoderSession, head: TextSegment, groups: Sequence[Sequence[Segment]],
+                    question: TextSegment | None = None) -> Prompt:
+    """The document prompt: system text, header, page groups (+ the question and the turn's close), with a
+    cache point after every page group; without a question, just the prefix.
 
     The prefix of a question's prompt is exactly the prefix prompt, so what ingest warms is what every
-    question restores.
+    question on the same pages restores. No cache point after the system text alone: on a hybrid decoder every
+    snapshot holds the whole recurrent state (~50 MB for the target) to save the ~100 tokens of that text, and
+    deleting a document leaves no entry behind that its questions made.
     """
-    prefix = session.build_prompt(segments, SYSTEM, open_turn=True)
-    if question is None:
-        return Prompt(prefix.segments, frozenset({len(prefix.segments)}))
-    full = session.build_prompt([*segments, question], SYSTEM)
-    return Prompt(full.segments, frozenset({len(prefix.segments)}))
+    parts: list[Segment] = [head, *(s for group in groups for s in group)]
+    prefix = session.build_prompt(parts, SYSTEM, open_turn=True)
+    end = len(prefix.segments) - len(parts) + 1  # the parts are the prefix's last segments (none is empty)
+    points: set[int] = set()
+    for group in groups:
+        end += len(group)
+        points.add(end)
+    segments = prefix.segments if question is None else session.build_prompt([*parts, question], SYSTEM).segments
+    return Prompt(segments, frozenset(points))
 
 
 def _margin(room: int) -> int:

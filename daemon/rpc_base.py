@@ -19,7 +19,7 @@ import grpc
 
 from omnid.daemon.allowed_files import AllowedFile, PermissionDenied, open_allowed
 from omnid.daemon.config import DaemonConfig
-from omnid.daemon.events import Done, PagesUsed, TextDelta, Usage
+from omnid.daemon.events import Done, PagesUsed, PrefillProgress, Progress, TextDelta, Usage, Waiting
 from omnid.daemon.sampling import SamplingParams
 from omnid.daemon.scheduler import Job, JobHandle, QueueFull, Scheduler, ShuttingDown
 from omnid.daemon.session import Cancelled
@@ -28,6 +28,8 @@ from omnid.models.base import ContextOverflow, InputError, ModelInfo, ModelLoadE
 
 log = logging.getLogger(__name__)
 
+#: A streaming call whose job waits in the queue is told so after this many seconds, and again as often.
+WAITING_NOTICE_SECONDS = 1.0
 #: A base model (no chat template) continues text and has no end of turn to stop at: unless asked otherwise it
 #: gets this many tokens and stops at the end of a paragraph (gemma-3-270m otherwise repeated one line ~40
 #: times until the 512-token default).
@@ -131,12 +133,27 @@ def final_message(done: Done) -> pb.Final:
     return pb.Final(text=done.text, usage=usage_message(done.usage), stop_reason=done.stop_reason)
 
 
+def progress_message(progress: PrefillProgress | Progress | Waiting) -> pb.Progress:
+    """A job's progress as the wire's Progress: a prefill's tokens, a stage of pages, or its wait in the queue
+    (stage "waiting": `done` jobs ahead of it)."""
+    if isinstance(progress, Waiting):
+        return pb.Progress(stage="waiting", done=progress.ahead, unit="jobs ahead",
+                           elapsed_seconds=progress.waited_s)
+    if isinstance(progress, PrefillProgress):
+        return pb.Progress(stage="prefilling", done=progress.done, total=progress.total, unit="tokens",
+                           per_second=progress.tokens_per_second, eta_seconds=progress.eta_seconds,
+                           elapsed_seconds=progress.elapsed_s, cached=progress.cached)
+    return pb.Progress(stage=progress.stage, done=progress.done, total=progress.total, unit="pages")
+
+
 def answer_message(event_type: type) -> Callable[[Any], Any]:
-    """The converter from an answering job's events (TextDelta, PagesUsed, Done) to `event_type` messages
-    (pb.GenerateEvent, pb.AskDocumentEvent: the same oneof names)."""
+    """The converter from an answering job's events (TextDelta, PagesUsed, PrefillProgress, Done) to
+    `event_type` messages (pb.GenerateEvent, pb.AskDocumentEvent: the same oneof names)."""
     def convert(event: Any) -> Any:
         if isinstance(event, TextDelta):
             return event_type(delta=event.text)
+        if isinstance(event, (PrefillProgress, Waiting)):
+            return event_type(progress=progress_message(event))
         if isinstance(event, Done):
             return event_type(done=final_message(event))
         if isinstance(event, PagesUsed):
@@ -188,22 +205,32 @@ class RpcBase:
         return self.config.default_max_tokens, sampling
 
     def stream_job(self, job: Job, context: grpc.ServicerContext, name: str,
-                   message: Callable[[Any], Any]) -> Generator[Any, None, Any]:
+                   message: Callable[[Any], Any], tell_waiting: bool = False) -> Generator[Any, None, Any]:
         """Submit a job for this call and yield its events as messages; returns the job's result (use it as
-        `result = yield from self.stream_job(...)`). A client that goes away cancels the job.
+        `result = yield from self.stream_job(...)`). A client that goes away cancels the job. With
+        `tell_waiting`, a job still in the queue after WAITING_NOTICE_SECONDS sends Waiting (as often).
 
         Errors (from submitting or from the job) end the call with the matching status.
         """
         with self.submitted(job, context, name) as handle:
-            for event in handle.events():
+            for event in handle.events(WAITING_NOTICE_SECONDS if tell_waiting else None):
+                if event is None:
+                    if handle.started_at is None:
+                        yield message(self._waiting(handle))
+                    continue
                 yield message(event)
             return handle.result()
 
     def answer_stream(self, job: Job, context: grpc.ServicerContext, name: str, event_type: type) -> Iterator[Any]:
         """Stream an answering job (one that returns Done) as `event_type` messages, the final one last."""
         message = answer_message(event_type)
-        done = yield from self.stream_job(job, context, name, message)
+        done = yield from self.stream_job(job, context, name, message, tell_waiting=True)
         yield message(done)
+
+    def _waiting(self, handle: JobHandle) -> Waiting:
+        running, waiting = self.scheduler.jobs()
+        ahead = waiting.index(handle) if handle in waiting else len(waiting)
+        return Waiting(ahead + (running is not None), handle.queue_ms / 1000)
 
     def unary_job(self, job: Job, context: grpc.ServicerContext, name: str) -> Any:
         """Run a job for a unary call and return its result."""

@@ -12,7 +12,8 @@ from typing import Iterator
 import grpc
 
 from omnid.daemon import jobs
-from omnid.daemon.rpc_base import RpcBase, sampling_from
+from omnid.daemon.rpc_base import RpcBase, progress_message, sampling_from
+from omnid.daemon.scheduler import JobHandle
 from omnid.modalities.audio_clips import MAX_CLIP_TOKENS, clip_seconds, cut_stream, padded
 from omnid.modalities.audio_io import audio_segment, decode_audio, pcm_from_f32le
 from omnid.modalities.images import decode_image
@@ -116,7 +117,25 @@ class CoreRpcs(RpcBase):
             version=VERSION, endpoint=self.endpoint,
             audio_sample_rate=info.audio_sample_rate if "audio" in info.capabilities else 0,
             max_audio_clip_seconds=info.max_audio_clip_seconds or 0.0, note=info.note,
-            model_loaded=self.scheduler.loaded, idle_unload_seconds=self.scheduler.idle_unload_seconds)
+            model_loaded=self.scheduler.loaded, idle_unload_seconds=self.scheduler.idle_unload_seconds,
+            **self.jobs_status(), **self.context_status(),
+            prefill_tokens_per_second=self.scheduler.prefill_rate.tokens_per_second)
+
+    def jobs_status(self) -> dict:
+        """What runs on the decoder now and what waits for it (Status: running, waiting)."""
+        running, waiting = self.scheduler.jobs()
+        fields: dict = {"waiting": [job_state(h) for h in waiting]}
+        if running is not None:
+            fields["running"] = job_state(running)
+        return fields
+
+    def context_status(self) -> dict:
+        """How the context was chosen (Status: trained_context_length, memory_context_length, context_source)."""
+        plan = self.config.context_plan
+        if plan is None:
+            return {}
+        return {"trained_context_length": plan.trained, "memory_context_length": plan.memory_limit,
+                "context_source": plan.source}
 
 
     def cache_stats(self) -> pb.CacheStats:
@@ -126,6 +145,15 @@ class CoreRpcs(RpcBase):
                              state_bytes_per_token=s.state_bytes_per_token,
                              checkpoint_interval=0 if s.backend is None or s.backend.can_truncate
                              else s.checkpoint_interval)
+
+
+def job_state(handle: JobHandle) -> pb.JobState:
+    """A queued or running job as Status shows it."""
+    running = time.perf_counter() - handle.started_at if handle.started_at is not None else 0.0
+    state = pb.JobState(name=handle.name, queued_seconds=handle.queue_ms / 1000, running_seconds=running)
+    if handle.progress is not None:
+        state.progress.CopyFrom(progress_message(handle.progress))
+    return state
 
 
 def resident_bytes() -> int:

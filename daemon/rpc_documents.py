@@ -6,11 +6,15 @@ Work is split by who must do it:
   * decoder jobs (daemon/jobs.py) count tokens per page (only the backend knows them), warm the prompt cache
     with the document (ingest) and answer questions.
 
-Cache layout: an AskDocument prompt is  [template head, system text, user opening, document segments...,
-question, turn close]  with ONE cache point, at the end of the document. Ingest prefills exactly that prefix,
-so the first question is already warm and every later question, from any client, restores that snapshot and
-evaluates only the question. A document that does not fit is answered from the pages that best match the
-question (modalities/document_prompt.py), and the client is told which (a `pages` event).
+Cache layout: an AskDocument prompt is  [template head, system text, user opening, document header, page
+groups..., question, turn close]  with a cache point after the system text and after every page group
+(modalities/document_prompt.py). Ingest prefills the whole document's prefix when it fits, so the first
+question is already warm and every later question, from any client, restores that snapshot and evaluates only
+the question. A document that does not fit is answered from the pages that best match the question, in
+document order, and the client is told which (a `pages` event): a question whose pages start like an earlier
+one's resumes at the last page group they share. Ingest says what such a question costs (about how many
+pages it reads, and how long a cold one takes at this machine's measured prefill rate), and every long
+prefill streams its progress.
 
 Nothing half-ingested: rows are written only after every page was read and counted (document_store.py); a
 bad file, a cancelled ingest or a failed count leaves no row, no folder and no cache entry.
@@ -22,17 +26,17 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, replace
-from typing import Iterator
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterator
 
 import grpc
 from PIL import Image
 
 from omnid.daemon import jobs
-from omnid.daemon.events import Progress
-from omnid.daemon.rpc_base import Deletion, NotFound, RpcBase, abort, sampling_from
+from omnid.daemon.events import PrefillProgress, Progress
+from omnid.daemon.rpc_base import Deletion, NotFound, RpcBase, abort, progress_message, sampling_from
 from omnid.daemon.session import DecoderSession
-from omnid.modalities.document_prompt import layout
+from omnid.modalities.document_prompt import header, layout, pages_per_question
 from omnid.modalities.document_store import DocumentStore, StoredDocument, StoredPage
 from omnid.modalities.documents import PdfDocument, TooManyPages
 from omnid.modalities.images import image_segment
@@ -49,6 +53,8 @@ STORE_MAX_SIDE = 1536
 PROMPT_RESERVE = 512
 #: Documents kept decoded in memory (their pages and scans), most recently used first.
 LOADED_DOCUMENTS = 2
+#: Tokens prefilled at ingest to measure the prefill rate, when nothing has measured it yet.
+RATE_SAMPLE_TOKENS = 1024
 
 
 class TooLarge(InputError):
@@ -61,6 +67,8 @@ class _Loaded:
 
     doc: StoredDocument
     pages: list[StoredPage]
+    #: The page sets its last questions used (for reusing one that the cache holds; see jobs.ask_document).
+    recent: jobs.RecentPageSets = field(default_factory=jobs.RecentPageSets)
 
 
 class DocumentRpcs(RpcBase):
@@ -105,8 +113,11 @@ class DocumentRpcs(RpcBase):
             else:
                 self.call(context, lambda: self.documents.update_tokens(
                     doc_id, loaded.doc.fingerprint, {p.number: p.tokens for p in loaded.doc.pages}))
-        if self._fits(loaded) and not self._cached(loaded.doc):
-            yield from self._warm(loaded, context, t0)
+        if self._fits(loaded):
+            if not self._cached(loaded.doc):
+                yield from self._warm(loaded, context, t0)
+        elif not self.scheduler.prefill_rate.tokens_per_second:
+            yield from self._measure(loaded, context, t0)
         yield pb.IngestEvent(done=self._info(loaded.doc, ingest_ms=(time.perf_counter() - t0) * 1000))
 
     def _pdf_source(self, request: pb.IngestDocumentRequest) -> tuple[bytes, str]:
@@ -134,10 +145,16 @@ class DocumentRpcs(RpcBase):
 
     def _warm(self, loaded: _Loaded, context: grpc.ServicerContext, t0: float) -> Iterator[pb.IngestEvent]:
         """Prefill the document prefix into the shared prompt cache (so even the first question is warm)."""
-        job = jobs.warm_document(loaded.pages, self._vision())
-        key = yield from self.stream_job(job, context, "warm-document", lambda p: _progress_message(p, t0))
+        job = jobs.warm_document(loaded.pages, self._vision(), _head(loaded.doc))
+        convert = _warming_message(t0)
+        key = yield from self.stream_job(job, context, "warm-document", convert)
         loaded.doc.prefix_key = key
         self.call(context, lambda: self.documents.set_prefix_key(loaded.doc.id, key))
+
+    def _measure(self, loaded: _Loaded, context: grpc.ServicerContext, t0: float) -> Iterator[pb.IngestEvent]:
+        """Measure the prefill rate on the document's first pages (see jobs.measure_prefill)."""
+        job = jobs.measure_prefill(loaded.pages, self._vision(), _head(loaded.doc), RATE_SAMPLE_TOKENS)
+        yield from self.stream_job(job, context, "measure-document", _warming_message(t0))
 
     # -- AskDocument -----------------------------------------------------------------------------------------
 
@@ -158,9 +175,10 @@ class DocumentRpcs(RpcBase):
                 pass  # progress of a recount is not part of an answer
             self.call(context, lambda: self.documents.update_tokens(
                 loaded.doc.id, loaded.doc.fingerprint, {p.number: p.tokens for p in loaded.doc.pages}))
-        job = jobs.ask_document(loaded.pages[first - 1:last], request.question, first=first, last=last,
+        job = jobs.ask_document(loaded.pages[first - 1:last], request.question, head=_head(loaded.doc),
+                                first=first, last=last,
                                 whole=(first, last) == (1, loaded.doc.page_count), vision=self._vision(),
-                                max_tokens=max_tokens, sampling=sampling)
+                                max_tokens=max_tokens, sampling=sampling, recent=loaded.recent)
         yield from self.answer_stream(job, context, "ask-document", pb.AskDocumentEvent)
 
     # -- DeleteDocuments -------------------------------------------------------------------------------------
@@ -193,7 +211,7 @@ class DocumentRpcs(RpcBase):
         """Drop every cache entry made from the document's content (the warm prefix, checkpoints inside it,
         snapshots of questions after it) and empty the live sequence. A decoder job: the pages are tokenized
         as the prompts had them."""
-        forget = jobs.forget_document(loaded.pages, self._vision())
+        forget = jobs.forget_document(_head(loaded.doc))
 
         def job(session: DecoderSession, emit: jobs.Emit) -> int:
             removed = forget(session, emit)
@@ -273,11 +291,16 @@ class DocumentRpcs(RpcBase):
         pages = [pb.PageInfo(page=p.number, tokens=p.tokens,
                              kind=p.kind if p.kind == "text" or vision else "unread") for p in doc.pages]
         total = sum(p.tokens for p in doc.pages)
+        context = self.info.context_length
+        budget = max(0, context - PROMPT_RESERVE - self.config.default_max_tokens)
+        question_pages, question_tokens = pages_per_question([p.tokens for p in doc.pages], budget)
         return pb.DocumentInfo(
             document_id=doc.id, name=doc.name, page_count=doc.page_count, total_tokens=total, pages=pages,
             unread_pages=[p.page for p in pages if p.kind == "unread"],
-            fits_context=_fits(total, self.info.context_length, self.config.default_max_tokens),
-            ingest_ms=ingest_ms, cached=self._cached(doc))
+            fits_context=_fits(total, context, self.config.default_max_tokens),
+            ingest_ms=ingest_ms, cached=self._cached(doc), question_pages=question_pages,
+            question_tokens=question_tokens, context_length=context,
+            cold_question_seconds=self.scheduler.prefill_rate.seconds_for(question_tokens + PROMPT_RESERVE))
 
 
 def page_range(first: int, last: int, page_count: int) -> tuple[int, int]:
@@ -290,6 +313,25 @@ def page_range(first: int, last: int, page_count: int) -> tuple[int, int]:
 
 def _fits(tokens: int, context_length: int, answer_tokens: int) -> bool:
     return tokens + PROMPT_RESERVE + answer_tokens <= context_length
+
+
+def _head(doc: StoredDocument) -> TextSegment:
+    return header(doc.name, doc.id)
+
+
+def _warming_message(t0: float) -> Callable[[Progress | PrefillProgress], pb.IngestEvent]:
+    """Ingest progress of a job that prefills (measuring, warming): its stage, then the prefill's tokens."""
+    last = Progress("prefilling", 0, 0)
+
+    def convert(p: Progress | PrefillProgress) -> pb.IngestEvent:
+        nonlocal last
+        if isinstance(p, Progress):
+            last = p
+            return _progress_message(p, t0)
+        return pb.IngestEvent(progress=pb.IngestProgress(
+            pages_done=last.done, pages_total=last.total, tokens=p.done, stage=last.stage,
+            elapsed_ms=(time.perf_counter() - t0) * 1000, prefill=progress_message(p)))
+    return convert
 
 
 def _progress(stage: str, done: int, total: int, tokens: int, t0: float) -> pb.IngestEvent:

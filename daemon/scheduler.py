@@ -23,7 +23,8 @@ import threading
 import time
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
-from omnid.daemon.events import TextDelta
+from omnid.daemon.events import PrefillProgress, Progress, TextDelta
+from omnid.daemon.prefill_rate import PrefillRate
 from omnid.daemon.prompt_cache import PromptCache
 from omnid.daemon.sampling import SamplingParams
 from omnid.daemon.session import DEFAULT_CHECKPOINT_INTERVAL, Cancelled, DecoderSession
@@ -99,6 +100,8 @@ class JobHandle(Generic[T]):
         self._interval = delta_interval
         self._held: list[str] = []
         self._last_delta = -delta_interval
+        #: The last progress the job reported (Status shows it for the running job).
+        self.progress: Progress | PrefillProgress | None = None
 
     @property
     def queue_ms(self) -> float:
@@ -123,6 +126,8 @@ class JobHandle(Generic[T]):
             self._last_delta = now
             self._release_held()
             return
+        if isinstance(event, (Progress, PrefillProgress)):
+            self.progress = event
         self._release_held()
         self._events.put(event)
 
@@ -140,11 +145,16 @@ class JobHandle(Generic[T]):
 
     # -- the submitter's side --------------------------------------------------------------------------------
 
-    def events(self) -> Iterator[Any]:
+    def events(self, idle: float | None = None) -> Iterator[Any]:
         """Events as the job emits them, deltas that were waiting joined into one; re-raises the job's error
-        after the last event."""
+        after the last event. With `idle`, None comes whenever that many seconds passed without an event (so a
+        front end can tell a client that waits in the queue why nothing comes)."""
         while True:
-            batch = [self._events.get()]
+            try:
+                batch = [self._events.get(timeout=idle)]
+            except queue.Empty:
+                yield None
+                continue
             while batch[-1] is not _END and not self._events.empty():
                 batch.append(self._events.get_nowait())
             done = batch[-1] is _END
@@ -203,6 +213,8 @@ class Scheduler:
         #: What the backend's sequence holds between jobs (see DecoderSession: cut back instead of restoring).
         self._live = LiveSequence()
         self._tokens = TokenizerCache()
+        #: This machine's prefill rate, measured on the prompts jobs evaluate.
+        self.prefill_rate = PrefillRate()
         #: Tokens between checkpoints on decoders that cannot be cut back (sized at start-up, see _warm_up).
         self.checkpoint_interval = DEFAULT_CHECKPOINT_INTERVAL
         #: Snapshot bytes of an empty sequence (recurrent state, logits) and per token (attention KV).
@@ -295,6 +307,12 @@ class Scheduler:
     @property
     def busy(self) -> bool:
         return self._current is not None
+
+    def jobs(self) -> tuple[JobHandle | None, list[JobHandle]]:
+        """The running job (None when idle) and the jobs waiting behind it, first to run first."""
+        with self._queue.mutex:
+            waiting = [item for item in self._queue.queue if isinstance(item, JobHandle)]
+        return self._current, waiting
 
     def _run(self) -> None:
         try:
@@ -417,7 +435,7 @@ class Scheduler:
         handle.started_at = time.perf_counter()
         session = DecoderSession(self.backend, self.cache, handle.is_cancelled, queue_ms=handle.queue_ms,
                                  frame=self._frame, live=self._live, tokens=self._tokens,
-                                 checkpoint_interval=self.checkpoint_interval)
+                                 checkpoint_interval=self.checkpoint_interval, rate=self.prefill_rate)
         error: BaseException | None = None
         result: Any = None
         try:

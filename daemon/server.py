@@ -44,7 +44,8 @@ from omnid.daemon.rpc_documents import DocumentRpcs
 from omnid.daemon.rpc_meetings import MeetingRpcs
 from omnid.daemon.scheduler import Scheduler
 from omnid.models.base import Backend, ModelLoadError
-from omnid.models.loader import DEFAULT_MODEL_NOTE, default_model_path, load_backend
+from omnid.models.context_size import StateSize, available_memory, gguf_state_size, mlx_state_size, plan_context
+from omnid.models.loader import DEFAULT_MODEL_NOTE, choose_backend, default_model_path, load_backend
 from omnid.proto import omnid_pb2, omnid_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -107,11 +108,29 @@ class Daemon:
         self._stopped = threading.Event()
         #: (device, inode) of the socket this daemon made: the only socket file it removes on the way out.
         self._socket_made: tuple[int, int] | None = None
+        self._model, self._note = config.model, ""
 
-    def _load_backend(self) -> Backend:
+    def _resolve_model(self) -> None:
+        """The model file (the embedded default assembled on first use) and the context to run it with: the
+        model's trained context unless memory holds less; a --ctx memory cannot hold is refused here."""
         model, note = self.config.model, ""
         if not model:
             model, note = str(default_model_path(cache_dir())), DEFAULT_MODEL_NOTE
+        self._model, self._note = model, note
+        size: StateSize | None = None
+        path = Path(model).expanduser()
+        backend = choose_backend(model, self.config.backend)
+        if backend == "llama.cpp" and path.is_file():
+            mmproj = Path(self.config.mmproj).expanduser() if self.config.mmproj else None
+            size = gguf_state_size(path, mmproj if mmproj and mmproj.is_file() else None)
+        elif path.is_dir():
+            size = mlx_state_size(path)
+        plan = plan_context(self.config.context_length, size, available_memory(), self.config.cache_ram_bytes)
+        self.config.context_length = plan.tokens
+        self.config.context_plan = plan
+
+    def _load_backend(self) -> Backend:
+        model, note = self._model, self._note
         backend = load_backend(model, self.config.mmproj, self.config.backend,
                                context_length=self.config.context_length, threads=self.config.threads,
                                flash_attn=self.config.flash_attn, verbose=self.config.verbose)
@@ -135,6 +154,7 @@ class Daemon:
         if tcp:
             token = read_or_create_token(self.config.token_file or default_token_path())
         _claim_socket(self.config.socket_path)
+        self._resolve_model()
         self.scheduler.start()
         self.endpoints = [f"unix:{self.config.socket_path}"] + ([f"{tcp[0]}:{tcp[1]}"] if tcp else [])
         self.servicer = OmniServicer(self.scheduler, self.config, ", ".join(self.endpoints))

@@ -21,6 +21,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from omnid.daemon.events import PrefillProgress
+from omnid.daemon.prefill_rate import PrefillRate
 from omnid.daemon.prompt_cache import EntryKind, PromptCache
 from omnid.daemon.token_chain import ChainHasher, LiveSequence, TokenChain, TokenizerCache, media_code
 from omnid.daemon.sampling import Sampler, SamplingParams
@@ -37,6 +39,12 @@ LONG_TEXT_UNITS = 256
 #: changes its tail (the last sentence, the question, the turn's closing tokens: 10 to 60 tokens with a real
 #: tokenizer) resumes there instead of at a grid line up to a whole interval earlier. Each costs a snapshot.
 TAIL_CHECKPOINTS = (256, 64, 32)
+#: With a progress callback, text is evaluated at most this many tokens a call and progress reported after
+#: each. llama.cpp's batch (n_batch 512): no call gets smaller batches than it would anyway; reports come every
+#: 10-15 s for a 30B model on a CPU (35-50 tokens/s), many times a second on a GPU.
+PROGRESS_CHUNK = 512
+
+OnProgress = Callable[[PrefillProgress], None]
 
 
 class Cancelled(Exception):
@@ -71,7 +79,7 @@ class DecoderSession:
     def __init__(self, backend: Backend, cache: PromptCache, cancelled: Callable[[], bool],
                  queue_ms: float = 0.0, frame: ChatFrame | None = None, live: LiveSequence | None = None,
                  min_snapshot_tokens: int = 32, tokens: TokenizerCache | None = None,
-                 checkpoint_interval: int = DEFAULT_CHECKPOINT_INTERVAL) -> None:
+                 checkpoint_interval: int = DEFAULT_CHECKPOINT_INTERVAL, rate: PrefillRate | None = None) -> None:
         self.backend = backend
         self.cache = cache
         self.cancelled = cancelled
@@ -86,6 +94,8 @@ class DecoderSession:
         #: continue from it, or cut it back to a shared prefix, instead of restoring.
         self._live = live if live is not None else LiveSequence()
         self._tokens = tokens if tokens is not None else TokenizerCache()
+        #: The machine's measured prefill rate (owned by the scheduler; every long evaluation updates it).
+        self.rate = rate if rate is not None else PrefillRate()
 
     # -- layout ----------------------------------------------------------------------------------------------
 
@@ -125,7 +135,14 @@ class DecoderSession:
 
     # -- evaluation ------------------------------------------------------------------------------------------
 
-    def prefill(self, prompt: Prompt, *, save: bool = True, checkpoints: bool = True) -> PrefillStats:
+    @property
+    def resume_interval(self) -> int:
+        """Tokens between the checkpoints this session takes inside long text: what one resumable point in a
+        prompt may cost, sized to the cache's RAM budget (a document groups its pages to about this many)."""
+        return self._checkpoint_interval
+
+    def prefill(self, prompt: Prompt, *, save: bool = True, checkpoints: bool = True,
+                progress: OnProgress | None = None) -> PrefillStats:
         """Put `prompt` in the sequence, paying only for the tokens no earlier request evaluated.
 
         The prompt is compared token by token (media by content) with the live sequence and the cache, and the
@@ -134,7 +151,11 @@ class DecoderSession:
         evaluated; with `save`, snapshots are taken at the prompt's cache points and, on decoders that cannot
         be cut back and with `checkpoints`, checkpoints inside long text (see `_stops`), for the next request
         that shares them. A pipeline that resumes only from its own cache points (a meeting, clip after clip)
-        turns checkpoints off: nobody else will ever start with its prefix.
+        turns checkpoints off: nobody else will ever start with its prefix (and a document, whose cache points
+        at page groups are where other questions resume).
+
+        `progress`, for prompts that leave more than PROGRESS_CHUNK tokens to evaluate: called before the
+        evaluation and after every chunk of it, with the tokens done and the rate so far.
         """
         t0 = time.perf_counter()
         self.check_cancelled()
@@ -146,7 +167,10 @@ class DecoderSession:
         restore_ms = (time.perf_counter() - t_reuse) * 1000
         cached_tokens = self.backend.n_tokens
         self.cache.record_lookup(cached_tokens, source)
-        chain = self._evaluate(prompt, layout, held, hasher, save, checkpoints and not self.backend.can_truncate)
+        t_eval = time.perf_counter()
+        chain = self._evaluate(prompt, layout, held, hasher, save, checkpoints and not self.backend.can_truncate,
+                               progress)
+        self.rate.record(self.backend.n_tokens - cached_tokens, time.perf_counter() - t_eval)
         return PrefillStats(prompt_tokens=self.backend.n_tokens, cached_tokens=cached_tokens,
                             prefill_ms=(time.perf_counter() - t0) * 1000, prefix_key=hasher.key(len(chain)),
                             restore_ms=restore_ms, reused_from=source)
@@ -206,13 +230,14 @@ class DecoderSession:
         return k == len(held) or self.backend.truncate(held.tokens_at(k))
 
     def _evaluate(self, prompt: Prompt, layout: "_Layout", held: TokenChain, hasher: ChainHasher,
-                  save: bool, checkpoints: bool) -> TokenChain:
+                  save: bool, checkpoints: bool, progress: OnProgress | None = None) -> TokenChain:
         """Evaluate the prompt's units after `held`, snapshotting at the stops; returns the whole chain."""
         chain, u, n = held, len(held), len(layout.codes)
         self._live.set(chain)
         stops = self._stops(prompt, layout, u, checkpoints) if save else {}
         grid = self._checkpoint_interval if save and checkpoints else 0
         last_saved = self.backend.n_tokens
+        report = _Reporter(progress, u, n) if progress is not None and n - u > PROGRESS_CHUNK else None
         while u < n:
             self.check_cancelled()
             index = bisect.bisect_right(layout.starts, u) - 1
@@ -228,6 +253,8 @@ class DecoderSession:
                         break
                 if grid:
                     end = min(end, u + grid - before % grid)
+                if report is not None:
+                    end = min(end, u + PROGRESS_CHUNK)
                 tokens = layout.codes[u:end]
                 self.backend.append_tokens(tokens.tolist(), should_stop=self.cancelled)
                 self.check_cancelled()
@@ -237,6 +264,8 @@ class DecoderSession:
                 self.check_cancelled()
                 chain, u = chain.extend(layout.codes[u:u + 1], ((0, count),)), u + 1
             self._live.set(chain)
+            if report is not None:
+                report(u)
             kind = stops.get(u)
             if kind is None and grid and self.backend.n_tokens // grid > before // grid \
                     and not any(u < k <= u + self._min_snapshot_tokens for k in stops):
@@ -262,6 +291,11 @@ class DecoderSession:
                     if n - back > tail and back >= self._min_snapshot_tokens:
                         stops.setdefault(n - back, "checkpoint")
         return stops
+
+    def key_of(self, prompt: Prompt) -> str:
+        """The cache key of the whole prompt (what a snapshot at its end is found by), tokenized through the
+        tokenizer cache as a prefill would."""
+        return self.cache.key_of(TokenChain(self._layout(prompt).codes))
 
     def save_snapshot(self) -> str:
         """Snapshot the sequence now under the key of the chain it holds; returns that key."""
@@ -362,6 +396,18 @@ def _overlap(text: str, stop: str) -> int:
         if text.endswith(stop[:k]):
             return k
     return 0
+
+
+class _Reporter:
+    """Progress of one evaluation from unit `start` to `total`: once at the start, then after every chunk."""
+
+    def __init__(self, progress: OnProgress, start: int, total: int) -> None:
+        self._progress, self._start, self._total = progress, start, total
+        self._t0 = time.perf_counter()
+        progress(PrefillProgress(start, total, start, 0.0))
+
+    def __call__(self, done: int) -> None:
+        self._progress(PrefillProgress(done, self._total, self._start, time.perf_counter() - self._t0))
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,21 @@
 """A stored document as prompt segments, and the choice of pages when it does not fit the context.
 
-Layout: every page starts with a marker the model can cite ("[Page 12]"); consecutive text pages are joined
-into ONE text segment and each scanned page is one image segment after its marker. Few, large segments keep
-the prompt cache's key chain short: AskDocument snapshots only the end of the document (the question comes
-after it), so the second question on a document restores that one snapshot and pays only for the question.
+Layout: a header naming the document, then the pages in document order, each starting with a marker the model
+can cite ("[Page 12]"), then the question. The pages are gathered into groups of consecutive pages (about as
+many tokens as the session's checkpoint interval, so that the snapshots fit the cache's RAM budget); within a
+group consecutive text pages are ONE text segment and each scanned page is one image segment after its
+marker, and every group ends at a cache point. Why groups and document order: two questions whose page sets
+start alike resume at the last group boundary they share, and a page set is reused whatever the question (it
+comes last). Grouping from the first page on is prefix-stable: the same leading pages make the same groups.
+The header makes every prompt of one document start alike and unlike any other document's, which is how
+deleting a document finds the cache entries of all its page sets.
 
 Page choice: when the pages do not fit, they are ranked by BM25 (a plain, explainable lexical score of the
 question's words against each page's text) and taken best first until the token budget is spent, then put back
 in page order. Pages without text (scans) score 0: they are used only when there is room after the matches.
+A question whose best matches (`best_matches`) all lie in the page set of an earlier question that is still in
+the prompt cache is answered from that set (the daemon checks the cache): a reworded question then reads only
+itself, where its own ranking would have filled the rest of the budget with other pages.
 """
 from __future__ import annotations
 
@@ -45,6 +53,32 @@ def page_segments(page: StoredPage, vision: bool) -> list[Segment]:
     return segments
 
 
+def header(name: str, document_id: str) -> TextSegment:
+    """The line before a document's pages: its name, and its id (so no two documents' prompts start alike)."""
+    return TextSegment(f"[Document: {name} ({document_id[:16]})]\n")
+
+
+def page_groups(pages: Sequence[StoredPage], min_tokens: int) -> list[list[StoredPage]]:
+    """Consecutive pages gathered until a group holds at least `min_tokens` tokens (the last may hold fewer)."""
+    groups: list[list[StoredPage]] = []
+    current: list[StoredPage] = []
+    tokens = 0
+    for page in pages:
+        current.append(page)
+        tokens += page.tokens
+        if tokens >= min_tokens:
+            groups.append(current)
+            current, tokens = [], 0
+    if current:
+        groups.append(current)
+    return groups
+
+
+def grouped_layout(pages: Sequence[StoredPage], vision: bool, group_tokens: int) -> list[list[Segment]]:
+    """The pages' segments, group by group (see page_groups): each group ends at a cache point."""
+    return [layout(group, vision) for group in page_groups(pages, group_tokens)]
+
+
 def layout(pages: Iterable[StoredPage], vision: bool) -> list[Segment]:
     """The pages as few segments: runs of text joined, each seen scan an image segment between them."""
     segments: list[Segment] = []
@@ -64,6 +98,15 @@ def layout(pages: Iterable[StoredPage], vision: bool) -> list[Segment]:
 
 def question_segment(question: str) -> TextSegment:
     return TextSegment(f"Question: {question}")
+
+
+def pages_per_question(page_tokens: Sequence[int], budget: int) -> tuple[int, int]:
+    """About how many pages of a document a question reads when `budget` tokens fit beside it, and how many
+    tokens those are (a page set is filled up to the budget; pages of average size)."""
+    total = sum(page_tokens)
+    if not total or total <= budget:
+        return len(page_tokens), total
+    return max(1, int(budget * len(page_tokens) / total)), budget
 
 
 @dataclass(frozen=True)
@@ -92,6 +135,17 @@ def choose_pages(pages: Sequence[StoredPage], question: str, budget: int, *, who
               f"used {len(chosen)} of {len(pages)} pages ({used} tokens), those matching the question best first "
               f"(BM25 over page text; {matched} pages share words with the question)")
     return PageChoice(chosen, reason)
+
+
+#: A page is one of a question's best matches when it scores at least this share of the best page's score.
+BEST_MATCH_SHARE = 0.5
+
+
+def best_matches(pages: Sequence[StoredPage], question: str) -> set[int]:
+    """The numbers of the pages matching the question best (empty when no page shares a word with it)."""
+    scores = bm25(question, [p.text for p in pages])
+    best = max(scores, default=0.0)
+    return {p.number for p, s in zip(pages, scores) if best > 0 and s >= BEST_MATCH_SHARE * best}
 
 
 def bm25(query: str, texts: Sequence[str], k1: float = 1.5, b: float = 0.75) -> list[float]:

@@ -109,12 +109,34 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., time_to_first_token_ms: _Optional[float] = ..., decode_tokens_per_second: _Optional[float] = ..., queue_ms: _Optional[float] = ..., prefill_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., cache_restore_ms: _Optional[float] = ...) -> None: ...
 
 class GenerateEvent(_message.Message):
-    __slots__ = ("delta", "done")
+    __slots__ = ("delta", "done", "progress")
     DELTA_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     delta: str
     done: Final
-    def __init__(self, delta: _Optional[str] = ..., done: _Optional[_Union[Final, _Mapping]] = ...) -> None: ...
+    progress: Progress
+    def __init__(self, delta: _Optional[str] = ..., done: _Optional[_Union[Final, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ...) -> None: ...
+
+class Progress(_message.Message):
+    __slots__ = ("stage", "done", "total", "unit", "per_second", "eta_seconds", "elapsed_seconds", "cached")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    ETA_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
+    stage: str
+    done: int
+    total: int
+    unit: str
+    per_second: float
+    eta_seconds: float
+    elapsed_seconds: float
+    cached: int
+    def __init__(self, stage: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., unit: _Optional[str] = ..., per_second: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., elapsed_seconds: _Optional[float] = ..., cached: _Optional[int] = ...) -> None: ...
 
 class Final(_message.Message):
     __slots__ = ("text", "usage", "stop_reason")
@@ -209,7 +231,7 @@ class CacheStats(_message.Message):
     def __init__(self, hits: _Optional[int] = ..., misses: _Optional[int] = ..., tokens_reused: _Optional[int] = ..., ram_bytes: _Optional[int] = ..., ram_budget_bytes: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., disk_budget_bytes: _Optional[int] = ..., entries: _Optional[int] = ..., evictions: _Optional[int] = ..., pinned: _Optional[int] = ..., disk_hits: _Optional[int] = ..., rejected: _Optional[int] = ..., live_hits: _Optional[int] = ..., snapshot_hits: _Optional[int] = ..., checkpoint_hits: _Optional[int] = ..., checkpoint_bytes: _Optional[int] = ..., checkpoint_interval: _Optional[int] = ..., state_base_bytes: _Optional[int] = ..., state_bytes_per_token: _Optional[float] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("model_name", "model_path", "mmproj_path", "backend", "capabilities", "context_length", "memory_rss_bytes", "queue_depth", "queue_capacity", "busy", "uptime_seconds", "cache", "version", "endpoint", "audio_sample_rate", "max_audio_clip_seconds", "note", "model_loaded", "idle_unload_seconds")
+    __slots__ = ("model_name", "model_path", "mmproj_path", "backend", "capabilities", "context_length", "memory_rss_bytes", "queue_depth", "queue_capacity", "busy", "uptime_seconds", "cache", "version", "endpoint", "audio_sample_rate", "max_audio_clip_seconds", "note", "model_loaded", "idle_unload_seconds", "running", "waiting", "trained_context_length", "memory_context_length", "context_source", "prefill_tokens_per_second")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
     MMPROJ_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -229,6 +251,12 @@ class StatusReply(_message.Message):
     NOTE_FIELD_NUMBER: _ClassVar[int]
     MODEL_LOADED_FIELD_NUMBER: _ClassVar[int]
     IDLE_UNLOAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
+    TRAINED_CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_path: str
     mmproj_path: str
@@ -248,7 +276,25 @@ class StatusReply(_message.Message):
     note: str
     model_loaded: bool
     idle_unload_seconds: float
-    def __init__(self, model_name: _Optional[str] = ..., model_path: _Optional[str] = ..., mmproj_path: _Optional[str] = ..., backend: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., context_length: _Optional[int] = ..., memory_rss_bytes: _Optional[int] = ..., queue_depth: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., busy: _Optional[bool] = ..., uptime_seconds: _Optional[float] = ..., cache: _Optional[_Union[CacheStats, _Mapping]] = ..., version: _Optional[str] = ..., endpoint: _Optional[str] = ..., audio_sample_rate: _Optional[int] = ..., max_audio_clip_seconds: _Optional[float] = ..., note: _Optional[str] = ..., model_loaded: _Optional[bool] = ..., idle_unload_seconds: _Optional[float] = ...) -> None: ...
+    running: JobState
+    waiting: _containers.RepeatedCompositeFieldContainer[JobState]
+    trained_context_length: int
+    memory_context_length: int
+    context_source: str
+    prefill_tokens_per_second: float
+    def __init__(self, model_name: _Optional[str] = ..., model_path: _Optional[str] = ..., mmproj_path: _Optional[str] = ..., backend: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., context_length: _Optional[int] = ..., memory_rss_bytes: _Optional[int] = ..., queue_depth: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., busy: _Optional[bool] = ..., uptime_seconds: _Optional[float] = ..., cache: _Optional[_Union[CacheStats, _Mapping]] = ..., version: _Optional[str] = ..., endpoint: _Optional[str] = ..., audio_sample_rate: _Optional[int] = ..., max_audio_clip_seconds: _Optional[float] = ..., note: _Optional[str] = ..., model_loaded: _Optional[bool] = ..., idle_unload_seconds: _Optional[float] = ..., running: _Optional[_Union[JobState, _Mapping]] = ..., waiting: _Optional[_Iterable[_Union[JobState, _Mapping]]] = ..., trained_context_length: _Optional[int] = ..., memory_context_length: _Optional[int] = ..., context_source: _Optional[str] = ..., prefill_tokens_per_second: _Optional[float] = ...) -> None: ...
+
+class JobState(_message.Message):
+    __slots__ = ("name", "queued_seconds", "running_seconds", "progress")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    queued_seconds: float
+    running_seconds: float
+    progress: Progress
+    def __init__(self, name: _Optional[str] = ..., queued_seconds: _Optional[float] = ..., running_seconds: _Optional[float] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ...) -> None: ...
 
 class UnloadRequest(_message.Message):
     __slots__ = ()
@@ -281,18 +327,20 @@ class IngestEvent(_message.Message):
     def __init__(self, progress: _Optional[_Union[IngestProgress, _Mapping]] = ..., done: _Optional[_Union[DocumentInfo, _Mapping]] = ...) -> None: ...
 
 class IngestProgress(_message.Message):
-    __slots__ = ("pages_done", "pages_total", "tokens", "elapsed_ms", "stage")
+    __slots__ = ("pages_done", "pages_total", "tokens", "elapsed_ms", "stage", "prefill")
     PAGES_DONE_FIELD_NUMBER: _ClassVar[int]
     PAGES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     ELAPSED_MS_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_FIELD_NUMBER: _ClassVar[int]
     pages_done: int
     pages_total: int
     tokens: int
     elapsed_ms: float
     stage: str
-    def __init__(self, pages_done: _Optional[int] = ..., pages_total: _Optional[int] = ..., tokens: _Optional[int] = ..., elapsed_ms: _Optional[float] = ..., stage: _Optional[str] = ...) -> None: ...
+    prefill: Progress
+    def __init__(self, pages_done: _Optional[int] = ..., pages_total: _Optional[int] = ..., tokens: _Optional[int] = ..., elapsed_ms: _Optional[float] = ..., stage: _Optional[str] = ..., prefill: _Optional[_Union[Progress, _Mapping]] = ...) -> None: ...
 
 class PageInfo(_message.Message):
     __slots__ = ("page", "kind", "tokens")
@@ -305,7 +353,7 @@ class PageInfo(_message.Message):
     def __init__(self, page: _Optional[int] = ..., kind: _Optional[str] = ..., tokens: _Optional[int] = ...) -> None: ...
 
 class DocumentInfo(_message.Message):
-    __slots__ = ("document_id", "name", "page_count", "total_tokens", "pages", "unread_pages", "fits_context", "ingest_ms", "cached")
+    __slots__ = ("document_id", "name", "page_count", "total_tokens", "pages", "unread_pages", "fits_context", "ingest_ms", "cached", "question_pages", "question_tokens", "cold_question_seconds", "context_length")
     DOCUMENT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     PAGE_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -315,6 +363,10 @@ class DocumentInfo(_message.Message):
     FITS_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     INGEST_MS_FIELD_NUMBER: _ClassVar[int]
     CACHED_FIELD_NUMBER: _ClassVar[int]
+    QUESTION_PAGES_FIELD_NUMBER: _ClassVar[int]
+    QUESTION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COLD_QUESTION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     document_id: str
     name: str
     page_count: int
@@ -324,7 +376,11 @@ class DocumentInfo(_message.Message):
     fits_context: bool
     ingest_ms: float
     cached: bool
-    def __init__(self, document_id: _Optional[str] = ..., name: _Optional[str] = ..., page_count: _Optional[int] = ..., total_tokens: _Optional[int] = ..., pages: _Optional[_Iterable[_Union[PageInfo, _Mapping]]] = ..., unread_pages: _Optional[_Iterable[int]] = ..., fits_context: _Optional[bool] = ..., ingest_ms: _Optional[float] = ..., cached: _Optional[bool] = ...) -> None: ...
+    question_pages: int
+    question_tokens: int
+    cold_question_seconds: float
+    context_length: int
+    def __init__(self, document_id: _Optional[str] = ..., name: _Optional[str] = ..., page_count: _Optional[int] = ..., total_tokens: _Optional[int] = ..., pages: _Optional[_Iterable[_Union[PageInfo, _Mapping]]] = ..., unread_pages: _Optional[_Iterable[int]] = ..., fits_context: _Optional[bool] = ..., ingest_ms: _Optional[float] = ..., cached: _Optional[bool] = ..., question_pages: _Optional[int] = ..., question_tokens: _Optional[int] = ..., cold_question_seconds: _Optional[float] = ..., context_length: _Optional[int] = ...) -> None: ...
 
 class AskDocumentRequest(_message.Message):
     __slots__ = ("document_id", "question", "first_page", "last_page", "sampling", "max_tokens")
@@ -343,14 +399,16 @@ class AskDocumentRequest(_message.Message):
     def __init__(self, document_id: _Optional[str] = ..., question: _Optional[str] = ..., first_page: _Optional[int] = ..., last_page: _Optional[int] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., max_tokens: _Optional[int] = ...) -> None: ...
 
 class AskDocumentEvent(_message.Message):
-    __slots__ = ("delta", "done", "pages")
+    __slots__ = ("delta", "done", "pages", "progress")
     DELTA_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     PAGES_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     delta: str
     done: Final
     pages: PagesUsed
-    def __init__(self, delta: _Optional[str] = ..., done: _Optional[_Union[Final, _Mapping]] = ..., pages: _Optional[_Union[PagesUsed, _Mapping]] = ...) -> None: ...
+    progress: Progress
+    def __init__(self, delta: _Optional[str] = ..., done: _Optional[_Union[Final, _Mapping]] = ..., pages: _Optional[_Union[PagesUsed, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ...) -> None: ...
 
 class PagesUsed(_message.Message):
     __slots__ = ("pages", "reason")

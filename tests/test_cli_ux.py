@@ -109,7 +109,7 @@ def test_serve_help_shows_every_default() -> None:
     for flag in ("--ctx", "--threads", "--max-queue", "--cache-ram", "--cache-disk", "--cache-disk-size",
                  "--data-dir", "--socket", "--token-file", "--idle-unload", "--screen-history-size"):
         assert "(default: " in lines[flag], f"{flag}: {lines.get(flag)}"
-    assert "(default: 32768)" in lines["--ctx"] and "(default: 16)" in lines["--max-queue"]
+    assert "(default: the model's trained context" in lines["--ctx"] and "(default: 16)" in lines["--max-queue"]
 
 
 # -- exit codes ---------------------------------------------------------------------------------------------
