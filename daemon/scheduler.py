@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
-from omnid.daemon.events import TextDelta
+from omnid.daemon.events import ReasoningDelta, TextDelta
 from omnid.daemon.prompt_cache import PromptCache
 from omnid.daemon.sampling import SamplingParams
 from omnid.daemon.session import DEFAULT_CHECKPOINT_INTERVAL, Cancelled, DecoderSession
@@ -97,7 +97,7 @@ class JobHandle(Generic[T]):
         self._result: Any = None
         self._error: BaseException | None = None
         self._interval = delta_interval
-        self._held: list[str] = []
+        self._held: list[TextDelta | ReasoningDelta] = []
         self._last_delta = -delta_interval
 
     @property
@@ -115,8 +115,10 @@ class JobHandle(Generic[T]):
 
     def emit(self, event: Any) -> None:
         """Pass an event on (text deltas held back a little: see the class docstring)."""
-        if isinstance(event, TextDelta):
-            self._held.append(event.text)
+        if isinstance(event, (TextDelta, ReasoningDelta)):
+            if self._held and type(self._held[-1]) is not type(event):
+                self._release_held()  # the thinking ended (or began): never join it with the answer
+            self._held.append(event)
             now = time.perf_counter()
             if now - self._last_delta < self._interval:
                 return
@@ -135,7 +137,7 @@ class JobHandle(Generic[T]):
 
     def _release_held(self) -> None:
         if self._held:
-            self._events.put(TextDelta("".join(self._held)))
+            self._events.put(type(self._held[0])("".join(e.text for e in self._held)))
             self._held.clear()
 
     # -- the submitter's side --------------------------------------------------------------------------------
@@ -171,11 +173,11 @@ class JobHandle(Generic[T]):
 
 
 def _joined(events: list[Any]) -> list[Any]:
-    """Runs of TextDelta joined into one delta each; every other event as it was, in order."""
+    """Runs of TextDelta (and of ReasoningDelta) joined into one delta each; every other event as it was, in order."""
     out: list[Any] = []
     for event in events:
-        if isinstance(event, TextDelta) and out and isinstance(out[-1], TextDelta):
-            out[-1] = TextDelta(out[-1].text + event.text)
+        if isinstance(event, (TextDelta, ReasoningDelta)) and out and type(out[-1]) is type(event):
+            out[-1] = type(event)(out[-1].text + event.text)
         else:
             out.append(event)
     return out
