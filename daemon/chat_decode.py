@@ -106,15 +106,17 @@ def decode(session: DecoderSession, steering: Steering, max_tokens: int, samplin
             _emit_reasoning(emit, before, spelled_think, token)
             if after is not None:
                 thinking, piece = False, after
+                if after.strip():  # the answer began inside the closing token: no token spells it alone
+                    spelled_answer.add(None, after)
             else:
                 piece = ""
         elif steering.may_think and constraint is None and not answer.started and piece.strip() == THINK_OPEN:
             thinking, piece = True, ""
-        if piece:
-            spelled_answer.add(token, piece)
-            if answer.feed(piece):
-                reason = "stop"
-                break
+        else:
+            spelled_answer.add(token, piece)  # even "" (the first bytes of a character)
+        if piece and answer.feed(piece):
+            reason = "stop"
+            break
         if constraint is not None and constraint.finished:
             session.append_generated(token)
             reason = "eos"
@@ -123,10 +125,13 @@ def decode(session: DecoderSession, steering: Steering, max_tokens: int, samplin
             reason = "context_full"
             break
         session.append_generated(token)
+    tail = utf8.decode(b"", final=True)  # an incomplete character at the end, written by the last token
     if thinking:
-        _emit_reasoning(emit, think.flush() + utf8.decode(b"", final=True), spelled_think)
+        spelled_think.extend_last(tail)
+        _emit_reasoning(emit, think.flush() + tail, spelled_think)
     elif reason != "stop":
-        answer.feed(utf8.decode(b"", final=True))
+        spelled_answer.extend_last(tail)
+        answer.feed(tail)
     answer.finish()
     t_end = time.perf_counter()
     decode_s = t_end - t_first if n > 1 else 0.0
@@ -153,8 +158,10 @@ def tag_tokens(backend: Backend) -> dict[int, str]:
 
 
 def _emit_reasoning(emit: Emit, text: str, spelled: "_Spelled", token: int | None = None) -> None:
-    if token is not None or text:
+    if token is not None:
         spelled.add(token, text)
+    elif text:
+        spelled.extend_last(text)
     if text:
         emit(ReasoningDelta(text))
 
@@ -168,6 +175,11 @@ class _Spelled:
     def add(self, token: int | None, piece: str) -> None:
         self.pieces.append((token, piece))
 
+    def extend_last(self, piece: str) -> None:
+        if piece and self.pieces:
+            token, last = self.pieces[-1]
+            self.pieces[-1] = (token, last + piece)
+
     @property
     def text(self) -> str:
         return "".join(p for _, p in self.pieces)
@@ -176,7 +188,7 @@ class _Spelled:
         if not text:
             return None
         start = 0
-        while start < len(self.pieces) and not self.pieces[start][1].strip():
+        while start < len(self.pieces) and self.pieces[start][1] and not self.pieces[start][1].strip():
             start += 1
         written, tokens = "", []
         for token, piece in self.pieces[start:]:

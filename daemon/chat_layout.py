@@ -45,9 +45,11 @@ class ChatLayout:
 def lay_out(render: ChatRenderer, conversation: "Conversation") -> ChatLayout:
     """The whole conversation, ending with the template's generation prompt (the assistant's opening)."""
     sentinels = _Sentinels()
-    text = _render(render, sentinels, conversation, conversation.messages, generation=True)
+    dicts = _message_dicts(sentinels, conversation.messages)
+    text = _render(render, conversation, dicts, generation=True)
     prompt = sentinels.cut(text, required=_required(conversation.messages))
-    tail = text[text.rfind(sentinels.last_seen(text)) :] if sentinels.last_seen(text) else text
+    found = list(sentinels.pattern.finditer(text))
+    tail = text[found[-1].end():] if found else text
     return ChatLayout(prompt, tail.rfind(THINK_OPEN) > tail.rfind(THINK_CLOSE))
 
 
@@ -60,8 +62,9 @@ def settled(render: ChatRenderer, conversation: "Conversation", answer: "Message
     """
     sentinels = _Sentinels()
     messages = (*conversation.messages, answer)
-    alone = _render(render, sentinels, conversation, messages, generation=False)
-    following = _render(render, sentinels, conversation, messages + (_next_user(sentinels),), generation=False)
+    dicts = _message_dicts(sentinels, messages)
+    alone = _render(render, conversation, dicts, generation=False)
+    following = _render(render, conversation, [*dicts, {"role": "user", "content": "next"}], generation=False)
     if not following.startswith(alone):
         answer_ends = [m.end() for m in sentinels.pattern.finditer(following)
                        if int(m.group(1)) in sentinels.of_message(len(messages) - 1)]
@@ -92,10 +95,6 @@ class _Sentinels:
     def of_message(self, message: int) -> list[int]:
         return self._by_message.get(message, [])
 
-    def last_seen(self, text: str) -> str:
-        found = list(self.pattern.finditer(text))
-        return found[-1].group(0) if found else ""
-
     def cut(self, text: str, required: Sequence[int]) -> Prompt:
         """Cut the rendered text at the sentinels: template pieces between the parts, a cache point after each."""
         segments: list[Segment] = []
@@ -118,9 +117,6 @@ class _Sentinels:
         missing = [m for m in required if not set(self.of_message(m)) <= seen]
         if missing:
             raise LayoutError(f"the chat template drops the content of message {missing[0] + 1}")
-        kept = [s for s in segments if not (isinstance(s, TextSegment) and not s.text)]
-        if len(kept) != len(segments):
-            raise LayoutError("a message has an empty text part")
         return Prompt(tuple(segments), frozenset(points))
 
 
@@ -129,16 +125,12 @@ def _required(messages: Sequence["Message"]) -> list[int]:
     return [i for i, m in enumerate(messages) if m.role != "assistant"]
 
 
-def _next_user(sentinels: _Sentinels) -> "Message":
-    from omnid.daemon.conversation import Message
-
-    return Message("user", (TextSegment("next"),))
-
-
-def _render(render: ChatRenderer, sentinels: _Sentinels, conversation: "Conversation",
-            messages: Sequence["Message"], *, generation: bool) -> str:
+def _message_dicts(sentinels: _Sentinels, messages: Sequence["Message"]) -> list[dict]:
     names = {c.id: c.name for m in messages for c in m.tool_calls}
-    dicts = [_message_dict(i, m, sentinels, names) for i, m in enumerate(messages)]
+    return [_message_dict(i, m, sentinels, names) for i, m in enumerate(messages)]
+
+
+def _render(render: ChatRenderer, conversation: "Conversation", dicts: list[dict], *, generation: bool) -> str:
     extra: dict = {}
     if conversation.tools and conversation.tool_choice != "none":
         extra["tools"] = [{"type": "function", "function": {"name": t.name, "description": t.description,

@@ -52,7 +52,8 @@ def grammar(tools: Sequence["Tool"], choice: str) -> str:
     rules = []
     for i, tool in enumerate(chosen):
         body = {"type": "object", "properties": {"name": {"const": tool.name}, "arguments": tool.parameters},
-                "required": ["name", "arguments"], "additionalProperties": False}
+                "required": ["name", "arguments"], "additionalProperties": False,
+                "x-guidance": {"whitespace_flexible": False}}  # no room for a random model to pad forever
         rules.append(f"call_{i}: %json {json.dumps(body)}")
     body_rule = "body: " + " | ".join(f"call_{i}" for i in range(len(chosen)))
     count = "" if choice in {t.name for t in tools} else f"{{1,{MAX_CALLS}}}"

@@ -371,8 +371,9 @@ class LlamaCppBackend(Backend):
         eos = self._special_text(self._lc.llama_vocab_eos(self._vocab))
         if not template:
             return completion_frame(bos)
-        try:
-            return frame_from_renderer(jinja_renderer(template, bos, eos), template)
+        render = jinja_renderer(template, bos, eos)
+        try:  # a single turn answers without thinking (a conversation switches it per request)
+            return frame_from_renderer(lambda m, g: render(m, g, {"enable_thinking": False}), template)
         except ValueError:
             # A template too dynamic to cut into fixed pieces: use the family's plain format instead.
             fallback = fallback_template(self._arch)

@@ -196,8 +196,9 @@ class MlxBackend(Backend):
             raise ModelLoadError(f"{self.info.path} has no chat template; media placeholders would be dropped")
 
         def render(messages: list[dict], add_generation_prompt: bool) -> str:
+            # a single turn answers without thinking (a conversation switches it per request)
             return self._tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt, enable_thinking=False)
 
         try:
             return frame_from_renderer(render, template)
