@@ -128,6 +128,7 @@ def validate(conversation: Conversation, info: ModelInfo) -> None:
     _check_tools(conversation)
     if conversation.response_schema is not None:
         check_schema(conversation.response_schema, "the response schema")
+    answer_grammar(conversation)  # what the constrained-decoding library cannot compile is refused now
     if conversation.thinking_budget is not None and conversation.thinking_budget < 0:
         raise ConversationError("the thinking budget must be >= 0 tokens")
     if conversation.max_tokens < 0:
