@@ -142,3 +142,34 @@ def test_omni_chat_keeps_the_history_and_takes_commands(daemon, tmp_path: Path) 
     cached = [int(re.search(r"(\d+) cached", line).group(1)) for line in usage]  # type: ignore[union-attr]
     assert cached[1] > 16, result.stderr
     assert "unknown command /bogus" in result.stderr
+
+
+def test_a_screen_grab_is_a_part_of_a_conversation_in_the_client_and_in_omni_chat(start_daemon) -> None:
+    from screen_x11 import TkWindow, Xvfb, xvfb_missing
+    if xvfb_missing():
+        pytest.skip(xvfb_missing() or "")
+    import os
+    server = Xvfb(640, 480)
+    saved = os.environ.get("DISPLAY")
+    os.environ["DISPLAY"] = server.display
+    try:
+        screen_daemon = start_daemon()
+    finally:
+        os.environ.pop("DISPLAY") if saved is None else os.environ.__setitem__("DISPLAY", saved)
+    window = TkWindow(server.display, "Chart", "300x200+10+10", "#a03060")
+    try:
+        with screen_daemon.client() as client:
+            talk = client.conversation(thinking=False, max_tokens=3)
+            with_screen = talk.ask(pb.Part(screen=pb.ScreenRef(monitor=1)), text("What is on my screen?"))
+            without = client.conversation(thinking=False, max_tokens=3).ask(text("What is on my screen?"))
+            assert with_screen.usage.prompt_tokens > without.usage.prompt_tokens + 10
+            again = talk.ask(text("And now?"))  # the grab stays in the history, from the cache
+            assert again.usage.cached_tokens >= with_screen.usage.prompt_tokens
+        result = omni(screen_daemon, "chat", "-v", "--max-tokens", "3", "--think", "off",
+                      stdin="what is this?\n/clear\n/screen\nwhat is this?\n")
+        assert result.returncode == 0, result.stderr
+        prompts = [int(line[1:].split()[0]) for line in result.stderr.splitlines() if line.startswith("[")]
+        assert len(prompts) == 2 and prompts[1] > prompts[0] + 10, result.stderr  # the grab, in the second
+    finally:
+        window.close()
+        server.close()
