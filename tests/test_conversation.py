@@ -296,3 +296,49 @@ def test_a_history_over_the_context_says_by_how_many_tokens(backend) -> None:
     with pytest.raises(conv.ConversationOverflow, match=r"tokens over the model's context") as raised:
         daemon.chat(ask(user(long_text(backend, 9000))))
     assert raised.value.needed > backend.info.context_length
+
+
+def test_several_calls_in_one_turn_and_their_results_lay_out_and_validate(backend) -> None:
+    from omnid.daemon.chat_decode import _Answer
+    answer = _Answer((), (WEATHER, TIME), lambda e: None)
+    answer.feed('<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>\n<tool_call>\n'
+                '{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "c"}}\n</tool_call>')
+    answer.finish()
+    calls = tuple(answer.calls)
+    assert [c.name for c in calls] == ["get_time", "get_weather"] and answer.text.strip() == ""
+    history = (user("time and weather?"), Message("assistant", tool_calls=calls),
+               Message("tool", (TextSegment("12:00"),), tool_call_id=calls[0].id),
+               Message("tool", (TextSegment("sunny"),), tool_call_id=calls[1].id))
+    c = ask(*history, tools=(WEATHER, TIME))
+    conv.validate(c, backend.info)
+    text = "".join(s.text for s in chat_layout.lay_out(backend.chat_renderer(), c).prompt.segments
+                   if isinstance(s, TextSegment))
+    assert text.count("<tool_call>") == 3 and "12:00" in text and "sunny" in text  # 1 in the tools' help
+    with pytest.raises(ConversationError, match="no assistant turn"):  # a call answered twice
+        conv.validate(ask(*history, Message("tool", (TextSegment("again"),), tool_call_id=calls[0].id)),
+                      backend.info)
+
+
+def test_thinking_then_a_schema_constrained_answer(backend) -> None:
+    schema = SCHEMAS[1]
+    done, events = Daemon(backend).chat(ask(user("think, then json"), thinking=True, thinking_budget=4,
+                                            response_schema=schema, max_tokens=120))
+    seen = [type(e) for e in events]
+    assert seen[0] is ReasoningDelta and seen[-1] is TextDelta  # thought (maybe blank: random weights), answered
+    assert done.usage.generated_tokens > len(backend.tokenize(TextSegment(done.text)))  # the thinking's tokens
+    jsonschema.validate(json.loads(done.text), schema)
+
+
+def test_with_thinking_the_next_turn_still_costs_only_its_new_message(backend) -> None:
+    daemon = Daemon(backend)
+    history: list[Message] = [user(long_text(backend, 400, seed=5))]
+    randomly = SamplingParams(temperature=1.0, seed=11)  # greedy random weights may write only blanks
+    first, _ = daemon.chat(ask(*history, thinking=True, thinking_budget=6, max_tokens=14, sampling=randomly))
+    assert first.usage.generated_tokens == 14  # six of thinking (maybe blank: random weights), closed, the answer
+    history += [assistant(first), user("next")]
+    second, _ = daemon.chat(ask(*history, thinking=True, thinking_budget=6, max_tokens=14, sampling=randomly))
+    # The template dropped turn one's thinking: what the daemon settled after turn one (the answer laid out as
+    # the history shows it, snapshotted) is where turn two starts.
+    new_turn = TextSegment("<|im_end|>\n<|im_start|>user\nnext<|im_end|>\n<|im_start|>assistant\n<think>\n",
+                           template=True)
+    assert second.usage.prompt_tokens - second.usage.cached_tokens <= backend.count_tokens(new_turn), second.usage
