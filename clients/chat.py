@@ -94,7 +94,7 @@ class Conversation:
     def _turn(self, message: pb.ChatMessage, schema: dict | None, tool_choice: str) -> Iterator[pb.ChatEvent]:
         self.messages.append(message)
         answered = False
-        stream = self.client.chat(self.request(schema, tool_choice))
+        stream: Any = self.client.chat(self.request(schema, tool_choice))  # a cancellable call
         try:
             for event in stream:
                 if event.WhichOneof("event") == "done":
