@@ -53,10 +53,6 @@ class Message:
     #: A tool turn: the id of the call it answers.
     tool_call_id: str = ""
 
-    @property
-    def text(self) -> str:
-        return "".join(p.text for p in self.parts if isinstance(p, TextSegment))
-
 
 @dataclass(frozen=True)
 class Tool:
@@ -206,17 +202,11 @@ def answer_grammar(conversation: Conversation) -> str | None:
     if conversation.response_schema is not None:
         compiled = grammar.schema_grammar(conversation.response_schema)
     elif conversation.tool_choice not in ("auto", "none"):
-        compiled = llguidance_lark(tool_calls.grammar(conversation.tools, conversation.tool_choice))
+        compiled = grammar.lark_grammar(tool_calls.grammar(conversation.tools, conversation.tool_choice))
     else:
         return None
     grammar.check(compiled)
     return compiled
-
-
-def llguidance_lark(lark: str) -> str:
-    import llguidance
-
-    return llguidance.LLMatcher.grammar_from_lark(lark)
 
 
 def prefill(session: DecoderSession, prompt: Prompt) -> PrefillStats:

@@ -32,6 +32,11 @@ def schema_grammar(schema: dict) -> str:
         raise GrammarError(f"the schema cannot be used to constrain the answer: {exc}") from None
 
 
+def lark_grammar(lark: str) -> str:
+    """A Lark grammar (llguidance's dialect, which embeds JSON Schemas as %json {...}) in llguidance's form."""
+    return llguidance.LLMatcher.grammar_from_lark(lark)
+
+
 def check(grammar: str) -> None:
     """GrammarError unless llguidance accepts the grammar (schemas it does not support are refused here)."""
     is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
