@@ -181,8 +181,8 @@ def chat(conversation: Conversation) -> Callable[[DecoderSession, Emit], ChatDon
         stats = prefill(session, layout.prompt)
         tools = conversation.tools if conversation.tool_choice != "none" else ()
         steering = Steering(thinking=layout.thinking_open, may_think=conversation.thinking is not False,
-                            thinking_budget=conversation.thinking_budget, grammar=answer_grammar(conversation),
-                            tools=tools)
+                            thinking_budget=conversation.thinking_budget,
+                            grammar=answer_grammar(conversation, tool_calls.detect(render)), tools=tools)
         decoded = decode(session, steering, conversation.max_tokens or DEFAULT_MAX_TOKENS, conversation.sampling,
                          emit)
         _settle(session, render, conversation, decoded)
@@ -197,12 +197,13 @@ def chat(conversation: Conversation) -> Callable[[DecoderSession, Emit], ChatDon
     return job
 
 
-def answer_grammar(conversation: Conversation) -> str | None:
-    """The grammar the answer is held to: the response schema's, or the tool calls' when a call is required."""
+def answer_grammar(conversation: Conversation, syntax: str = "json") -> str | None:
+    """The grammar the answer is held to: the response schema's, or the tool calls' (in the template's `syntax`,
+    see tool_calls.detect) when a call is required."""
     if conversation.response_schema is not None:
         compiled = grammar.schema_grammar(conversation.response_schema)
     elif conversation.tool_choice not in ("auto", "none"):
-        compiled = grammar.lark_grammar(tool_calls.grammar(conversation.tools, conversation.tool_choice))
+        compiled = grammar.lark_grammar(tool_calls.grammar(conversation.tools, conversation.tool_choice, syntax))
     else:
         return None
     grammar.check(compiled)

@@ -342,3 +342,31 @@ def test_with_thinking_the_next_turn_still_costs_only_its_new_message(backend) -
     new_turn = TextSegment("<|im_end|>\n<|im_start|>user\nnext<|im_end|>\n<|im_start|>assistant\n<think>\n",
                            template=True)
     assert second.usage.prompt_tokens - second.usage.cached_tokens <= backend.count_tokens(new_turn), second.usage
+
+
+NEMOTRON_STYLE_CALLS = (  # how Nemotron 3 Nano's template writes a call (Qwen3-Coder's syntax)
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+    "{% for c in m.tool_calls or [] %}<tool_call>\n<function={{ c.function.name }}>\n"
+    "{% for k, v in c.function.arguments.items() %}<parameter={{ k }}>\n{{ v }}\n</parameter>\n{% endfor %}"
+    "</function>\n</tool_call>{% endfor %}<|im_end|>\n{% endfor %}")
+
+
+def test_the_xml_call_syntax_is_detected_and_read() -> None:
+    from omnid.daemon import tool_calls
+    from omnid.models.chat_frame import jinja_renderer
+    from omnid.models.gguf_test_model import CHAT_TEMPLATE
+    assert tool_calls.detect(jinja_renderer(NEMOTRON_STYLE_CALLS, "", "")) == "xml"
+    assert tool_calls.detect(jinja_renderer(CHAT_TEMPLATE, "", "")) == "json"
+    call = tool_calls.parse("<function=get_weather>\n<parameter=city>\nNew York\n</parameter>\n"
+                            "<parameter=unit>\n\"f\"\n</parameter>\n</function>", (WEATHER, TIME))
+    assert call is not None and json.loads(call.arguments) == {"city": "New York", "unit": "f"}
+    assert tool_calls.parse("<function=nope>\n</function>", (WEATHER,)) is None
+
+
+def test_a_required_call_in_the_xml_syntax_is_constrained_and_validates(backend, monkeypatch) -> None:
+    from omnid.daemon import tool_calls
+    monkeypatch.setattr(tool_calls, "detect", lambda render: "xml")
+    done, _ = Daemon(backend).chat(ask(user("weather?"), tools=(WEATHER, TIME), tool_choice="get_weather",
+                                       max_tokens=150, sampling=SamplingParams(temperature=1.0, seed=4)))
+    assert [c.name for c in done.tool_calls] == ["get_weather"] and done.stop_reason == "tool_calls", done
+    jsonschema.validate(json.loads(done.tool_calls[0].arguments), WEATHER.parameters)
