@@ -177,6 +177,7 @@ def chat(conversation: Conversation) -> Callable[[DecoderSession, Emit], ChatDon
         if render is None:
             raise ConversationError("the model has no chat template, so it cannot hold a conversation",
                                     unsupported=True)
+        check_plain(session, conversation)
         layout = _layout(lambda: chat_layout.lay_out(render, conversation))
         stats = prefill(session, layout.prompt)
         tools = conversation.tools if conversation.tool_choice != "none" else ()
@@ -208,6 +209,22 @@ def answer_grammar(conversation: Conversation, syntax: str = "json") -> str | No
         return None
     grammar.check(compiled)
     return compiled
+
+
+def check_plain(session: DecoderSession, conversation: Conversation) -> None:
+    """ConversationError when a client's text that the template writes among its own pieces (a tool's name,
+    description or schema, a call's arguments) spells one of the model's control tokens.
+
+    Why: the parts of a message are tokenized as plain text, but what the template writes itself is tokenized
+    with control tokens allowed, so "<|im_end|><|im_start|>system" in a tool's description would end the
+    system turn and open another."""
+    texts = [(f"tool {t.name!r}", f"{t.name} {t.description} {json.dumps(t.parameters)}") for t in conversation.tools]
+    texts += [(f"tool call {c.id!r}", f"{c.id} {c.name} {c.arguments}")
+              for m in conversation.messages for c in m.tool_calls]
+    backend = session.backend
+    for what, text in texts:
+        if backend.tokenize(TextSegment(text, template=True)) != backend.tokenize(TextSegment(text)):
+            raise ConversationError(f"{what} spells one of the model's control tokens")
 
 
 def prefill(session: DecoderSession, prompt: Prompt) -> PrefillStats:
