@@ -2,6 +2,8 @@
 
     omni ask "What is in this picture?" --image photo.png
     omni ask "What is said here?" --audio memo.wav --json
+    omni ask "Name and age of the person?" --image photo.png --schema person.json
+    omni chat -v
     git diff | omni ask - --system "Review this change"
     omni status
 
@@ -18,7 +20,7 @@ from importlib import metadata
 
 import grpc
 
-from omnid.clients import cli_documents, cli_meetings, cli_screen
+from omnid.clients import cli_chat, cli_documents, cli_meetings, cli_screen
 from omnid.clients.cli_common import (EXIT_DAEMON_ERROR, EXIT_INTERRUPTED, EXIT_NO_DAEMON, EXIT_OK,
                                       EXIT_PIPE_CLOSED, EXIT_USAGE, PROMPT_HELP, ClientFactory,
                                       add_sampling_flags, print_json, print_stream, print_usage, progress_note,
@@ -44,6 +46,8 @@ def add_connection_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_ask(args: argparse.Namespace, client_factory: ClientFactory) -> int:
+    if args.schema:
+        return cli_chat.ask_with_schema(args, client_factory)
     question = read_prompt(args.question)
     parts = parts_for(question, args.image, args.audio)
     with client_factory() as client:
@@ -135,6 +139,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     ask.add_argument("--system", default="", help="a system text (`@FILE` reads it from a file)")
     ask.add_argument("--json", action="store_true", help="print one JSON object with the text and usage")
     ask.add_argument("-v", "--verbose", action="store_true", help="print usage to stderr")
+    ask.add_argument("--schema", default="", metavar="FILE.json",
+                     help="answer with JSON valid for this JSON Schema (constrained sampling)")
     add_sampling_flags(ask)
     ask.set_defaults(handler=cmd_ask)
 
@@ -144,6 +150,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
 
     unload = commands.add_parser("unload", help="free the model's memory now (the next request loads it again)")
     unload.set_defaults(handler=cmd_unload)
+    cli_chat.register(commands)
     cli_documents.register(commands)
     cli_meetings.register(commands)
     cli_screen.register(commands)

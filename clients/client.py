@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 import grpc
 import numpy as np
 
+from omnid.clients.chat import ChatClient
 from omnid.clients.documents import DocumentsClient
 from omnid.clients.meetings import MeetingsClient
 from omnid.common.paths import default_socket_path, default_token_path
@@ -227,7 +228,7 @@ def _check_unix_endpoint(endpoint: str) -> None:
                                "with `omnid serve`, or point the client at it with --socket / OMNID_SOCKET") from None
 
 
-class OmniClient(MeetingsClient, DocumentsClient, CoreClient, ScreenClient):
+class OmniClient(MeetingsClient, DocumentsClient, ChatClient, CoreClient, ScreenClient):
     """The full client: core calls plus one mixin per area."""
 
 

@@ -18,6 +18,30 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
+class ReasoningDelta:
+    """A piece of the model's thinking (before its answer), apart from the answer's TextDelta; joined the same way."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A call of a declared tool the model made: `arguments` is JSON text that parses (and validates against the
+    tool's schema when the call was constrained)."""
+
+    id: str  # "call_<hex>", made by the daemon
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
+class ToolCallEvent:
+    """One complete tool call, sent as soon as the model closed it."""
+
+    call: ToolCall
+
+
+@dataclass(frozen=True)
 class Usage:
     """What an answer cost (the proto's Usage, field for field)."""
 
@@ -40,6 +64,17 @@ class Done:
     text: str
     usage: Usage
     stop_reason: str  # "eos", "max_tokens", "stop", "context_full"
+
+
+@dataclass(frozen=True)
+class ChatDone:
+    """A whole conversation turn: the answer, the thinking before it, and the tool calls it made."""
+
+    text: str
+    reasoning: str
+    tool_calls: tuple[ToolCall, ...]
+    usage: Usage
+    stop_reason: str  # "eos", "max_tokens", "stop", "context_full", "tool_calls"
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
-from omnid.daemon.events import PrefillProgress, Progress, TextDelta
+from omnid.daemon.events import PrefillProgress, Progress, ReasoningDelta, TextDelta
 from omnid.daemon.prefill_rate import PrefillRate
 from omnid.daemon.prompt_cache import PromptCache
 from omnid.daemon.sampling import SamplingParams
@@ -98,7 +98,7 @@ class JobHandle(Generic[T]):
         self._result: Any = None
         self._error: BaseException | None = None
         self._interval = delta_interval
-        self._held: list[str] = []
+        self._held: list[TextDelta | ReasoningDelta] = []
         self._last_delta = -delta_interval
         #: The last progress the job reported (Status shows it for the running job).
         self.progress: Progress | PrefillProgress | None = None
@@ -118,8 +118,10 @@ class JobHandle(Generic[T]):
 
     def emit(self, event: Any) -> None:
         """Pass an event on (text deltas held back a little: see the class docstring)."""
-        if isinstance(event, TextDelta):
-            self._held.append(event.text)
+        if isinstance(event, (TextDelta, ReasoningDelta)):
+            if self._held and type(self._held[-1]) is not type(event):
+                self._release_held()  # the thinking ended (or began): never join it with the answer
+            self._held.append(event)
             now = time.perf_counter()
             if now - self._last_delta < self._interval:
                 return
@@ -140,7 +142,7 @@ class JobHandle(Generic[T]):
 
     def _release_held(self) -> None:
         if self._held:
-            self._events.put(TextDelta("".join(self._held)))
+            self._events.put(type(self._held[0])("".join(e.text for e in self._held)))
             self._held.clear()
 
     # -- the submitter's side --------------------------------------------------------------------------------
@@ -181,11 +183,11 @@ class JobHandle(Generic[T]):
 
 
 def _joined(events: list[Any]) -> list[Any]:
-    """Runs of TextDelta joined into one delta each; every other event as it was, in order."""
+    """Runs of TextDelta (and of ReasoningDelta) joined into one delta each; every other event as it was, in order."""
     out: list[Any] = []
     for event in events:
-        if isinstance(event, TextDelta) and out and isinstance(out[-1], TextDelta):
-            out[-1] = TextDelta(out[-1].text + event.text)
+        if isinstance(event, (TextDelta, ReasoningDelta)) and out and type(out[-1]) is type(event):
+            out[-1] = type(event)(out[-1].text + event.text)
         else:
             out.append(event)
     return out

@@ -38,7 +38,7 @@ from omnid.daemon.config import DaemonConfig, cache_dir, default_token_path, pri
 from omnid.daemon.interceptors import TokenAuth, UndecodableRequests
 from omnid.common.private_paths import UnsafePath, check_private_dir, read_private_token, socket_identity
 from omnid.daemon.prompt_cache import PromptCache
-from omnid.daemon.rpc_core import CoreRpcs
+from omnid.daemon.rpc_chat import ChatRpcs
 from omnid.daemon.rpc_screen import ScreenRpcs
 from omnid.daemon.rpc_documents import DocumentRpcs
 from omnid.daemon.rpc_meetings import MeetingRpcs
@@ -54,7 +54,7 @@ SERVICE_NAME = omnid_pb2.DESCRIPTOR.services_by_name["Omni"].full_name
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # a 20-minute WAV or a 100-page PDF fits in one message
 
 
-class OmniServicer(MeetingRpcs, DocumentRpcs, ScreenRpcs, CoreRpcs, omnid_pb2_grpc.OmniServicer):
+class OmniServicer(MeetingRpcs, DocumentRpcs, ScreenRpcs, ChatRpcs, omnid_pb2_grpc.OmniServicer):
     """All RPCs, one mixin per area (see rpc_base.RpcBase)."""
 
 

@@ -297,6 +297,16 @@ class DecoderSession:
         tokenizer cache as a prefill would."""
         return self.cache.key_of(TokenChain(self._layout(prompt).codes))
 
+    def append_generated(self, token: int) -> None:
+        """Put a sampled (or forced) token into the sequence, as `generate` does with each of its tokens."""
+        self.backend.append_token(token)
+        self._live.append_token(token)
+
+    def remember_tokens(self, segment: TextSegment, tokens: Sequence[int]) -> None:
+        """Lay `segment` out as these tokens from now on: what was generated, so a history that sends the answer
+        back as text matches the sequence that produced it (the tokenizer may well split the text otherwise)."""
+        self._tokens.put(segment.digest(), tokens)
+
     def save_snapshot(self) -> str:
         """Snapshot the sequence now under the key of the chain it holds; returns that key."""
         return self.cache.put(self._live.chain, self.backend.snapshot())
@@ -323,7 +333,7 @@ class DecoderSession:
         not part of any cached chain: the chain ends where the prompt ended.
         """
         sampler = Sampler(sampling)
-        stops = _StopMatcher(sampling.stop, on_delta)
+        stops = StopMatcher(sampling.stop, on_delta)
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         t_start = time.perf_counter()
         t_first = 0.0
@@ -357,7 +367,7 @@ class DecoderSession:
             decode_ms=(t_end - t_start) * 1000)
 
 
-class _StopMatcher:
+class StopMatcher:
     """Streams text out, holding back only what could still become a stop string."""
 
     def __init__(self, stops: Sequence[str], on_delta: Callable[[str], None]) -> None:

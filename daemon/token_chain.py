@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import xxhash
@@ -111,15 +111,20 @@ class TokenizerCache:
         self._ids: OrderedDict[str, np.ndarray] = OrderedDict()
         self._total = 0
 
-    def get(self, digest: str, tokenize: Callable[[], list[int]]) -> np.ndarray:
+    def get(self, digest: str, tokenize: Callable[[], Sequence[int]]) -> np.ndarray:
         ids = self._ids.get(digest)
         if ids is not None:
             self._ids.move_to_end(digest)
             return ids
-        ids = np.asarray(tokenize(), np.int64)
+        return self.put(digest, tokenize())
+
+    def put(self, digest: str, tokens: Sequence[int]) -> np.ndarray:
+        """Store the token ids of a segment (replacing what was there)."""
+        ids = np.asarray(tokens, np.int64)
         ids.setflags(write=False)
+        old = self._ids.pop(digest, None)
+        self._total += len(ids) - (0 if old is None else len(old))
         self._ids[digest] = ids
-        self._total += len(ids)
         while self._total > self.max_tokens and len(self._ids) > 1:
             self._total -= len(self._ids.popitem(last=False)[1])
         return ids

@@ -123,6 +123,10 @@ class AudioSegment:
 Segment = Union[TextSegment, ImageSegment, AudioSegment]
 
 
+#: render(messages, add_generation_prompt, extra template variables such as tools or enable_thinking) -> text.
+ChatRenderer = Callable[[list[dict], bool, dict], str]
+
+
 @dataclass(frozen=True)
 class ChatFrame:
     """The model's chat template cut into fixed text pieces around one system text and one user turn.
@@ -273,6 +277,15 @@ class Backend(ABC):
     @abstractmethod
     def chat_frame(self) -> ChatFrame:
         """The model's chat template as fixed pieces (see ChatFrame)."""
+
+    def chat_renderer(self) -> ChatRenderer | None:
+        """The model's chat template as a function, for whole conversations (None: the model has no template).
+
+        Why besides the frame: a conversation (assistant turns, tool calls and results, declared tools, the
+        thinking switch) is laid out the way the template itself says, rendered per request with sentinels in
+        place of the contents (daemon/chat_layout.py); the frame's fixed pieces cover one system and user turn.
+        """
+        return None
 
     @property
     @abstractmethod

@@ -69,8 +69,10 @@ def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
 
-def jinja_renderer(template: str, bos: str, eos: str) -> Renderer:
+def jinja_renderer(template: str, bos: str, eos: str) -> Callable[..., str]:
     """A renderer for a HuggingFace-style chat template, set up like llama-cpp-python's Jinja2ChatFormatter.
+
+    `extra` are more template variables (tools, enable_thinking...): a ChatRenderer as well as a Renderer.
 
     Sandboxed because the template comes from a model file, i.e. from the internet.
     """
@@ -82,8 +84,9 @@ def jinja_renderer(template: str, bos: str, eos: str) -> Renderer:
     )
     compiled = env.from_string(template)
 
-    def render(messages: list[dict], add_generation_prompt: bool) -> str:
+    def render(messages: list[dict], add_generation_prompt: bool, extra: dict | None = None) -> str:
         return compiled.render(
+            **(extra or {}),
             messages=messages,
             bos_token=bos,
             eos_token=eos,

@@ -63,12 +63,46 @@ A_EMBD, A_HEAD, A_FF, A_LAYERS = 32, 2, 64, 1
 N_MEL, A_CHANNELS, A_CONV_KERNEL = 16, 8, 5
 N_FFT, WINDOW_LEN = 512, 400
 
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+def reasoning_chat_template(content: str = "{{ message['content'] }}") -> str:
+    """A chat template shaped like Nemotron 3 Nano's: ChatML turns, thinking on by default (`enable_thinking`), the
+    thinking of turns before the last user message dropped (`<think></think>` in its place), declared tools in the
+    system turn, tool calls as `<tool_call>` JSON, tool results in `tool` turns. `content` is the Jinja that
+    writes a message's content (the mlx test model's also writes media parts)."""
+    return (
+        "{%- set thinking = enable_thinking if enable_thinking is defined else true -%}"
+        "{%- set ns = namespace(last_user=-1) -%}"
+        "{%- for message in messages -%}{%- if message['role'] == 'user' -%}{%- set ns.last_user = loop.index0 -%}"
+        "{%- endif -%}{%- endfor -%}"
+        "{%- if tools or messages[0]['role'] == 'system' -%}"
+        "{{ '<|im_start|>system\n' }}"
+        "{%- if messages[0]['role'] == 'system' -%}{{ messages[0]['content'] }}{%- endif -%}"
+        "{%- if tools -%}{{ '\n\n# Tools\n<tools>\n' }}"
+        "{%- for tool in tools -%}{{ tool | tojson }}{{ '\n' }}{%- endfor -%}"
+        "{{ '</tools>\nTo call a tool, write <tool_call>\n{\"name\": NAME, \"arguments\": ARGUMENTS}\n</tool_call>' }}"
+        "{%- endif -%}{{ '<|im_end|>\n' }}"
+        "{%- endif -%}"
+        "{%- for message in messages -%}"
+        "{%- if message['role'] == 'assistant' -%}"
+        "{{ '<|im_start|>assistant\n' }}"
+        "{%- if loop.index0 > ns.last_user and message.get('reasoning_content') -%}"
+        "{{ '<think>\n' + message['reasoning_content'] + '\n</think>\n' }}"
+        "{%- else -%}{{ '<think></think>' }}{%- endif -%}"
+        + content +
+        "{%- for call in message.get('tool_calls') or [] -%}"
+        "{{ '\n<tool_call>\n{\"name\": \"' + call['function']['name'] + '\", \"arguments\": ' }}"
+        "{{ call['function']['arguments'] | tojson }}{{ '}\n</tool_call>' }}"
+        "{%- endfor -%}{{ '<|im_end|>\n' }}"
+        "{%- elif message['role'] != 'system' or not loop.first -%}"
+        "{{ '<|im_start|>' + message['role'] + '\n' }}" + content + "{{ '<|im_end|>\n' }}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}"
+        "{%- if thinking -%}{{ '<think>\n' }}{%- else -%}{{ '<think></think>' }}{%- endif -%}"
+        "{%- endif -%}"
+    )
+
+
+CHAT_TEMPLATE = reasoning_chat_template()
 
 _NORMAL_WORDS = (
     "the a an and of to in is it you that was for on are with as I his they be at one have this from or had by "

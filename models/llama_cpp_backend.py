@@ -28,6 +28,7 @@ from .base import (
     AudioSegment,
     Backend,
     ChatFrame,
+    ChatRenderer,
     ImageSegment,
     InputError,
     ModelInfo,
@@ -370,12 +371,21 @@ class LlamaCppBackend(Backend):
         eos = self._special_text(self._lc.llama_vocab_eos(self._vocab))
         if not template:
             return completion_frame(bos)
-        try:
-            return frame_from_renderer(jinja_renderer(template, bos, eos), template)
+        render = jinja_renderer(template, bos, eos)
+        try:  # a single turn answers without thinking (a conversation switches it per request)
+            return frame_from_renderer(lambda m, g: render(m, g, {"enable_thinking": False}), template)
         except ValueError:
             # A template too dynamic to cut into fixed pieces: use the family's plain format instead.
             fallback = fallback_template(self._arch)
             return frame_from_renderer(jinja_renderer(fallback, bos, eos), fallback)
+
+    def chat_renderer(self) -> ChatRenderer | None:
+        template = self._llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            return None
+        bos = self._special_text(self._lc.llama_vocab_bos(self._vocab))
+        eos = self._special_text(self._lc.llama_vocab_eos(self._vocab))
+        return jinja_renderer(template, bos, eos)
 
     def _special_text(self, token: int) -> str:
         if token < 0:

@@ -28,6 +28,7 @@ from .base import (
     AudioSegment,
     Backend,
     ChatFrame,
+    ChatRenderer,
     ImageSegment,
     InputError,
     Modality,
@@ -195,13 +196,23 @@ class MlxBackend(Backend):
             raise ModelLoadError(f"{self.info.path} has no chat template; media placeholders would be dropped")
 
         def render(messages: list[dict], add_generation_prompt: bool) -> str:
+            # a single turn answers without thinking (a conversation switches it per request)
             return self._tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt, enable_thinking=False)
 
         try:
             return frame_from_renderer(render, template)
         except ValueError as exc:  # a template that cannot be cut into fixed pieces is a model problem
             raise ModelLoadError(f"the chat template of {self.info.path} cannot be used: {exc}") from exc
+
+    def chat_renderer(self) -> ChatRenderer | None:
+        if not getattr(self._tokenizer, "chat_template", None):
+            return None
+
+        def render(messages: list[dict], add_generation_prompt: bool, extra: dict) -> str:
+            return self._tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt, **extra)
+        return render
 
     # ----- the sequence ------------------------------------------------------------------------------------
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .gguf_test_model import reasoning_chat_template
+
 # Special tokens the Nemotron Omni processor looks up by name, then the chat-turn markers.
 _SPECIAL_TOKENS = (
     "<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>",
@@ -30,17 +32,13 @@ _SAMPLE_RATE = 16_000
 _HOP = 160
 _GAIN = 2.0
 
-_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "<|im_start|>{{ message['role'] }}\n"
+# The GGUF test model's Nemotron-shaped template (thinking, tools), with media parts written as placeholders.
+_CHAT_TEMPLATE = reasoning_chat_template(
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}"
     "{% if part['type'] == 'image' %}<image>{% elif part['type'] == 'audio' %}<so_embedding>"
     "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+    "{% endfor %}{% endif %}")
 
 
 def _text_config() -> dict:

@@ -43,6 +43,11 @@ class OmniStub:
                 request_serializer=omnid_dot_proto_dot_omnid__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=omnid_dot_proto_dot_omnid__pb2.GenerateEvent.FromString,
                 _registered_method=True)
+        self.Chat = channel.unary_stream(
+                '/omnid.v1.Omni/Chat',
+                request_serializer=omnid_dot_proto_dot_omnid__pb2.ChatRequest.SerializeToString,
+                response_deserializer=omnid_dot_proto_dot_omnid__pb2.ChatEvent.FromString,
+                _registered_method=True)
         self.Status = channel.unary_unary(
                 '/omnid.v1.Omni/Status',
                 request_serializer=omnid_dot_proto_dot_omnid__pb2.StatusRequest.SerializeToString,
@@ -169,6 +174,13 @@ class OmniServicer:
 
     def Generate(self, request, context):
         """Streams the answer to a prompt of text, images, audio, documents and screen grabs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Chat(self, request, context):
+        """Streams the next turn of a conversation: thinking, answer, tool calls (see ChatRequest).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -325,6 +337,11 @@ def add_OmniServicer_to_server(servicer, server):
                     request_deserializer=omnid_dot_proto_dot_omnid__pb2.GenerateRequest.FromString,
                     response_serializer=omnid_dot_proto_dot_omnid__pb2.GenerateEvent.SerializeToString,
             ),
+            'Chat': grpc.unary_stream_rpc_method_handler(
+                    servicer.Chat,
+                    request_deserializer=omnid_dot_proto_dot_omnid__pb2.ChatRequest.FromString,
+                    response_serializer=omnid_dot_proto_dot_omnid__pb2.ChatEvent.SerializeToString,
+            ),
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
                     request_deserializer=omnid_dot_proto_dot_omnid__pb2.StatusRequest.FromString,
@@ -472,6 +489,33 @@ class Omni:
             '/omnid.v1.Omni/Generate',
             omnid_dot_proto_dot_omnid__pb2.GenerateRequest.SerializeToString,
             omnid_dot_proto_dot_omnid__pb2.GenerateEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Chat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/omnid.v1.Omni/Chat',
+            omnid_dot_proto_dot_omnid__pb2.ChatRequest.SerializeToString,
+            omnid_dot_proto_dot_omnid__pb2.ChatEvent.FromString,
             options,
             channel_credentials,
             insecure,

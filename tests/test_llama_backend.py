@@ -179,7 +179,7 @@ def test_chat_frame_from_gguf_template(backend: LlamaCppBackend) -> None:
     assert frame.head == ""
     assert frame.system_open == "<|im_start|>system\n"
     assert frame.user_open == "<|im_start|>user\n"
-    assert frame.user_close == "<|im_end|>\n<|im_start|>assistant\n"
+    assert frame.user_close == "<|im_end|>\n<|im_start|>assistant\n<think></think>"  # a single turn: no thinking
     assert frame.assistant_close == "<|im_end|>\n"
 
 

@@ -10,7 +10,7 @@ from typing import Any, Iterator
 import pytest
 
 from fake_backend import FakeBackendForSchedulerTests
-from omnid.daemon.events import Progress, TextDelta
+from omnid.daemon.events import Progress, ReasoningDelta, TextDelta
 from omnid.daemon.prompt_cache import PromptCache
 from omnid.daemon.scheduler import JobHandle, QueueFull, Scheduler, ShuttingDown
 from omnid.daemon.session import Cancelled
@@ -266,6 +266,19 @@ def test_deltas_waiting_for_the_reader_are_joined_into_one() -> None:
     handle.emit(TextDelta("!"))
     handle.finish()
     assert list(handle.events()) == [TextDelta("hello"), Progress("x", 1, 1), TextDelta("!")]
+
+
+def test_thinking_and_answer_deltas_are_joined_apart_never_together() -> None:
+    for interval in (3600.0, 0.0):  # held back by the decoder's side, or waiting for the reader
+        handle: JobHandle = JobHandle(lambda session, emit: None, "deltas", delta_interval=interval)
+        for event in [ReasoningDelta("th"), ReasoningDelta("ink"), TextDelta("an"), TextDelta("swer"),
+                      ReasoningDelta("again")]:
+            handle.emit(event)
+        handle.finish()
+        joined = list(handle.events())
+        assert [type(e) for e in joined][-3:] == [ReasoningDelta, TextDelta, ReasoningDelta], interval
+        assert "".join(e.text for e in joined if isinstance(e, ReasoningDelta)) == "thinkagain"
+        assert "".join(e.text for e in joined if isinstance(e, TextDelta)) == "answer"
 
 
 def test_a_reader_gets_deltas_while_the_job_is_still_running(scheduler: Scheduler) -> None:
