@@ -45,9 +45,9 @@ class TrayApp:
         self.controller = Controller(settings, self._changed, self._notify)
         self._update_lock = threading.Lock()
         view = self.controller.view
+        self.tk_menu = not self.pystray.Icon.HAS_MENU
         self.icon = self.pystray.Icon("omnid", icons.draw(st.icon_look(view)), self._title(view),
                                       menu=self._pystray_menu())
-        self.tk_menu = not self.icon.HAS_MENU
         if self.tk_menu:
             _listen_for_clicks(self.icon)
         self._popups: queue.Queue[None] = queue.Queue()
@@ -65,7 +65,9 @@ class TrayApp:
         import tkinter as tk
         self.root = tk.Tk(className="omnid-menubar")
         self.root.withdraw()
-        self.icon.run_detached(setup=setup)
+        # Not run_detached: on X, pystray 0.19 starts a second setup thread there, and whichever of the two
+        # gets the "ready" signal runs (ours may never). Its X loop runs happily in a thread of ours.
+        threading.Thread(target=self.icon.run, kwargs={"setup": setup}, name="omnid-menubar-x", daemon=True).start()
         self.root.after(30, self._poll_popups)
         try:
             self.root.mainloop()
@@ -81,9 +83,10 @@ class TrayApp:
 
     # -- what the icon shows -------------------------------------------------------------------------------
 
-    @staticmethod
-    def _title(view: st.DaemonView) -> str:
-        return st.tooltip(view)[:MAX_TITLE]
+    def _title(self, view: st.DaemonView) -> str:
+        title = st.tooltip(view)[:MAX_TITLE]
+        # The X tray's title is the window's name, which python-xlib sends as Latin-1.
+        return title.replace("…", "...").encode("latin-1", "replace").decode("latin-1") if self.tk_menu else title
 
     def _changed(self, view: st.DaemonView) -> None:
         with self._update_lock:  # the poller and the actions' threads both publish

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import shutil
 import subprocess
@@ -44,6 +45,10 @@ def read_serve_args(path: Path) -> list[str]:
         return shlex.split(path.read_text(), comments=True)
     except FileNotFoundError:
         return []
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "omnid"
 
 
 def omnid_command() -> list[str]:
@@ -85,7 +90,7 @@ class Settings:
     poll_seconds: float = 2.0
     summary: bool = True                       # meetings recorded from the menu end with a summary
     serve_args: list[str] = field(default_factory=list)
-    serve_log: Path = field(default_factory=lambda: Path.home() / ".cache" / "omnid" / "omnid-serve.log")
+    serve_log: Path = field(default_factory=lambda: _cache_dir() / "omnid-serve.log")
 
 
 class Controller:
@@ -155,7 +160,10 @@ class Controller:
             changed = view != self._view
             self._view = view
         if changed:
-            self.on_change(view)
+            try:
+                self.on_change(view)
+            except Exception:  # a UI that cannot draw this view must not end the work that published it
+                log.exception("the tray could not show the new state")
 
     def _set_progress(self, key: str, line: str | None) -> None:
         with self._lock:
@@ -211,7 +219,7 @@ class Controller:
 
     def _guarded(self, handler: Callable[[str], None], arg: str, action: str) -> None:
         """One action; a refusal or a failure is said in a notification, never raised into the UI."""
-        log.info("menu: %s %s", action, arg)
+        log.info("action: %s %s", action, arg)
         try:
             handler(arg)
         except DaemonNotRunning:
@@ -226,8 +234,8 @@ class Controller:
             self.refresh()
 
     def _call(self, call: Callable[[OmniClient], object], what: str) -> None:
-        result = call(self._connected())
-        log.info("%s: %s", what, str(result).replace("\n", "; "))
+        call(self._connected())
+        log.info("%s: done", what)
 
     def _ask(self, _: str) -> None:
         url = self.view.http_url

@@ -1,7 +1,7 @@
 """An X tray host (Debian's trayer) on an Xvfb screen, and the menubar driven as a person would: xdotool clicks.
 
-Used by tests/test_menubar_x11.py and scripts/menubar-screenshot. The icon is found in `xwininfo -root -tree`
-(pystray names its window's class `omnidSystemTrayIcon`); a Tk menu is a visible window of class `Menu`,
+Used by tests/test_menubar_x11.py and scripts/menubar-screenshot. The icon is found with `xdotool search`
+(pystray names its window's instance `omnidSystemTrayIcon`; its name is the tooltip); a Tk menu is a visible window of class `Menu`,
 its entries all one height (the menubar uses no separators), in the order the menubar logs when it opens it
 ("menu: A | B | ..."), so an entry is clicked by its label.
 """
@@ -15,9 +15,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
-
-_TREE_LINE = re.compile(r"^\s*(0x[0-9a-f]+) \"(.*)\": \(\"([^\"]*)\" \"([^\"]*)\"\)\s+(\d+)x(\d+)\+-?\d+\+-?\d+\s+"
-                        r"\+(-?\d+)\+(-?\d+)")
 
 
 def tray_missing() -> str | None:
@@ -64,7 +61,7 @@ class XTray:
             ["trayer", "--edge", "top", "--align", "right", "--widthtype", "pixel", "--width", str(width),
              "--height", "24", "--transparent", "false", "--tint", "0xdddddd"],
             env=self._env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for("trayer's panel", lambda: self.find(lambda w: w.res_class == "trayer" and w.name == "panel"), 20)
+        wait_for("trayer's panel", self.panel, 20)
 
     def _env(self) -> dict[str, str]:
         import os
@@ -73,29 +70,37 @@ class XTray:
     def x(self, *command: str) -> str:
         return subprocess.run(command, env=self._env(), capture_output=True, text=True, timeout=20).stdout
 
-    def windows(self) -> list[Window]:
-        found = []
-        for line in self.x("xwininfo", "-root", "-tree").splitlines():
-            m = _TREE_LINE.match(line)
-            if m:
-                wid, name, res_name, res_class, w, h, ax, ay = m.groups()
-                found.append(Window(wid, name, res_name, res_class, int(w), int(h), int(ax), int(ay)))
-        return found
+    def window(self, window_id: str) -> Window | None:
+        """A window's name, WM_CLASS and place on the screen (None once it is gone)."""
+        info = self.x("xwininfo", "-id", window_id)
+        if "Absolute upper-left X" not in info:
+            return None
+        field = dict(line.strip().split(": ", 1) for line in info.splitlines() if ": " in line)
+        wm_class = re.findall(r'"([^"]*)"', self.x("xprop", "-id", window_id, "WM_CLASS"))
+        res_name, res_class = (wm_class + ["", ""])[:2]
+        return Window(window_id, self.title_of(window_id), res_name, res_class, int(field["Width"]),
+                      int(field["Height"]), int(field["Absolute upper-left X"]), int(field["Absolute upper-left Y"]))
 
-    def find(self, test: Callable[[Window], bool]) -> Window | None:
-        return next((w for w in self.windows() if test(w)), None)
+    def search(self, *criteria: str) -> list[Window]:
+        ids = self.x("xdotool", "search", *criteria).split()
+        return [w for w in (self.window(hex(int(i))) for i in ids) if w is not None]
+
+    def panel(self) -> Window | None:
+        return next(iter(self.search("--classname", "^panel$")), None)
 
     def icon(self) -> Window | None:
-        return self.find(lambda w: w.res_class == "omnidSystemTrayIcon")
+        """The menubar's icon window (pystray names its instance `omnidSystemTrayIcon`)."""
+        return next(iter(self.search("--classname", "^omnidSystemTrayIcon$")), None)
+
+    def title_of(self, window_id: str) -> str:
+        out = self.x("xprop", "-id", window_id, "WM_NAME")
+        value = out.partition("=")[2].strip()
+        return value[1:-1].encode().decode("unicode_escape") if value.startswith('"') else value
 
     def title(self) -> str:
         """The icon window's full name: the menubar's tooltip (xwininfo shows only its first line)."""
         icon = self.icon()
-        if icon is None:
-            return ""
-        out = self.x("xprop", "-id", icon.id, "WM_NAME")
-        value = out.partition("=")[2].strip()
-        return value[1:-1].encode().decode("unicode_escape") if value.startswith('"') else value
+        return "" if icon is None else icon.name
 
     def ancestors(self, window_id: str) -> list[str]:
         """The ids of a window's parents up to the root."""
@@ -110,12 +115,11 @@ class XTray:
 
     def embedded(self) -> bool:
         """The icon sits inside trayer's panel (XEmbed docked it), not on the root window."""
-        icon, panel = self.icon(), self.find(lambda w: w.res_class == "trayer" and w.name == "panel")
+        icon, panel = self.icon(), self.panel()
         return icon is not None and panel is not None and panel.id in self.ancestors(icon.id)
 
     def visible_menus(self) -> list[Window]:
-        ids = self.x("xdotool", "search", "--onlyvisible", "--class", "^Menu$").split()
-        return [w for w in self.windows() if w.res_class == "Menu" and str(int(w.id, 16)) in ids]
+        return self.search("--onlyvisible", "--class", "^Menu$")
 
     def grab(self, window: Window) -> "object":
         """The window's pixels as a PIL image (RGB), taken from the screen."""
@@ -172,8 +176,9 @@ class Menubar:
     def open_menu(self) -> tuple[Window, list[str], dict[str, list[str]]]:
         """Click the icon; the menu window that opens, its labels and its submenus' labels."""
         before = self.menus_opened()
-        icon = wait_for("the tray icon", self.tray.icon)
-        assert isinstance(icon, Window)
+        wait_for("the icon docked in the tray", self.tray.embedded, 30)
+        icon = self.tray.icon()
+        assert icon is not None
         self.tray.click(*icon.center)
         menu = wait_for("the menu to open", lambda: self.tray.visible_menus(), 20)
         assert isinstance(menu, list)
