@@ -26,6 +26,8 @@ from omnid.clients.menubar_actions import (Controller, Settings, add_menubar_fla
 log = logging.getLogger("omnid.menubar")
 #: Windows cuts a tray tooltip at 128 characters.
 MAX_TITLE = 127
+#: The Tk menu opens this far below the pointer, so it does not cover the icon (Tk keeps it on the screen).
+MENU_BELOW = 14
 
 
 def _load_pystray() -> Any:
@@ -138,7 +140,7 @@ class TrayApp:
             entries = st.menu(self.controller.view)
             log.info("menu: %s", " | ".join(e.label for e in entries))
             self._open_menu = self._tk_menu(entries)
-            self._open_menu.tk_popup(x, y)
+            self._open_menu.tk_popup(x, y + MENU_BELOW)
         self.root.after(30, self._poll_popups)
 
     def _tk_menu(self, entries: st.Menu, parent: Any = None) -> Any:

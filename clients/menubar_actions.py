@@ -319,11 +319,12 @@ class Controller:
         lines += [f"[{st.clock(s.start_seconds)}] {s.text}" for s in meeting.segments]
         self._stream_to_window("omnid: meeting", ["\n".join(lines) + "\n"], "meeting")
 
-    def _add_document(self, _: str) -> None:
-        path = dialogs.choose_pdf()
-        if path is None:
+    def _add_document(self, path: str) -> None:
+        """Ingest a PDF (the file chooser's, or one named by whoever runs the action), its pages as progress."""
+        path = path or dialogs.choose_pdf() or ""
+        if not path:
             if not dialogs.dialogs_available():
-                self.notify("omnid", "Adding a PDF needs a file chooser (Tk): use `omni doc add FILE`.")
+                self.notify("omnid", "Adding a PDF needs a file chooser (Tk): use `omni doc ingest FILE`.")
             return
         name = Path(path).name
         client = self._connected()

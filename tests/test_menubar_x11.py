@@ -96,8 +96,8 @@ def _icon_has(tray: XTray, color: tuple[int, int, int, int], at_least: int = 12)
 
 
 def test_the_icon_docks_in_the_x_tray_and_shows_the_daemon(tray, tray_daemon, menubar) -> None:
-    wait_for("the icon in the tray", tray.icon, 30)
-    assert tray.embedded(), "the icon is not inside trayer's panel"
+    wait_for("the icon's window", tray.icon, 30)
+    wait_for("the icon docked inside trayer's panel (XEmbed)", tray.embedded, 30)
     model = tray_daemon.client().status().model_name
     title = wait_for("the tooltip to name the model", lambda: model in tray.title() and tray.title(), 30)
     assert title == f"omnid: {model}\nScreen watcher off"
@@ -107,8 +107,7 @@ def test_the_icon_docks_in_the_x_tray_and_shows_the_daemon(tray, tray_daemon, me
     assert labels[0] == f"Model: {model}" and "Ask about my screen" in labels and labels[-1] == "Quit"
     assert menu.width > 100 and menu.height >= 20 * len(labels)
     assert any(label.startswith("pulse") for label in subs["Record from"])
-    tray.x("xdotool", "key", "Escape")
-    wait_for("the menu to close", lambda: not tray.visible_menus(), 10)
+    menubar.close_menu()
 
 
 def test_the_screen_watcher_starts_and_pauses_from_the_menu(tray, tray_daemon, menubar) -> None:
@@ -145,7 +144,7 @@ def test_a_meeting_recorded_from_the_menu_from_the_virtual_microphone(tray, tray
     player.kill()
     wait_for("the tooltip to drop the meeting", lambda: "Meeting" not in tray.title(), 30)
     _, _, subs = menubar.open_menu()
-    tray.x("xdotool", "key", "Escape")
+    menubar.close_menu()
     assert any(label.startswith(new[0].title) for label in subs["Recent meetings"])
 
 

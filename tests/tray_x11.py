@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from PIL import Image
+
 
 def tray_missing() -> str | None:
     for tool in ("Xvfb", "trayer", "xdotool", "xwininfo", "xprop"):
@@ -85,6 +87,9 @@ class XTray:
         ids = self.x("xdotool", "search", *criteria).split()
         return [w for w in (self.window(hex(int(i))) for i in ids) if w is not None]
 
+    def screen_height(self) -> int:
+        return int(re.search(r"Height: (\d+)", self.x("xwininfo", "-root")).group(1))
+
     def panel(self) -> Window | None:
         return next(iter(self.search("--classname", "^panel$")), None)
 
@@ -121,12 +126,14 @@ class XTray:
     def visible_menus(self) -> list[Window]:
         return self.search("--onlyvisible", "--class", "^Menu$")
 
-    def grab(self, window: Window) -> "object":
-        """The window's pixels as a PIL image (RGB), taken from the screen."""
+    def grab(self, window: Window) -> Image.Image:
+        """The window's pixels, taken from the screen."""
+        return self.grab_region(window.x, window.y, window.width, window.height)
+
+    def grab_region(self, left: int, top: int, width: int, height: int) -> Image.Image:
         import mss
-        from PIL import Image
         with mss.MSS(display=self.display) as screen:
-            shot = screen.grab({"left": window.x, "top": window.y, "width": window.width, "height": window.height})
+            shot = screen.grab({"left": left, "top": top, "width": width, "height": height})
         return Image.frombytes("RGB", shot.size, shot.bgra, "raw", "BGRX")
 
     def click(self, x: int, y: int, button: int = 1) -> None:
@@ -207,6 +214,11 @@ class Menubar:
         cascade = next(name for name in subs if name.startswith(label))
         self.tray.click(*self.entry_point(sub[0], subs[cascade], then))
         return labels
+
+    def close_menu(self) -> None:
+        """Click away from the open menu, as a person does (it closes)."""
+        self.tray.click(5, self.tray.screen_height() - 5)
+        wait_for("the menu to close", lambda: not self.tray.visible_menus(), 10)
 
     def stop(self) -> int | None:
         if self.proc.poll() is None:
