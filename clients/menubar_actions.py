@@ -356,7 +356,7 @@ class Controller:
                   for o in frames]
         lines += ["", f"Meetings ({len(meetings)}):"]
         lines += [f"  {m.title} ({m.meeting_id[:8]}): {m.snippet}" for m in meetings]
-        self._stream_to_window(f"omnid: search “{query}”", ["\n".join(lines) + "\n"], "search")
+        self._stream_to_window(f"omnid: search for {query}", ["\n".join(lines) + "\n"], "search")
 
     def _start_daemon(self, _: str) -> None:
         s = self.settings

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from audio_fixtures import speech_wav
+from documents_pdfs import make_report
 from pulse_mic import PulseMic, PulseUnavailable
 from screen_x11 import Xvfb
 from tray_x11 import Menubar, XTray, tray_missing, wait_for
@@ -143,9 +144,9 @@ def test_a_meeting_recorded_from_the_menu_from_the_virtual_microphone(tray, tray
         assert stored.segments and stored.summary  # transcribed and summarised (random words: not checked)
     player.kill()
     wait_for("the tooltip to drop the meeting", lambda: "Meeting" not in tray.title(), 30)
-    _, _, subs = menubar.open_menu()
-    menubar.close_menu()
-    assert any(label.startswith(new[0].title) for label in subs["Recent meetings"])
+    menubar.choose("Recent meetings", new[0].title)
+    wait_for("the meeting's window", lambda: tray.search("--onlyvisible", "--name", "^omnid: meeting$"), 30)
+    assert re.search(r"meeting: \d+ characters", menubar.log())
 
 
 def test_ask_about_my_screen_from_the_menu(tray, tray_daemon, menubar, notifications) -> None:
@@ -160,6 +161,48 @@ def test_ask_about_my_screen_from_the_menu(tray, tray_daemon, menubar, notificat
         cache = client.status().cache
         assert cache.hits + cache.misses > asked  # the request reached the model
     assert re.search(r"screen: \d+ characters", menubar.log())
+
+
+def _type_into(tray: XTray, title: str, typed: str) -> None:
+    """Type into the window of this title once it shows, and press Return (no window manager: focus it first)."""
+    found = wait_for(f"the window {title!r}", lambda: tray.search("--onlyvisible", "--name", f"^{title}$"), 30)
+    assert isinstance(found, list)
+    tray.x("xdotool", "windowfocus", "--sync", found[0].id)
+    tray.x("xdotool", "type", "--delay", "20", typed)
+    tray.x("xdotool", "key", "Return")
+
+
+def test_ask_in_a_window_of_its_own_without_the_web_page(tray, tray_daemon, menubar) -> None:
+    with tray_daemon.client() as client:
+        cache = client.status().cache
+        asked = cache.hits + cache.misses
+        menubar.choose("Ask…")
+        _type_into(tray, "omnid: Ask", "What is a warm model?")
+        wait_for("the answer's window", lambda: tray.search("--onlyvisible", "--name", "^omnid: answer$"), 30)
+        wait_for("the whole answer", lambda: re.search(r"answer: \d+ characters", menubar.log()), 180)
+        cache = client.status().cache
+        assert cache.hits + cache.misses > asked
+
+
+def test_add_a_pdf_with_the_file_chooser(tray, tray_daemon, menubar, notifications, tmp_path) -> None:
+    pdf = tmp_path / "handbook.pdf"
+    pdf.write_bytes(make_report(4, lines=3))
+    menubar.choose("Documents", "Add a PDF")
+    _type_into(tray, "omnid: add a PDF", str(pdf))
+    wait_for("the ingest's notification", lambda: "omnid: document ready: handbook.pdf: 4 pages"
+             in notifications.read_text(), 180)
+    with tray_daemon.client() as client:
+        assert "handbook.pdf" in [d.name for d in client.list_documents()]
+    _, _, subs = menubar.open_menu()
+    menubar.close_menu()
+    assert any(label.startswith("Ask handbook.pdf (4 pages)") for label in subs["Documents"])
+
+
+def test_search_the_history_from_the_menu(tray, tray_daemon, menubar) -> None:
+    menubar.choose("Open history search")
+    _type_into(tray, "omnid: search history", "meeting")
+    wait_for("the results' window", lambda: tray.search("--onlyvisible", "--name", "^omnid: search for meeting$"), 30)
+    assert re.search(r"search: \d+ characters", menubar.log())
 
 
 def test_quit_leaves_the_tray_and_the_daemon_running(tray, tray_daemon, menubar) -> None:
