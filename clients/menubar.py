@@ -11,6 +11,7 @@ pops up the same menu as a Tk menu at the pointer.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import queue
@@ -36,8 +37,8 @@ def _load_pystray() -> Any:
         import pystray
     except Exception as exc:  # Xlib's DisplayNameError / DisplayConnectionError, a missing backend
         where = os.environ.get("DISPLAY")
-        reason = f"cannot open the display {where}" if where else "no display (DISPLAY is not set)"
-        raise SystemExit(f"omnid-menubar: no tray to show an icon in: {reason} ({type(exc).__name__}: {exc})")
+        reason = f"cannot open the display {where}: {exc}" if where else "no display (DISPLAY is not set)"
+        raise SystemExit(f"omnid-menubar: no tray to show an icon in: {reason}")
     return pystray
 
 
@@ -151,7 +152,7 @@ class TrayApp:
                 log.info("submenu %s: %s", entry.label, " | ".join(c.label for c in entry.children))
                 menu.add_cascade(label=entry.label, menu=self._tk_menu(entry.children, menu))
             else:
-                menu.add_command(label=entry.label, command=lambda e=entry: self._clicked(e),
+                menu.add_command(label=entry.label, command=functools.partial(self._clicked, entry),
                                  state="normal" if entry.enabled and not entry.is_info else "disabled")
         return menu
 

@@ -29,8 +29,9 @@ from omnid.common.paths import default_token_path
 log = logging.getLogger("omnid.menubar")
 
 Notify = Callable[[str, str], None]
-#: Every this many polls the device list is read again (a microphone plugged in later shows up).
-DEVICE_REFRESH_POLLS = 15
+#: Every this many polls the submenus' lists are read again (a microphone plugged in, a meeting another client
+#: recorded); after one of the menubar's own actions at once.
+LIST_REFRESH_POLLS = 15
 SCREEN_PROMPT = "Describe what is on my screen and what I seem to be doing."
 
 
@@ -100,9 +101,10 @@ class Controller:
         self.notify = notify
         self._lock = threading.Lock()
         self._client: OmniClient | None = None
-        self._view = st.DaemonView()
+        self._view = st.DaemonView(looking=True)
         self._progress = st.Progress()
-        self._devices: tuple[st.Device, ...] | None = None
+        self._lists: st.Lists | None = None
+        self._lists_wanted = True
         self._polls = 0
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -120,8 +122,11 @@ class Controller:
     def start(self) -> None:
         self._poller.start()
 
-    def refresh(self) -> None:
-        """Look at the daemon again now (after an action), not at the next poll."""
+    def refresh(self, lists: bool = False) -> None:
+        """Look at the daemon again now, not at the next poll (with lists: the submenus' lists too)."""
+        if lists:
+            with self._lock:
+                self._lists_wanted = True
         self._wake.set()
 
     def _poll_loop(self) -> None:
@@ -133,10 +138,12 @@ class Controller:
     def _look(self) -> st.DaemonView:
         try:
             client = self._connected()
-            devices = None if self._polls % DEVICE_REFRESH_POLLS == 0 else self._devices
+            with self._lock:
+                fresh = self._lists_wanted or self._polls % LIST_REFRESH_POLLS == 0
+                self._lists_wanted = False
             self._polls += 1
-            view = st.read_view(client, devices)
-            self._devices = view.devices
+            view = st.read_view(client, None if fresh else self._lists)
+            self._lists = view.lists
             self._starting = None
             return view
         except DaemonNotRunning:
@@ -149,6 +156,8 @@ class Controller:
 
     def _not_running(self, error: str) -> st.DaemonView:
         self._drop_client()
+        with self._lock:
+            self._lists_wanted = True  # a daemon that comes back may have other meetings and documents
         starting = self._starting is not None and self._starting.poll() is None
         if self._starting is not None and not starting:
             error = (f"omnid serve exited with code {self._starting.returncode}; see {self.settings.serve_log}")
@@ -230,8 +239,11 @@ class Controller:
         except OSError as exc:
             log.warning("%s: %s", action, exc)
             self.notify("omnid", str(exc))
+        except Exception as exc:  # a bug here must not pass silently, nor take the tray down
+            log.exception("%s failed", action)
+            self.notify("omnid", f"{action} failed: {exc}")
         finally:
-            self.refresh()
+            self.refresh(lists=True)
 
     def _call(self, call: Callable[[OmniClient], object], what: str) -> None:
         call(self._connected())
@@ -295,7 +307,8 @@ class Controller:
                 kind = event.WhichOneof("event")
                 if kind == "segment":
                     segments += 1
-                    self._set_progress("meeting", f"Meeting: {segments} segments, {st.clock(event.segment.end_seconds)}")
+                    heard = st.clock(event.segment.end_seconds)
+                    self._set_progress("meeting", f"Meeting: {segments} segments, {heard}")
                 elif kind == "progress":
                     p = event.progress
                     self._set_progress("meeting", f"Meeting {p.state}: {st.clock(p.audio_seconds_done)}, "

@@ -49,6 +49,7 @@ class DaemonView:
     """One look at the daemon, plus the work this menubar has going (its progress lines)."""
 
     running: bool = False
+    looking: bool = False               # not looked at yet (the menubar just started)
     starting: bool = False              # "Start the daemon" was clicked and it does not answer yet
     error: str = ""                     # why the last look failed (other than "not running")
     model: str = ""
@@ -69,6 +70,10 @@ class DaemonView:
     @property
     def recording(self) -> bool:
         return self.meeting_state in ("recording", "paused")
+
+    @property
+    def lists(self) -> "Lists":
+        return Lists(self.devices, self.meetings, self.documents)
 
     def with_progress(self, lines: tuple[str, ...]) -> "DaemonView":
         return replace(self, progress=lines)
@@ -117,38 +122,54 @@ def http_url(status: Any) -> str:
     return str(getattr(status, "http_url")) if "http_url" in fields else ""
 
 
-def read_view(client: OmniClient, devices: tuple[Device, ...] | None = None) -> DaemonView:
-    """A look at the daemon through its RPCs (Status, ControlMeeting status, ControlScreenWatch status, the
-    newest meetings and the documents); `devices` reuses a device list read before (ListAudioDevices opens the
-    sound system on the daemon's side: not every few seconds)."""
-    status = client.status()
-    meeting = client.control_meeting("status")
-    watch = client.control_screen_watch("status")
-    if devices is None:
-        devices = read_devices(client) if "audio" in status.capabilities else ()
+@dataclass(frozen=True)
+class Lists:
+    """What the submenus list: read less often than the state (the documents' replies carry every page)."""
+
+    devices: tuple[Device, ...] = ()
+    meetings: tuple[Item, ...] = ()
+    documents: tuple[Item, ...] = ()
+
+
+def read_lists(client: OmniClient, can_hear: bool) -> Lists:
+    """The input devices (ListAudioDevices opens the sound system on the daemon's side), the newest meetings
+    and the documents."""
+    devices: tuple[Device, ...] = ()
+    if can_hear:
+        try:
+            devices = tuple(Device(d.name, d.is_default) for d in client.audio_devices())
+        except OmniError:
+            pass  # no sound system on the daemon's machine: "Start recording" still tries the default
     meetings = tuple(Item(m.meeting_id, f"{m.title or 'Meeting'} ({clock(m.duration_seconds)})")
                      for m in client.meetings(limit=RECENT))
     documents = tuple(Item(d.document_id, f"{d.name or d.document_id[:12]} ({d.page_count} pages)")
                       for d in client.list_documents()[:RECENT])
+    return Lists(devices, meetings, documents)
+
+
+def read_view(client: OmniClient, lists: Lists | None = None) -> DaemonView:
+    """A look at the daemon through its RPCs: Status and the meeting and screen watcher states (three small
+    calls), and the submenus' lists unless `lists` (read before) is given."""
+    status = client.status()
+    meeting = client.control_meeting("status")
+    watch = client.control_screen_watch("status")
+    can_hear = "audio" in status.capabilities
+    if lists is None:
+        lists = read_lists(client, can_hear)
     return DaemonView(
         running=True, model=status.model_name, model_loaded=status.model_loaded, busy=status.busy,
         queue_depth=status.queue_depth, http_url=http_url(status),
         meeting_state=meeting.state if meeting.state in ("recording", "paused") else "none",
         recorded_seconds=meeting.recorded_seconds,
         watcher="off" if not watch.watching else "paused" if watch.paused else "on",
-        can_see="image" in status.capabilities, can_hear="audio" in status.capabilities,
-        devices=devices, meetings=meetings, documents=documents)
-
-
-def read_devices(client: OmniClient) -> tuple[Device, ...]:
-    try:
-        return tuple(Device(d.name, d.is_default) for d in client.audio_devices())
-    except OmniError:
-        return ()  # no sound system on the daemon's machine: "Start recording" still tries the default
+        can_see="image" in status.capabilities, can_hear=can_hear,
+        devices=lists.devices, meetings=lists.meetings, documents=lists.documents)
 
 
 def tooltip(view: DaemonView) -> str:
     """The icon's hover text (on the X tray: its window's name), one line of each thing that is true."""
+    if view.looking:
+        return "omnid: looking for the daemon…"
     if not view.running:
         lines = ["omnid: starting…" if view.starting else "omnid: not running"]
         if view.error:
@@ -173,6 +194,8 @@ def icon_look(view: DaemonView) -> IconLook:
 
 def menu(view: DaemonView) -> Menu:
     """The tray menu for this view: what is going on first (greyed lines), then what can be done."""
+    if view.looking:  # not "Start the daemon" yet: one may well be running
+        return (Entry("Looking for the daemon…"), Entry("Quit", QUIT))
     if not view.running:
         info = Entry("omnid is starting…" if view.starting else "omnid is not running")
         extra = (Entry(view.error),) if view.error else ()

@@ -2,7 +2,10 @@
 daemon on the tiny test model, the views it publishes while they run, and the notifications they raise."""
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -108,3 +111,11 @@ def test_with_no_daemon_the_view_offers_to_start_one(tmp_path, ui: Recorder) -> 
     assert not view.running and st.find(st.menu(view), st.START_DAEMON) is not None
     controller.run(st.RECORD).join(30)
     assert ui.notes and "not running" in ui.notes[-1][1]
+
+
+@pytest.mark.parametrize("command", [["omnid.clients.menubar"], ["omnid.clients.cli", "menubar"]])
+def test_without_a_display_both_commands_say_so_in_one_line(command: list[str]) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    result = subprocess.run([sys.executable, "-m", *command], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr == "omnid-menubar: no tray to show an icon in: no display (DISPLAY is not set)\n"

@@ -26,6 +26,9 @@ def test_a_daemon_that_is_not_running_offers_to_start_it() -> None:
     starting = st.menu(st.DaemonView(starting=True))
     assert starting[0].label == "omnid is starting…" and not st.find(starting, st.START_DAEMON).enabled
     assert st.tooltip(st.DaemonView(error="UNAVAILABLE: x")) == "omnid: not running\nUNAVAILABLE: x"
+    looking = st.DaemonView(looking=True)  # before the first look: no "Start the daemon" (one may be running)
+    assert labels(st.menu(looking)) == ["Looking for the daemon…", "Quit"]
+    assert st.tooltip(looking) == "omnid: looking for the daemon…" and not st.icon_look(looking).running
 
 
 def test_a_running_daemon_offers_everything() -> None:
@@ -33,7 +36,8 @@ def test_a_running_daemon_offers_everything() -> None:
     assert labels(menu) == ["Model: tiny", "Ask…", "Ask about my screen", "Start recording a meeting", "Record from",
                             "Start the screen watcher", "Recent meetings", "Documents", "Open history search…",
                             "Quit"]
-    assert labels(menu[4].children) == ["default (default)", "pulse"] and st.find(menu, st.RECORD, "pulse").arg == "pulse"
+    assert labels(menu[4].children) == ["default (default)", "pulse"]
+    assert st.find(menu, st.RECORD, "pulse").arg == "pulse"
     assert labels(menu[7].children) == ["Add a PDF…"] and menu[7].children[0].action == st.ADD_DOCUMENT
     assert menu[6].children[0].is_info  # "No meetings yet"
     assert st.tooltip(RUNNING) == "omnid: tiny\nScreen watcher off"
@@ -95,5 +99,6 @@ def test_the_view_of_the_real_daemon(client) -> None:
     assert view.running and view.model == status.model_name and view.can_see and view.can_hear
     assert view.meeting_state == "none" and view.watcher == "off" and not view.recording
     assert all(isinstance(d, st.Device) for d in view.devices)
-    assert st.read_view(client, devices=()).devices == ()  # a device list read before is reused
+    assert st.read_view(client, lists=st.Lists()).devices == ()  # lists read before are reused
+    assert st.read_lists(client, can_hear=True) == view.lists
     assert st.tooltip(view).startswith(f"omnid: {status.model_name}")

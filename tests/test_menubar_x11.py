@@ -167,6 +167,7 @@ def _type_into(tray: XTray, title: str, typed: str) -> None:
     """Type into the window of this title once it shows, and press Return (no window manager: focus it first)."""
     found = wait_for(f"the window {title!r}", lambda: tray.search("--onlyvisible", "--name", f"^{title}$"), 30)
     assert isinstance(found, list)
+    time.sleep(0.5)  # Tk gives its entry the focus once the window is drawn; typing before that is lost
     tray.x("xdotool", "windowfocus", "--sync", found[0].id)
     tray.x("xdotool", "type", "--delay", "20", typed)
     tray.x("xdotool", "key", "Return")

@@ -1,9 +1,9 @@
 """An X tray host (Debian's trayer) on an Xvfb screen, and the menubar driven as a person would: xdotool clicks.
 
-Used by tests/test_menubar_x11.py and scripts/menubar-screenshot. The icon is found with `xdotool search`
-(pystray names its window's instance `omnidSystemTrayIcon`; its name is the tooltip); a Tk menu is a visible window of class `Menu`,
-its entries all one height (the menubar uses no separators), in the order the menubar logs when it opens it
-("menu: A | B | ..."), so an entry is clicked by its label.
+Used by tests/test_menubar_x11.py and scripts/screenshot_menubar.py. The icon is found with `xdotool search`
+(pystray names its window's instance `omnidSystemTrayIcon`; its name is the tooltip); a Tk menu is a visible
+window of class `Menu`, its entries all one height (the menubar uses no separators), in the order the menubar
+logs when it opens it ("menu: A | B | ..."), so an entry is clicked by its label.
 """
 from __future__ import annotations
 
