@@ -27,6 +27,7 @@ from omnid.clients.cli_common import (EXIT_DAEMON_ERROR, EXIT_INTERRUPTED, EXIT_
                                       read_prompt, sampling_from_args, to_dict)
 from omnid.clients.client import DaemonNotRunning, OmniClient, OmniError, connect, parts_for
 from omnid.proto import omnid_pb2 as pb
+from omnid.clients.menubar_actions import add_menubar_flags
 
 
 def version() -> str:
@@ -124,6 +125,11 @@ def cmd_unload(args: argparse.Namespace, client_factory: ClientFactory) -> int:
     return EXIT_OK
 
 
+def cmd_menubar(args: argparse.Namespace, client_factory: ClientFactory) -> int:
+    from omnid.clients import menubar  # pystray, Pillow and Tk only for this command
+    return menubar.run(args)
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     parser = argparse.ArgumentParser(prog="omni", description="Ask the local omnid daemon.",
                                      epilog="Exit codes: 0 ok, 1 the daemon refused or failed the request, "
@@ -151,6 +157,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     unload = commands.add_parser("unload", help="free the model's memory now (the next request loads it again)")
     unload.set_defaults(handler=cmd_unload)
     cli_chat.register(commands)
+    menubar = commands.add_parser("menubar", help="the tray icon and its menu (also `omnid-menubar`)")
+    add_menubar_flags(menubar)
+    menubar.set_defaults(handler=cmd_menubar)
     cli_documents.register(commands)
     cli_meetings.register(commands)
     cli_screen.register(commands)
