@@ -6,7 +6,7 @@ import io
 import zlib
 
 from pypdf import PdfReader, PdfWriter
-from pypdf.generic import ArrayObject, DecodedStreamObject, DictionaryObject, NameObject, NumberObject, StreamObject
+from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject, NumberObject, StreamObject
 from reportlab.pdfgen import canvas
 
 LINE = b"BT /F1 12 Tf 72 700 Td (Lorem ipsum dolor sit amet) Tj ET\n"
@@ -76,5 +76,3 @@ def shared_image(pages: int, side: int) -> bytes:
     writer.write(out)
     return out.getvalue()
 
-
-__all__ = ["ArrayObject", "shared_content", "shared_image", "slow_pages"]

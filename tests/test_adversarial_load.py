@@ -399,7 +399,7 @@ def test_cpu_pdf_page_over_its_cpu_budget_is_refused(measured: DaemonProcess) ->
     assert took < 60
 
 
-# -- stop_: SIGTERM whatever runs ---------------------------------------------------------------------------------------
+# -- stop_: SIGTERM whatever runs ------------------------------------------------------------------------------------
 
 def test_stop_sigterm_while_a_pdf_page_is_parsed(tmp_path: Path, test_model) -> None:
     """SIGTERM while a PDF page was parsed took 22.7 s to exit (the handler thread finished the page first). The
