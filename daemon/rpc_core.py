@@ -66,7 +66,8 @@ class CoreRpcs(RpcBase):
         cut at its own rate and resampled clip by clip, so memory follows the clip, not the sound."""
         if audio.WhichOneof("source") == "pcm":
             pcm = audio.pcm
-            check_fits(self.info, audio_seconds=pcm_seconds(len(pcm.f32le), pcm.sample_rate, pcm.channels))
+            # ByteSize, not len(pcm.f32le): reading the field copies its bytes (120 MB for an hour at 8 kHz).
+            check_fits(self.info, audio_seconds=pcm_seconds(pcm.ByteSize(), pcm.sample_rate, pcm.channels))
             samples, rate = pcm_from_f32le(pcm.f32le, pcm.sample_rate, pcm.channels), pcm.sample_rate
         elif audio.WhichOneof("source") == "encoded":
             stream = AudioStream(audio.encoded)

@@ -35,6 +35,9 @@ DEFAULT_MAX_PAGES = 500
 #: streams); a page of dense text is well under 100 KB, a detailed map a few MB.
 MAX_PAGE_CONTENT_BYTES = 8 << 20
 MAX_DOCUMENT_CONTENT_BYTES = 64 << 20
+#: Text of a whole document, every page counted (pages drawing one shared stream each hold its text): every
+#: character is tokenized on the decoder and stored. A dense 500-page book has ~1.5 M.
+MAX_DOCUMENT_TEXT_CHARS = 8_000_000
 
 # pypdf logs every repairable oddity of a malformed file as a warning; the caller gets one clear error instead.
 logging.getLogger("pypdf").setLevel(logging.ERROR)
@@ -125,6 +128,7 @@ class _Read:
     objects (another page drawing the same stream with the same fonts reads the same: it is not parsed again)."""
 
     content_bytes: int = 0
+    text_chars: int = 0
     texts: dict[tuple[int, str], str] = field(default_factory=dict)
 
 
@@ -133,7 +137,7 @@ def _read_page(reader: PdfReader, number: int, scans: dict[object, Image.Image |
     contents_id, resources = _idnum(page, "/Contents"), _resources_key(page)
     key = (contents_id, resources) if contents_id is not None and resources is not None else None
     if key is not None and key in read.texts:
-        return _page_from_text(page, number, read.texts[key], scans)
+        return _page_from_text(page, number, read.texts[key], scans, read)
     contents = page.get_contents()
     size = len(contents.get_data()) if contents is not None else 0
     if size > MAX_PAGE_CONTENT_BYTES:
@@ -158,7 +162,7 @@ def _read_page(reader: PdfReader, number: int, scans: dict[object, Image.Image |
             text = "\n".join(" | ".join(cells) for cells in (_cells(row) for row in rows)).strip()
     if key is not None:
         read.texts[key] = text
-    return _page_from_text(page, number, text, scans)
+    return _page_from_text(page, number, text, scans, read)
 
 
 def _idnum(page: Any, key: str) -> int | None:
@@ -178,8 +182,13 @@ def _resources_key(page: Any) -> str | None:
     return written if len(written) <= 65536 else None
 
 
-def _page_from_text(page: Any, number: int, text: str, scans: dict[object, Image.Image | None]) -> Page:
+def _page_from_text(page: Any, number: int, text: str, scans: dict[object, Image.Image | None],
+                    read: _Read) -> Page:
     """A page of text, or, with none, of its scan (or blank)."""
+    read.text_chars += len(text)
+    if read.text_chars > MAX_DOCUMENT_TEXT_CHARS:
+        raise PageOverLimit(f"the PDF holds over {MAX_DOCUMENT_TEXT_CHARS} characters of text by page {number}; "
+                            f"the limit is {MAX_DOCUMENT_TEXT_CHARS} a document")
     if text:
         return Page(number, "text", text)
     image = _largest_image(page, number, scans)
