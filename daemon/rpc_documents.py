@@ -1,8 +1,9 @@
 """The document RPCs: IngestDocument, AskDocument, ListDocuments, and DocumentRef parts for Generate.
 
 Work is split by who must do it:
-  * the gRPC handler thread reads the PDF (pypdf, no model: the decoder stays free for other clients) and
-    writes the store;
+  * the gRPC handler thread has the PDF read (pypdf, no model: the decoder stays free for other clients) by a
+    child process with a CPU, memory and time budget that is killed when the client leaves or the daemon
+    stops (modalities/pdf_isolated.py), and writes the store;
   * decoder jobs (daemon/jobs.py) count tokens per page (only the backend knows them), warm the prompt cache
     with the document (ingest) and answer questions.
 

@@ -257,8 +257,9 @@ class MeetingRpcs(RpcBase):
                failure: Callable[[], str] = lambda: "") -> Iterator[pb.TranscriptEvent]:
         """Transcribe clips one decoder job each, storing and streaming each segment, then the final message.
 
-        `failure` says why the audio ended early (a live recording's full disk), or "": then, once what was
-        heard is transcribed and stored, the call ends with RESOURCE_EXHAUSTED and that reason instead."""
+        `failure` says why the audio ended early (a live recording's full disk) or returns "". With a reason,
+        the call ends with RESOURCE_EXHAUSTED and that reason instead of the final message, once what was
+        heard is transcribed."""
         t0 = time.perf_counter()
         transcript = meetings.Transcript(settings)
         run = _ClipRunner(self.scheduler, context)
