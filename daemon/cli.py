@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a folder whose files clients may name by path (repeatable; default: none)")
     serve.add_argument("--max-queue", type=int, default=16,
                        help="requests that may wait for the decoder; more get RESOURCE_EXHAUSTED (default: 16)")
+    serve.add_argument("--max-streams", type=int, default=8,
+                       help="screen watch and live meeting streams open at once; more get RESOURCE_EXHAUSTED "
+                            "(default: 8)")
     serve.add_argument("--cache-ram", type=parse_size, default=None,
                        help=f"prompt cache RAM budget, e.g. 4G (default: a quarter of available memory, "
                             f"{default_ram_budget() / 2**30:.1f}G now)")
@@ -124,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from(args: argparse.Namespace) -> DaemonConfig:
     config = DaemonConfig(model=args.model, mmproj=args.mmproj, backend=args.backend, context_length=args.ctx,
                           threads=args.threads, flash_attn=args.flash_attn, tcp=args.tcp, token_file=args.token_file,
-                          max_queue=args.max_queue, allow_read=list(args.allow_read),
+                          max_queue=args.max_queue, max_streams=args.max_streams, allow_read=list(args.allow_read),
                           max_document_pages=args.max_document_pages,
                           screen_history_bytes=args.screen_history_size,
                           parent_pid=os.getppid() if args.exit_with_parent else None,
@@ -162,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve" and args.screen_history_size < 64 * 1024:
         parser.error("--screen-history-size must be at least 64K")
+    if args.command == "serve" and args.max_streams < 1:
+        parser.error("--max-streams must be at least 1")
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="omnid: %(message)s", stream=sys.stderr)
     if args.command == "make-test-model":

@@ -60,6 +60,8 @@ class DaemonConfig:
     tcp: str = ""                        # "127.0.0.1:PORT", loopback only, token required
     token_file: Path | None = None
     max_queue: int = 16
+    #: Long-lived streams (WatchScreen, RecordMeeting) open at once; more get RESOURCE_EXHAUSTED (admission.py).
+    max_streams: int = 8
     default_max_tokens: int = 512
     cache_ram_bytes: int = field(default_factory=default_ram_budget)
     cache_disk_dir: Path | None = field(default_factory=lambda: cache_dir() / "prompt-cache")

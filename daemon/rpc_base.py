@@ -23,8 +23,9 @@ from omnid.daemon.events import Done, PagesUsed, PrefillProgress, Progress, Text
 from omnid.daemon.sampling import SamplingParams
 from omnid.daemon.scheduler import Job, JobHandle, QueueFull, Scheduler, ShuttingDown
 from omnid.daemon.session import Cancelled
+from omnid.modalities.pdf_isolated import ReaderStopped
 from omnid.proto import omnid_pb2 as pb
-from omnid.models.base import ContextOverflow, InputError, ModelInfo, ModelLoadError
+from omnid.models.base import ContextOverflow, InputError, ModelInfo, ModelLoadError, OverLimit
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +58,14 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The gRPC status and message a client sees for an exception raised while serving it."""
     if isinstance(exc, ContextOverflow):
         return grpc.StatusCode.OUT_OF_RANGE, str(exc)
+    if isinstance(exc, OverLimit):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
     if isinstance(exc, InputError):
         code = grpc.StatusCode.FAILED_PRECONDITION if exc.unsupported else grpc.StatusCode.INVALID_ARGUMENT
         return code, str(exc)
     if isinstance(exc, QueueFull):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
-    if isinstance(exc, ShuttingDown):
+    if isinstance(exc, (ShuttingDown, ReaderStopped)):
         return grpc.StatusCode.UNAVAILABLE, str(exc)
     if isinstance(exc, Cancelled):
         return grpc.StatusCode.CANCELLED, "cancelled"

@@ -10,14 +10,15 @@ import time
 from typing import Iterator
 
 import grpc
+import numpy as np
 
 from omnid.daemon import jobs
 from omnid.daemon.rpc_base import RpcBase, progress_message, sampling_from
 from omnid.daemon.scheduler import JobHandle
 from omnid.modalities.audio_clips import MAX_CLIP_TOKENS, clip_seconds, cut_stream, padded
-from omnid.modalities.audio_io import audio_segment, decode_audio, pcm_from_f32le
+from omnid.modalities.audio_io import AudioStream, audio_segment, pcm_blocks, pcm_from_f32le, pcm_seconds
 from omnid.modalities.images import decode_image
-from omnid.models.base import AudioSegment, InputError, Segment, TextSegment, require
+from omnid.models.base import InputError, Segment, TextSegment, check_fits, require
 from omnid.proto import omnid_pb2 as pb
 
 VERSION = "0.1.0"
@@ -44,6 +45,7 @@ class CoreRpcs(RpcBase):
         """One client part as the segments the decoder takes (a long sound may become several clips)."""
         kind = part.WhichOneof("kind")
         if kind == "text":
+            check_fits(self.info, text_chars=len(part.text))
             return [TextSegment(part.text)]
         if kind == "image":
             require(self.info, "image")
@@ -58,21 +60,28 @@ class CoreRpcs(RpcBase):
         raise InputError("a part has no content (set one of text, image, audio, document, screen)")
 
     def audio_clips(self, audio: pb.Audio) -> list[Segment]:
-        """Decode, resample to the encoder's rate, and cut long sounds into clips at quiet points."""
+        """Decode, cut long sounds into clips at quiet points, and resample each clip to the encoder's rate.
+
+        A sound too long for the context is refused from its length alone, before it is decoded; a long one is
+        cut at its own rate and resampled clip by clip, so memory follows the clip, not the sound."""
         if audio.WhichOneof("source") == "pcm":
-            samples = pcm_from_f32le(audio.pcm.f32le, audio.pcm.sample_rate, audio.pcm.channels)
-            rate = audio.pcm.sample_rate
+            pcm = audio.pcm
+            # ByteSize, not len(pcm.f32le): reading the field copies its bytes (120 MB for an hour at 8 kHz).
+            check_fits(self.info, audio_seconds=pcm_seconds(pcm.ByteSize(), pcm.sample_rate, pcm.channels))
+            samples, rate = pcm_from_f32le(pcm.f32le, pcm.sample_rate, pcm.channels), pcm.sample_rate
         elif audio.WhichOneof("source") == "encoded":
-            samples, rate = decode_audio(audio.encoded)
+            stream = AudioStream(audio.encoded)
+            check_fits(self.info, audio_seconds=stream.seconds)
+            samples, rate = np.concatenate(list(stream.blocks())), stream.rate
         else:
             raise InputError("an audio part has neither encoded bytes nor PCM")
-        whole = audio_segment(samples, rate, self.info.audio_sample_rate)
+        target = self.info.audio_sample_rate
         limit = clip_seconds(GENERATE_CLIP_SECONDS, self.info.max_audio_clip_seconds,
                              self.info.audio_tokens_per_second, MAX_CLIP_TOKENS)
-        if whole.seconds <= limit:
-            return [whole]
-        return [AudioSegment(padded(clip.pcm, whole.sample_rate), whole.sample_rate)
-                for clip in cut_stream([whole.pcm], whole.sample_rate, limit)]
+        if len(samples) <= limit * rate:
+            return [audio_segment(samples, rate, target)]
+        return [audio_segment(padded(clip.pcm, rate), rate, target) for clip in cut_stream(pcm_blocks(samples), rate,
+                                                                                           limit)]
 
     def resolve_document_part(self, ref: pb.DocumentRef) -> list[Segment]:
         """Overridden by the documents mixin."""

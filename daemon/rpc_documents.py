@@ -1,8 +1,9 @@
 """The document RPCs: IngestDocument, AskDocument, ListDocuments, and DocumentRef parts for Generate.
 
 Work is split by who must do it:
-  * the gRPC handler thread reads the PDF (pypdf, no model: the decoder stays free for other clients) and
-    writes the store;
+  * the gRPC handler thread has the PDF read (pypdf, no model: the decoder stays free for other clients) by a
+    child process with a CPU, memory and time budget that is killed when the client leaves or the daemon
+    stops (modalities/pdf_isolated.py), and writes the store;
   * decoder jobs (daemon/jobs.py) count tokens per page (only the backend knows them), warm the prompt cache
     with the document (ingest) and answer questions.
 
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator
 
 import grpc
+import numpy as np
 from PIL import Image
 
 from omnid.daemon import jobs
@@ -38,7 +40,8 @@ from omnid.daemon.rpc_base import Deletion, NotFound, RpcBase, abort, progress_m
 from omnid.daemon.session import DecoderSession
 from omnid.modalities.document_prompt import header, layout, pages_per_question
 from omnid.modalities.document_store import DocumentStore, StoredDocument, StoredPage
-from omnid.modalities.documents import PdfDocument, TooManyPages
+from omnid.modalities.documents import TooManyPages
+from omnid.modalities.pdf_isolated import IsolatedPdf, stop_all
 from omnid.modalities.images import image_segment
 from omnid.models.base import InputError, Segment, TextSegment
 from omnid.proto import omnid_pb2 as pb
@@ -79,6 +82,7 @@ class DocumentRpcs(RpcBase):
         self._loaded_lock = threading.Lock()
 
     def close(self) -> None:
+        stop_all()  # a PDF being read stops now, not after its page
         self.documents.close()
         super().close()
 
@@ -92,14 +96,21 @@ class DocumentRpcs(RpcBase):
             doc_id = hashlib.sha256(data).hexdigest()
             known = self.documents.get(doc_id, with_content=False)
             if known is None:
-                pdf = PdfDocument(data, password=request.password, max_pages=self.config.max_document_pages)
+                pdf = IsolatedPdf(data, password=request.password, max_pages=self.config.max_document_pages,
+                                  store_max_side=STORE_MAX_SIDE)
+                context.add_callback(pdf.stop)  # a client that goes away stops the reading
                 stored: list[StoredPage] = []
+                scans: dict[int, np.ndarray] = {}  # pages showing one image share one array
                 for page in pdf.pages():
-                    rgb = image_segment(page.image, STORE_MAX_SIDE).rgb if page.image is not None else None
+                    rgb = None
+                    if page.image is not None:
+                        rgb = scans.get(id(page.image))
+                        if rgb is None:
+                            rgb = scans[id(page.image)] = image_segment(page.image, STORE_MAX_SIDE).rgb
                     stored.append(StoredPage(page.number, page.kind, page.text, 0, rgb))
                     yield _progress("reading", page.number, pdf.page_count, 0, t0)
                 loaded = _Loaded(StoredDocument(doc_id, name, pdf.page_count, time.time(), 0.0, "", "", stored),
-                                 [self._model_page(p) for p in stored])
+                                 self._model_pages(stored))
             else:
                 loaded = self._load(doc_id)
         except Exception as exc:
@@ -248,11 +259,16 @@ class DocumentRpcs(RpcBase):
     def _vision(self) -> bool:
         return "image" in self.info.capabilities
 
-    def _model_page(self, page: StoredPage) -> StoredPage:
-        """The page as the model sees it: a scan downscaled (deterministically) to the encoder's size."""
-        if page.rgb is None:
-            return replace(page)
-        return replace(page, rgb=image_segment(Image.fromarray(page.rgb), self.info.max_image_side).rgb)
+    def _model_pages(self, pages: list[StoredPage]) -> list[StoredPage]:
+        """The pages as the model sees them: scans downscaled (deterministically) to the encoder's size, once
+        for pages that share one scan."""
+        scaled: dict[int, np.ndarray] = {}
+        model = []
+        for page in pages:
+            if page.rgb is not None and id(page.rgb) not in scaled:
+                scaled[id(page.rgb)] = image_segment(Image.fromarray(page.rgb), self.info.max_image_side).rgb
+            model.append(replace(page, rgb=None if page.rgb is None else scaled[id(page.rgb)]))
+        return model
 
     def _load(self, doc_id: str) -> _Loaded:
         """A document by id (or a unique prefix of 4+ characters), from memory or the store; NotFound."""
@@ -268,7 +284,7 @@ class DocumentRpcs(RpcBase):
         with self._loaded_lock:
             if doc.id in self._loaded:
                 return self._loaded[doc.id]
-        loaded = _Loaded(doc, [self._model_page(p) for p in doc.pages])
+        loaded = _Loaded(doc, self._model_pages(doc.pages))
         self._remember(loaded)
         return loaded
 

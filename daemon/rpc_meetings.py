@@ -11,6 +11,7 @@ next to it (the path a client named is stored as is); a live meeting's audio is 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import sqlite3
@@ -126,23 +127,23 @@ class MeetingRpcs(RpcBase):
             if busy is not None:
                 self.call(context, lambda: _raise(InputError(
                     f"meeting {busy.meeting_id} is already being recorded; stop it first", unsupported=True)))
-            meeting_id = self.meeting_store.create(request.title or time.strftime("Meeting %Y-%m-%d %H:%M"),
-                                                   "", "recording")
+            meeting_id = self.call(context, lambda: self.meeting_store.create(
+                request.title or time.strftime("Meeting %Y-%m-%d %H:%M"), "", "recording"))
             spool = self.audio_dir / f"{meeting_id}.wav"
             try:
                 recorder = self.call(context, lambda: Recorder(spool, request.device, self.info.audio_sample_rate,
                                                                request.max_seconds))
             except BaseException:
-                self.meeting_store.update(meeting_id, state="failed")
+                self._mark(meeting_id, state="failed")
                 raise
-            self.meeting_store.update(meeting_id, audio_path=str(spool))
+            self.call(context, lambda: self.meeting_store.update(meeting_id, audio_path=str(spool)))
             live = self._live = _Live(meeting_id, recorder)
         # A client that goes away stops the recording: the spool is closed and complete.
         context.add_callback(recorder.stop)
         try:
             yield from self._serve(context, meeting_id, str(spool),
                                    cut_stream(recorder.blocks(), recorder.rate, max_clip), settings,
-                                   lambda: (recorder.state, 0.0))
+                                   lambda: (recorder.state, 0.0), lambda: _spool_failure(recorder, meeting_id))
         finally:
             recorder.stop()
             recorder.wait(5.0)
@@ -252,9 +253,13 @@ class MeetingRpcs(RpcBase):
     # -- the shared loop -------------------------------------------------------------------------------------
 
     def _serve(self, context: grpc.ServicerContext, meeting_id: str, audio_path: str, clips: Iterator,
-               settings: meetings.TranscribeSettings,
-               progress: Callable[[], tuple[str, float]]) -> Iterator[pb.TranscriptEvent]:
-        """Transcribe clips one decoder job each, storing and streaming each segment, then the final message."""
+               settings: meetings.TranscribeSettings, progress: Callable[[], tuple[str, float]],
+               failure: Callable[[], str] = lambda: "") -> Iterator[pb.TranscriptEvent]:
+        """Transcribe clips one decoder job each, storing and streaming each segment, then the final message.
+
+        `failure` says why the audio ended early (a live recording's full disk) or returns "". With a reason,
+        the call ends with RESOURCE_EXHAUSTED and that reason instead of the final message, once what was
+        heard is transcribed."""
         t0 = time.perf_counter()
         transcript = meetings.Transcript(settings)
         run = _ClipRunner(self.scheduler, context)
@@ -269,16 +274,21 @@ class MeetingRpcs(RpcBase):
             if settings.summary:
                 run(lambda session: meetings.summarise(session, transcript))
         except GeneratorExit:  # the client went away: what was transcribed so far stays stored
-            if meeting_id:
-                self.meeting_store.update(meeting_id, state="cancelled", duration=transcript.end)
+            self._mark(meeting_id, state="cancelled", duration=transcript.end)
             raise
         except Exception as exc:
-            if meeting_id:
-                self.meeting_store.update(meeting_id, state="failed")
+            self._mark(meeting_id, state="failed", duration=transcript.end)
+            reason = failure()  # the store's error on a full disk is the spool's too: say what it did to the audio
+            if reason:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, reason)
             abort(context, exc)
         finally:
             assert self.scheduler.cache is not None
             meetings.finish(self.scheduler.cache, transcript)
+        reason = failure()
+        if reason:
+            self._mark(meeting_id, state="failed", duration=transcript.end)
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, reason)
         usage = _usage(transcript.usage, run.queue_ms, (time.perf_counter() - t0) * 1000)
         if meeting_id:
             self.meeting_store.update(meeting_id, state="done", duration=transcript.end, summary=transcript.summary,
@@ -298,6 +308,16 @@ class MeetingRpcs(RpcBase):
     def _clip_seconds(self, target: float) -> float:
         return clip_seconds(target, self.info.max_audio_clip_seconds, self.info.audio_tokens_per_second,
                             MAX_CLIP_TOKENS)
+
+    def _mark(self, meeting_id: str, state: str, duration: float | None = None) -> None:
+        """Record how a meeting ended, if it can be: on a full disk the store may refuse this too, and the call
+        must still end with its own status, not with the store's error."""
+        if not meeting_id:
+            return
+        try:
+            self.meeting_store.update(meeting_id, state=state, duration=duration)
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("meeting %s: could not record that it is %s: %s", meeting_id, state, exc)
 
     def _keep(self, meeting_id: str, extension: str, write: Callable[[Path], object]) -> str:
         """Uploaded audio is kept next to its transcript (a path the client named is stored as is). If it cannot
@@ -344,13 +364,25 @@ class _ClipRunner:
         return result
 
 
+def _spool_failure(recorder: Recorder, meeting_id: str) -> str:
+    """Why a live recording ended before it was stopped, for the client, or "" if it was not cut short."""
+    exc = recorder.write_error
+    if exc is None:
+        return ""
+    cause = ("the daemon's disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+             else f"the recording could not be written ({exc.strerror})")
+    return (f"{cause}: the recording stopped after {recorder.recorded_seconds:.1f} s; the audio recorded until "
+            f"then is kept (meeting {meeting_id})")
+
+
 def _raise(exc: BaseException) -> None:
     raise exc
 
 
 def _write_wav(path: Path, samples, rate: int) -> None:
     spool = WavSpool(path, rate)
-    spool.write(samples)
+    for block in pcm_blocks(samples):  # 16-bit a block at a time: no whole-length float temporaries
+        spool.write(block)
     spool.close()
 
 

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 ASK_CANDIDATES = 200
 SUBSCRIBER_QUEUE = 256
 _END = object()
+_GONE = object()  # the client went away
 
 
 class _Broadcast:
@@ -205,6 +206,9 @@ class ScreenRpcs(RpcBase):
 
     def WatchScreen(self, request: pb.WatchScreenRequest, context: grpc.ServicerContext) -> Iterator[pb.ScreenEvent]:
         q = self._screen_events.subscribe()
+        # A client that leaves wakes the stream at once, so its thread and its stream slot (admission.py) are
+        # free now, not at the next poll.
+        context.add_callback(lambda: _wake(q))
         try:
             yield pb.ScreenEvent(state=self._state())
             while context.is_active():
@@ -212,6 +216,8 @@ class ScreenRpcs(RpcBase):
                     event = q.get(timeout=0.5)
                 except queue.Empty:
                     continue
+                if event is _GONE:
+                    return
                 if event is _END:
                     context.abort(grpc.StatusCode.UNAVAILABLE, "the daemon is shutting down")
                 yield event
@@ -260,6 +266,13 @@ class ScreenRpcs(RpcBase):
             log.info("deleted %d screen observations", deleted)
             return pb.DeleteReply(deleted=deleted, deleted_ids=ids if what.ids else [])
         return self.call(context, delete)
+
+
+def _wake(q: queue.Queue) -> None:
+    try:
+        q.put_nowait(_GONE)
+    except queue.Full:  # a full queue is read at once anyway, and is_active() is then False
+        pass
 
 
 def _not_watching() -> InputError:

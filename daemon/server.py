@@ -34,6 +34,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from omnid.daemon.admission import CallLimits, pool_size
 from omnid.daemon.config import DaemonConfig, cache_dir, default_token_path, private_dir
 from omnid.daemon.interceptors import TokenAuth, UndecodableRequests
 from omnid.common.private_paths import UnsafePath, check_private_dir, read_private_token, socket_identity
@@ -158,7 +159,7 @@ class Daemon:
         self.scheduler.start()
         self.endpoints = [f"unix:{self.config.socket_path}"] + ([f"{tcp[0]}:{tcp[1]}"] if tcp else [])
         self.servicer = OmniServicer(self.scheduler, self.config, ", ".join(self.endpoints))
-        self.servers.append(self._server([UndecodableRequests()]))
+        self.servers.append(self._server([CallLimits(self.config.max_streams), UndecodableRequests()]))
         old_umask = os.umask(0o177)  # the socket file is created 0600
         try:
             self.servers[0].add_insecure_port(self.endpoints[0])
@@ -166,7 +167,8 @@ class Daemon:
             os.umask(old_umask)
         self._socket_made = socket_identity(self.config.socket_path)
         if tcp:
-            self.servers.append(self._server([TokenAuth(token or ""), UndecodableRequests()]))
+            self.servers.append(self._server([TokenAuth(token or ""), CallLimits(self.config.max_streams),
+                                              UndecodableRequests()]))
             host = f"[{tcp[0]}]" if ":" in tcp[0] else tcp[0]
             if not self.servers[1].add_insecure_port(f"{host}:{tcp[1]}"):
                 raise OSError(f"could not listen on {self.config.tcp}")
@@ -178,7 +180,8 @@ class Daemon:
 
     def _server(self, interceptors: list[grpc.ServerInterceptor]) -> grpc.Server:
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=self.config.max_queue + 16, thread_name_prefix="omnid-rpc"),
+            futures.ThreadPoolExecutor(max_workers=pool_size(self.config.max_queue, self.config.max_streams),
+                                       thread_name_prefix="omnid-rpc"),
             interceptors=interceptors,
             options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                      ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -236,7 +239,24 @@ def serve(config: DaemonConfig) -> int:
                          daemon=True).start()
     daemon.wait()
     log.warning("omnid stopped")
+    threading.Thread(target=_exit_if_stuck, name="omnid-exit-watch", daemon=True).start()
     return 0
+
+
+#: How long the interpreter may take to exit once the daemon has stopped.
+EXIT_SECONDS = 2.0
+
+
+def _exit_if_stuck(timeout: float = EXIT_SECONDS) -> None:
+    """End the process if it is still here `timeout` seconds after the daemon stopped.
+
+    By then every call has ended with a status, the stores are closed and the model is freed; what can still
+    hold the process is a handler thread inside work that cannot be interrupted (a decode in C, a parse), which
+    Python's exit waits for: concurrent.futures joins its pool's threads at exit. SIGTERM must end the process
+    within seconds whatever runs, so that wait is cut short here."""
+    time.sleep(timeout)
+    logging.shutdown()
+    os._exit(0)
 
 
 def _stop_when_orphaned(daemon: Daemon, parent: int, interval: float = 0.5) -> None:

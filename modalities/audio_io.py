@@ -21,19 +21,6 @@ MAX_SAMPLE_RATE = 192_000
 MAX_CHANNELS = 8
 
 
-def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
-    """Decode an encoded audio file to (mono float32 samples, sample rate)."""
-    if not data:
-        raise InputError("the audio is empty")
-    try:
-        samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        raise InputError(f"the audio could not be decoded (WAV, FLAC, OGG and MP3 are supported): "
-                         f"{_reason(exc)}") from None
-    _check_rate(rate)
-    return to_mono(samples), rate
-
-
 def pcm_from_f32le(raw: bytes, sample_rate: int, channels: int) -> np.ndarray:
     """Interpret little-endian float32 interleaved PCM bytes as mono samples."""
     channels = channels or 1
@@ -43,15 +30,22 @@ def pcm_from_f32le(raw: bytes, sample_rate: int, channels: int) -> np.ndarray:
     if len(raw) % (4 * channels):
         raise InputError(f"PCM length {len(raw)} is not a whole number of float32 frames of {channels} channels")
     samples = np.frombuffer(raw, dtype="<f4").reshape(-1, channels)
-    if not np.all(np.isfinite(samples)):
-        raise InputError("PCM contains NaN or infinite samples")
+    for start in range(0, len(samples), STREAM_BLOCK_FRAMES):  # block by block: no whole-length temporary
+        if not np.isfinite(samples[start:start + STREAM_BLOCK_FRAMES]).all():
+            raise InputError("PCM contains NaN or infinite samples")
     return to_mono(samples)
+
+
+def pcm_seconds(raw_bytes: int, sample_rate: int, channels: int) -> float:
+    """How long f32le PCM of this many bytes lasts, known before it is read (for check_fits)."""
+    return raw_bytes / (4 * max(1, channels)) / sample_rate if sample_rate > 0 else 0.0
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:
     """Average channels (frames x channels) into one float32 channel."""
-    mono = samples.mean(axis=1) if samples.ndim == 2 else samples
-    return np.ascontiguousarray(mono, dtype=np.float32)
+    if samples.ndim == 2:  # one channel is a view, not a copy (230 MB of PCM stays 230 MB)
+        samples = samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1, dtype=np.float32)
+    return np.ascontiguousarray(samples, dtype=np.float32)
 
 
 def resample(samples: np.ndarray, rate_from: int, rate_to: int) -> np.ndarray:

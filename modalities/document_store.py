@@ -16,6 +16,7 @@ Token counts belong to a model (`fingerprint`): a document ingested under anothe
 """
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import threading
@@ -100,10 +101,16 @@ class DocumentStore:
         staging = self.root / f".staging-{doc.id}-{uuid.uuid4().hex[:8]}"
         staging.mkdir(mode=0o700)
         try:
+            written: dict[int, Path] = {}  # pages that share one scan share its file (a hard link)
             for page in doc.pages:
                 if page.kind == "image":
                     assert page.rgb is not None
-                    Image.fromarray(page.rgb).save(staging / _image_name(page.number), compress_level=1)
+                    path = staging / _image_name(page.number)
+                    if id(page.rgb) in written:
+                        os.link(written[id(page.rgb)], path)
+                        continue
+                    Image.fromarray(page.rgb).save(path, compress_level=1)
+                    written[id(page.rgb)] = path
             with self._lock:
                 final = self.root / doc.id
                 if final.exists():
@@ -154,7 +161,9 @@ class DocumentStore:
             self._db.execute("DELETE FROM documents WHERE id = ?", (doc_id,))  # pages cascade
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         folder = self.root / doc_id
-        freed = sum(f.stat().st_size for f in folder.iterdir() if f.is_file()) if folder.is_dir() else 0
+        files = {(s.st_dev, s.st_ino): s.st_size for s in (f.stat() for f in folder.iterdir() if f.is_file())} \
+            if folder.is_dir() else {}
+        freed = sum(files.values())  # a scan shared by pages (hard links) is counted once
         shutil.rmtree(folder, ignore_errors=True)
         return StoredDocument(*row), freed
 
@@ -200,10 +209,15 @@ class DocumentStore:
                          self._db.execute("SELECT page, kind, text, tokens FROM pages WHERE document_id = ? "
                                           "ORDER BY page", (doc_id,))]
         if with_content:
+            read: dict[tuple[int, int], np.ndarray] = {}  # one file (hard links) is one array in memory
             for page in doc.pages:
                 if page.kind == "image":
-                    with Image.open(self.root / doc_id / _image_name(page.number)) as image:
-                        page.rgb = np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+                    path = self.root / doc_id / _image_name(page.number)
+                    info = path.stat()
+                    if (info.st_dev, info.st_ino) not in read:
+                        with Image.open(path) as image:
+                            read[info.st_dev, info.st_ino] = np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+                    page.rgb = read[info.st_dev, info.st_ino]
         return doc
 
     # -- housekeeping ----------------------------------------------------------------------------------------

@@ -17,17 +17,27 @@ from __future__ import annotations
 import io
 import logging
 import statistics
-from dataclasses import dataclass
-from typing import Iterator, Literal
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Literal
 
 from PIL import Image
 from pypdf import PdfReader
 from pypdf.errors import DependencyError, FileNotDecryptedError
+from pypdf.generic import DictionaryObject
 
-from omnid.models.base import InputError
+from omnid.modalities.images import MAX_PIXELS
+from omnid.models.base import InputError, OverLimit
 
 #: Pages a document may have unless the daemon is configured otherwise.
 DEFAULT_MAX_PAGES = 500
+#: Largest decompressed content stream of one page, and of all the distinct ones of a document: a 135 KB PDF
+#: inflated to 70 MB of drawing operators a page (text extraction costs ~2 CPU-seconds a MB, more for larger
+#: streams); a page of dense text is well under 100 KB, a detailed map a few MB.
+MAX_PAGE_CONTENT_BYTES = 8 << 20
+MAX_DOCUMENT_CONTENT_BYTES = 64 << 20
+#: Text of a whole document, every page counted (pages drawing one shared stream each hold its text): every
+#: character is tokenized on the decoder and stored. A dense 500-page book has ~1.5 M.
+MAX_DOCUMENT_TEXT_CHARS = 8_000_000
 
 # pypdf logs every repairable oddity of a malformed file as a warning; the caller gets one clear error instead.
 logging.getLogger("pypdf").setLevel(logging.ERROR)
@@ -35,6 +45,10 @@ logging.getLogger("pypdf").setLevel(logging.ERROR)
 
 class DocumentError(InputError):
     """The file is not a readable PDF (not a PDF, corrupt, truncated, encrypted without the right password)."""
+
+
+class PageOverLimit(OverLimit):
+    """A page costs more to read than the daemon gives one page (its content, its image): RESOURCE_EXHAUSTED."""
 
 
 class TooManyPages(DocumentError):
@@ -87,10 +101,15 @@ class PdfDocument:
             raise TooManyPages(self.page_count, max_pages)
 
     def pages(self) -> Iterator[Page]:
-        """Every page in order; DocumentError naming the page when one cannot be read."""
+        """Every page in order; DocumentError naming the page when one cannot be read, PageOverLimit when it
+        is too costly to. Pages that show the same image share one decoded Image (decoded once)."""
+        scans: dict[object, Image.Image | None] = {}
+        read = _Read()
         for number in range(1, self.page_count + 1):
             try:
-                page = _read_page(self._reader, number)
+                page = _read_page(self._reader, number, scans, read)
+            except PageOverLimit:
+                raise
             except FileNotDecryptedError:
                 raise DocumentError("the PDF is encrypted: give its password") from None
             except Exception as exc:
@@ -103,8 +122,31 @@ def read_pdf(data: bytes, *, password: str = "", max_pages: int = DEFAULT_MAX_PA
     return list(PdfDocument(data, password=password, max_pages=max_pages).pages())
 
 
-def _read_page(reader: PdfReader, number: int) -> Page:
+@dataclass
+class _Read:
+    """What a document's pages have cost so far, and the text of pages whose content and resources are shared
+    objects (another page drawing the same stream with the same fonts reads the same: it is not parsed again)."""
+
+    content_bytes: int = 0
+    text_chars: int = 0
+    texts: dict[tuple[int, str], str] = field(default_factory=dict)
+
+
+def _read_page(reader: PdfReader, number: int, scans: dict[object, Image.Image | None], read: _Read) -> Page:
     page = reader.pages[number - 1]
+    contents_id, resources = _idnum(page, "/Contents"), _resources_key(page)
+    key = (contents_id, resources) if contents_id is not None and resources is not None else None
+    if key is not None and key in read.texts:
+        return _page_from_text(page, number, read.texts[key], scans, read)
+    contents = page.get_contents()
+    size = len(contents.get_data()) if contents is not None else 0
+    if size > MAX_PAGE_CONTENT_BYTES:
+        raise PageOverLimit(f"page {number}'s content is {size / 2**20:.1f} MB uncompressed; the limit is "
+                            f"{MAX_PAGE_CONTENT_BYTES >> 20} MB a page")
+    read.content_bytes += size
+    if read.content_bytes > MAX_DOCUMENT_CONTENT_BYTES:
+        raise PageOverLimit(f"the PDF's pages hold over {MAX_DOCUMENT_CONTENT_BYTES >> 20} MB of content by page "
+                            f"{number}; the limit is {MAX_DOCUMENT_CONTENT_BYTES >> 20} MB a document")
     fragments: list[_Fragment] = []
 
     def visit(text: str, cm: list[float], tm: list[float], _font: object, size: float) -> None:
@@ -113,25 +155,91 @@ def _read_page(reader: PdfReader, number: int) -> Page:
             y = tm[4] * cm[1] + tm[5] * cm[3] + cm[5]
             fragments.append(_Fragment(x, y, abs(size) or 10.0, text.strip()))
 
-    text = page.extract_text(visitor_text=visit) or ""
-    if text.strip():
+    text = (page.extract_text(visitor_text=visit) or "").strip()
+    if text:
         rows = _rows(fragments)
         if _looks_like_table(rows):
-            text = "\n".join(" | ".join(cells) for cells in (_cells(row) for row in rows))
-        return Page(number, "text", text.strip())
-    image = _largest_image(page)
+            text = "\n".join(" | ".join(cells) for cells in (_cells(row) for row in rows)).strip()
+    if key is not None:
+        read.texts[key] = text
+    return _page_from_text(page, number, text, scans, read)
+
+
+def _idnum(page: Any, key: str) -> int | None:
+    """The object number of the page's entry when it is a reference (what pages share), else None."""
+    return getattr(page.raw_get(key), "idnum", None) if key in page else None
+
+
+def _resources_key(page: Any) -> str | None:
+    """What identifies the page's fonts and other resources: their object number, or the page's own small
+    resource dictionary as written (references in it print with their numbers); None when inherited or large."""
+    if "/Resources" not in page:
+        return None
+    raw = page.raw_get("/Resources")
+    if getattr(raw, "idnum", None) is not None:
+        return f"#{raw.idnum}"
+    written = repr(raw)
+    return written if len(written) <= 65536 else None
+
+
+def _page_from_text(page: Any, number: int, text: str, scans: dict[object, Image.Image | None],
+                    read: _Read) -> Page:
+    """A page of text, or, with none, of its scan (or blank)."""
+    read.text_chars += len(text)
+    if read.text_chars > MAX_DOCUMENT_TEXT_CHARS:
+        raise PageOverLimit(f"the PDF holds over {MAX_DOCUMENT_TEXT_CHARS} characters of text by page {number}; "
+                            f"the limit is {MAX_DOCUMENT_TEXT_CHARS} a document")
+    if text:
+        return Page(number, "text", text)
+    image = _largest_image(page, number, scans)
     if image is None:
         return Page(number, "text", "")  # a blank page: kept so page numbers stay true
     return Page(number, "image", "", image)
 
 
-def _largest_image(page) -> Image.Image | None:
-    best, best_pixels = None, 0
-    for embedded in page.images:
-        image = embedded.image
-        if image is not None and image.width * image.height > best_pixels:
-            best, best_pixels = image, image.width * image.height
-    return best
+def _largest_image(page, number: int, scans: dict[object, Image.Image | None]) -> Image.Image | None:
+    """The page's largest image, chosen by the sizes its dictionaries declare, so only that one is decoded, and
+    only if it is within MAX_PIXELS; an image already decoded for another page is not decoded again."""
+    declared = _declared_images(page)
+    if not declared:  # inline images only: pypdf's own list (small ones, in practice)
+        best, best_pixels = None, 0
+        for embedded in page.images:
+            image = embedded.image
+            if image is not None and image.width * image.height > best_pixels:
+                best, best_pixels = image, image.width * image.height
+        return best
+    pixels, path, ref = max(declared, key=lambda d: d[0])
+    if pixels > MAX_PIXELS:
+        raise PageOverLimit(f"page {number}'s image has {pixels} pixels; the limit is {MAX_PIXELS} pixels")
+    if ref is None:
+        return page.images[path].image
+    if ref not in scans:
+        scans[ref] = page.images[path].image
+    return scans[ref]
+
+
+def _declared_images(owner: Any, path: tuple[str, ...] = (), seen: set | None = None) -> list[tuple]:
+    """(pixels, pypdf image path, identity) for each image XObject of a page (or form) and its forms, undecoded."""
+    seen = set() if seen is None else seen
+    found: list[tuple] = []
+    resources: Any = owner.get("/Resources")
+    resources = resources.get_object() if resources is not None else None
+    xobjects: Any = resources.get("/XObject") if isinstance(resources, DictionaryObject) else None
+    xobjects = xobjects.get_object() if xobjects is not None else None
+    if not isinstance(xobjects, DictionaryObject):
+        return found
+    for name in list(xobjects.keys()):
+        entry = xobjects[name]
+        ref = getattr(xobjects.raw_get(name), "idnum", None)  # None: a direct object, not shared with a page
+        if (ref is not None and ref in seen) or not hasattr(entry, "get"):
+            continue
+        seen.add(ref)
+        if entry.get("/Subtype") == "/Image":
+            width, height = int(entry.get("/Width", 0)), int(entry.get("/Height", 0))
+            found.append((width * height, [*path, name] if path else name, ref))
+        elif entry.get("/Subtype") == "/Form" and len(path) < 8:
+            found += _declared_images(entry, (*path, name), seen)
+    return found
 
 
 @dataclass(frozen=True)

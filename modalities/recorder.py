@@ -11,6 +11,7 @@ most devices do; the device's own rate otherwise, resampled later per clip by th
 """
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import struct
@@ -88,7 +89,12 @@ def resolve_device(device: str) -> int | None:
 
 
 class WavSpool:
-    """A 16-bit mono WAV file that is valid after every `sync()` (header sizes rewritten, data flushed)."""
+    """A 16-bit mono WAV file that is valid after every `sync()` (header sizes rewritten, data flushed).
+
+    Written without a buffer, so `frames` is what is on disk: when the disk fills, `write` raises and the file
+    is cut back to the last whole frame, its header saying so (`keep_what_was_written`) - a full disk ends a
+    recording with everything recorded until then, playable.
+    """
 
     _HEADER = struct.Struct("<4sI4s4sIHHIIHH4sI")
 
@@ -96,31 +102,59 @@ class WavSpool:
         self.path = path
         self.rate = rate
         self.frames = 0
-        self._file = open(path, "wb")
-        self._write_header()
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            self._write_all(self._header(), 0)
+        except BaseException:
+            os.close(self._fd)
+            path.unlink(missing_ok=True)
+            raise
 
     def write(self, samples: np.ndarray) -> None:
-        pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2")
-        self._file.write(pcm.tobytes())
-        self.frames += len(pcm)
+        pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+        offset = self._HEADER.size + self.frames * 2
+        try:
+            self._write_all(pcm, offset)
+        except OSError:
+            self.keep_what_was_written()
+            raise
+        self.frames += len(pcm) // 2
 
     def sync(self) -> None:
-        end = self._file.tell()
-        self._file.seek(0)
-        self._write_header()
-        self._file.seek(end)
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        self._write_all(self._header(), 0)  # overwrites bytes already there: needs no new space on disk
+        os.fsync(self._fd)
+
+    def keep_what_was_written(self) -> None:
+        """After a failed write: cut off the part of the block that made it, so the file holds exactly the
+        frames written before (those the transcriber was given), and fix the header. Best effort (the disk is
+        full): what fails here leaves the last synced header, which still describes a playable prefix."""
+        try:
+            os.ftruncate(self._fd, self._HEADER.size + self.frames * 2)
+            self.sync()
+        except OSError:
+            pass
 
     def close(self) -> None:
-        if not self._file.closed:
+        if self._fd < 0:
+            return
+        try:
             self.sync()
-            self._file.close()
+        finally:
+            os.close(self._fd)
+            self._fd = -1
 
-    def _write_header(self) -> None:
+    def _header(self) -> bytes:
         data = self.frames * 2
-        self._file.write(self._HEADER.pack(b"RIFF", 36 + data, b"WAVE", b"fmt ", 16, 1, 1, self.rate,
-                                           self.rate * 2, 2, 16, b"data", data))
+        return self._HEADER.pack(b"RIFF", 36 + data, b"WAVE", b"fmt ", 16, 1, 1, self.rate, self.rate * 2, 2, 16,
+                                 b"data", data)
+
+    def _write_all(self, data: bytes, offset: int) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(self._fd, view, offset)
+            if written == 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            view, offset = view[written:], offset + written
 
 
 class Recorder:
@@ -144,6 +178,9 @@ class Recorder:
         self.spool = WavSpool(spool_path, rate)
         self.state = "recording"
         self.error: str = ""
+        #: Why the spool could not be written (a full disk): the recording stopped there, the spool holds what
+        #: came before.
+        self.write_error: OSError | None = None
         self._captured: queue.SimpleQueue[np.ndarray | None] = queue.SimpleQueue()
         self._out: queue.SimpleQueue[np.ndarray | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -224,15 +261,26 @@ class Recorder:
                     break
                 if self.max_frames:
                     block = block[:max(0, self.max_frames - self.spool.frames)]
+                try:
+                    if len(block):
+                        self.spool.write(block)
+                    if time.monotonic() - last_sync >= FLUSH_SECONDS:
+                        self.spool.sync()
+                        last_sync = time.monotonic()
+                except OSError as exc:  # a full disk: stop recording, keep what was spooled
+                    self.write_error = exc
+                    self.error = f"the recording stopped after {self.recorded_seconds:.1f} s: {exc.strerror}"
+                    threading.Thread(target=self.stop, daemon=True).start()
+                    break
                 if len(block):
-                    self.spool.write(block)
                     self._out.put(block)
-                if time.monotonic() - last_sync >= FLUSH_SECONDS:
-                    self.spool.sync()
-                    last_sync = time.monotonic()
                 if self.max_frames and self.spool.frames >= self.max_frames and not limit_hit:
                     limit_hit = True  # stop() joins PortAudio's thread: not from here, and only once
                     threading.Thread(target=self.stop, daemon=True).start()
         finally:
-            self.spool.close()
-            self._out.put(None)
+            try:
+                self.spool.close()
+            except OSError as exc:  # the last header rewrite failed: the one before still holds
+                self.write_error = self.write_error or exc
+            finally:
+                self._out.put(None)

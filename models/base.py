@@ -45,11 +45,17 @@ class InputError(ValueError):
         self.unsupported = unsupported
 
 
+class OverLimit(InputError):
+    """The input is valid but costs more than the daemon gives one request (pixels, seconds of audio, a page's
+    content): RESOURCE_EXHAUSTED, and the message names the number and the limit."""
+
+
 class ContextOverflow(InputError):
     """The sequence would exceed the model's context: the daemon answers OUT_OF_RANGE."""
 
-    def __init__(self, needed: int, available: int) -> None:
-        super().__init__(f"the prompt needs {needed} tokens but only {available} fit the model's context")
+    def __init__(self, needed: int, available: int, what: str = "") -> None:
+        super().__init__(f"{what}, but only {available} fit the model's context" if what else
+                         f"the prompt needs {needed} tokens but only {available} fit the model's context")
         self.needed = needed
         self.available = available
 
@@ -236,6 +242,27 @@ def check_media(info: ModelInfo, segment: "ImageSegment | AudioSegment", *, min_
     if max_audio_seconds is not None and segment.seconds > max_audio_seconds:
         raise InputError(f"audio clips are limited to {max_audio_seconds:.2f} s by the encoder; "
                          f"got {segment.seconds:.2f} s")
+
+
+#: Fewer audio tokens than a sound's length promises, at most, for `check_fits` (a margin for how encoders round).
+AUDIO_TOKEN_MARGIN = 0.9
+#: More characters than any one token holds: a text longer than this many times the context cannot fit it.
+MAX_CHARS_PER_TOKEN = 64
+
+
+def check_fits(info: ModelInfo, *, audio_seconds: float = 0.0, text_chars: int = 0) -> None:
+    """ContextOverflow when an input certainly cannot fit the context, judged from its size alone: before a sound
+    is decoded, resampled or encoded (230 MB of 8 kHz PCM took 4.1 GB and 30 s to be refused after resampling),
+    or a text is tokenized. Only what is certain is refused; the exact check comes later (check_room)."""
+    if audio_seconds and info.audio_tokens_per_second > 0:
+        needed = int(audio_seconds * info.audio_tokens_per_second * AUDIO_TOKEN_MARGIN)
+        if needed > info.context_length:
+            raise ContextOverflow(needed, info.context_length,
+                                  f"{audio_seconds:.1f} s of audio needs at least {needed} tokens")
+    if text_chars > MAX_CHARS_PER_TOKEN * info.context_length:
+        needed = text_chars // MAX_CHARS_PER_TOKEN
+        raise ContextOverflow(needed, info.context_length, f"a text of {text_chars} characters needs at least "
+                                                           f"{needed} tokens")
 
 
 def check_room(n_tokens: int, n_new: int, context_length: int) -> None:
