@@ -24,7 +24,7 @@ from omnid.daemon.sampling import SamplingParams
 from omnid.daemon.scheduler import Job, JobHandle, QueueFull, Scheduler, ShuttingDown
 from omnid.daemon.session import Cancelled
 from omnid.proto import omnid_pb2 as pb
-from omnid.models.base import ContextOverflow, InputError, ModelInfo, ModelLoadError
+from omnid.models.base import ContextOverflow, EngineUnavailable, InputError, ModelInfo, ModelLoadError
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return code, str(exc)
     if isinstance(exc, QueueFull):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
-    if isinstance(exc, ShuttingDown):
+    if isinstance(exc, (ShuttingDown, EngineUnavailable)):
         return grpc.StatusCode.UNAVAILABLE, str(exc)
     if isinstance(exc, Cancelled):
         return grpc.StatusCode.CANCELLED, "cancelled"
