@@ -276,9 +276,9 @@ class RemoteBackend(RemoteGeneration, Backend):
                 usage = event.get("usage") or usage
                 for choice in event.get("choices") or ():
                     text = (choice.get("delta") or {}).get("content")
-                    if text:
+                    if text is not None:  # a token's piece, maybe "" (part of a character)
                         pieces += 1
-                        if on_text(text):
+                        if text and on_text(text):
                             return RemoteAnswer("stop", pieces, *_usage_counts(usage))
                     if choice.get("finish_reason") == "length":
                         reason = "max_tokens"

@@ -211,6 +211,10 @@ def _shut(conn: http.client.HTTPConnection) -> None:
 
 
 def _why(exc: BaseException) -> str:
+    if isinstance(exc, NotConnected):
+        return str(exc.strerror)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"its certificate is not trusted: {exc.verify_message}"
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return "no answer in time"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
