@@ -163,7 +163,7 @@ class RemoteBackend(RemoteGeneration, Backend):
                 return [int(t) for t in answer["tokens"]][tokenizer.baseline:]
             self.router.failed(engine)
         assert last is not None
-        raise unreachable(self.router.engines[0], last)
+        raise unreachable(self.router.engines[0].url, last)
 
     def append(self, segment: Segment, should_stop: Callable[[], bool] | None = None) -> int:
         count = self.count_tokens(segment)
@@ -256,15 +256,15 @@ class RemoteBackend(RemoteGeneration, Backend):
                 except HttpError as exc:
                     if exc.status >= 500:
                         self.router.failed(engine)
-                        raise unreachable(engine, exc) from None
+                        raise unreachable(engine.url, exc) from None
                     raise refused_request(exc, self.info.context_length, self._n_tokens) from None
                 except (EngineUnavailable, OSError, http.client.HTTPException) as exc:
                     self.router.failed(engine)
-                    raise exc if isinstance(exc, EngineUnavailable) else unreachable(engine, exc) from None
+                    raise exc if isinstance(exc, EngineUnavailable) else unreachable(engine.url, exc) from None
             self.router.ok(engine, key)
             return answer
         assert last is not None
-        raise unreachable(self.router.engines[0] if len(self.router.engines) == 1 else _Every(self.router), last)
+        raise unreachable(", ".join(e.url for e in self.router.engines), last)
 
     def _stream_on(self, engine: Engine, body: dict, on_text: Callable[[str], bool],
                    should_stop: Callable[[], bool]) -> RemoteAnswer:
@@ -315,13 +315,6 @@ class RemoteBackend(RemoteGeneration, Backend):
     def restore(self, snapshot: Snapshot) -> None:
         raise InputError("a remote engine keeps its own prefix cache: omnid restores no snapshots into it",
                          unsupported=True)
-
-
-class _Every:
-    """Stands for all the engines in an error message."""
-
-    def __init__(self, router: Router) -> None:
-        self.url = ", ".join(e.url for e in router.engines) + " (every one of them)"
 
 
 def _usage_counts(usage: dict) -> tuple[int | None, int | None]:
@@ -387,9 +380,9 @@ def connect(settings: RemoteSettings, context_length: int) -> RemoteBackend:
                                  f"(it serves: {', '.join(ids) or 'nothing'}); pass --remote-model")
         entry = entries[ids.index(name)]
         props = _props(engine)
-        context = _context_of(entry, props)
-        if context:
-            contexts.append(context)
+        found = _context_of(entry, props)
+        if found:
+            contexts.append(found)
         said = _modalities_of(props)
         if said is not None:
             modalities = said if modalities is None else modalities & said
@@ -426,7 +419,7 @@ def _start_up_call(engine: Engine, method: str, path: str, body: Any = None, *, 
                 raise
         except (OSError, http.client.HTTPException, ValueError) as exc:
             if attempt == 2:
-                raise ModelLoadError(f"{unreachable(engine, exc)}: is it running?") from None
+                raise ModelLoadError(f"{unreachable(engine.url, exc)}: is it running?") from None
     raise AssertionError("unreachable")
 
 

@@ -19,7 +19,7 @@ import socket
 import ssl
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Generator
 from urllib.parse import urlsplit
 
 from omnid.models.base import ContextOverflow, EngineUnavailable, InputError, ModelLoadError
@@ -145,7 +145,7 @@ class Engine:
         finally:
             conn.close()
 
-    def stream_chat(self, body: dict, should_stop: Callable[[], bool]) -> Iterator[dict]:
+    def stream_chat(self, body: dict, should_stop: Callable[[], bool]) -> Generator[dict, None, None]:
         """POST /chat/completions with stream=true: each event's JSON, until [DONE] or the end of the stream.
 
         Closing the iterator (or should_stop turning True) shuts the connection at once. A stream that ends
@@ -234,11 +234,11 @@ def _error_message(raw: bytes) -> str:
     return str(body)[:300]
 
 
-def unreachable(engine: Engine, exc: BaseException) -> EngineUnavailable:
-    """The error for a request the engine never answered (refused, reset, timed out, 5xx)."""
+def unreachable(url: str, exc: BaseException) -> EngineUnavailable:
+    """The error for a request the engine at `url` never answered (refused, reset, timed out, 5xx)."""
     if isinstance(exc, HttpError):
-        return EngineUnavailable(f"the remote engine at {engine.url} failed ({exc})")
-    return EngineUnavailable(f"the remote engine at {engine.url} cannot be reached ({_why(exc)})")
+        return EngineUnavailable(f"the remote engine at {url} failed ({exc})")
+    return EngineUnavailable(f"the remote engine at {url} cannot be reached ({_why(exc)})")
 
 
 def refused_request(exc: HttpError, context_length: int, estimate: int) -> Exception:
