@@ -275,6 +275,39 @@ def test_a_cancelled_answer_frees_the_engine_at_once(remote_client) -> None:
     assert time.monotonic() - t0 < 3.0
 
 
+def test_prefill_warms_the_engine_and_pins_nothing_of_omnid(remote_client) -> None:
+    """A Prefill over a remote engine is a one-token request (the engine's prefix cache keeps the prompt): it
+    answers with the prefix's key, like a local one."""
+    reply = remote_client.prefill(text("A shared context for later questions."), system="You are terse.", pin=True)
+    assert reply.prefix_id and reply.prompt_tokens > 0
+    assert remote_client.unpin(reply.prefix_id)
+
+
+def test_the_engines_cached_tokens_are_read_from_its_usage() -> None:
+    """vLLM and SGLang report their prefix cache's reuse as usage.prompt_tokens_details.cached_tokens (llama-cpp-
+    python's server reports no usage when streaming, so this is the reading of the field alone)."""
+    from omnid.models.remote_backend import _usage_counts
+    assert _usage_counts({"prompt_tokens": 900, "completion_tokens": 4,
+                          "prompt_tokens_details": {"cached_tokens": 768}}) == (900, 768)
+    assert _usage_counts({"prompt_tokens": 12}) == (12, None) and _usage_counts({}) == (None, None)
+
+
+def test_the_daemon_reads_the_engine_token_from_a_private_file(start_daemon, test_model: TestModelPaths,
+                                                               tmp_path: Path) -> None:
+    secret = "sk-file-" + os.urandom(8).hex()
+    guarded = LlamaServer(test_model.text, n_ctx=1024, api_key=secret).start()
+    try:
+        token_file = tmp_path / "engine-token"
+        token_file.write_text(secret + "\n")
+        token_file.chmod(0o600)
+        daemon = remote_daemon(start_daemon, guarded.url, "--remote-token-file", str(token_file))
+        with daemon.client() as client:
+            assert client.ask(text("hello"), max_tokens=2).usage.generated_tokens == 2
+        daemon.stop()
+    finally:
+        guarded.kill()
+
+
 def test_a_document_question_over_the_remote_engine(remote_client, tmp_path: Path) -> None:
     from documents_pdfs import make_report
     info = remote_client.ingest_document(make_report(3, lines=1))
