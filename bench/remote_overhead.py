@@ -101,7 +101,7 @@ def main() -> int:
             url = f"http://127.0.0.1:{port}/v1"
         try:
             name = args.model_name or json.loads(urllib.request.urlopen(url + "/models").read())["data"][0]["id"]
-            extra = ["--remote-url", url, "--remote-model", name, "--cache-disk", "off"]
+            extra = ["--remote-url", url, "--remote-model", name, "--cache-disk", "off", "--ctx", "4096"]
             daemon = start_daemon(tmp, {"model": "", "mmproj": "", "backend": "remote"}, extra)
             try:
                 with OmniClient(f"unix:{daemon.socket}") as client:

@@ -390,8 +390,11 @@ def connect(settings: RemoteSettings, context_length: int) -> RemoteBackend:
     tokenizer = _find_tokenizer(engines[0], name)
     if contexts:
         context, source = min(contexts)
-    else:
+    elif context_length:
         context, source = context_length, "--ctx (the engine does not say its own)"
+    else:
+        raise ModelLoadError(f"the remote engine at {engines[0].url} does not say its context length: pass --ctx "
+                             "with the context it was started with")
     info = ModelInfo(name=name, path=", ".join(e.url for e in engines), backend="remote",
                      capabilities=frozenset({"text"}), context_length=context,
                      fingerprint=_digest(b"remote:" + name.encode()), max_image_side=1024)

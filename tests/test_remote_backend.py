@@ -87,6 +87,11 @@ def test_start_up_reads_the_model_its_tokenizer_and_probes_the_media(remote: Rem
     assert remote.count_tokens(words) == len(remote.tokenize(words)) > 0  # the engine's tokens, without its BOS
 
 
+def test_an_engine_that_does_not_say_its_context_needs_ctx(engine: LlamaServer) -> None:
+    with pytest.raises(ModelLoadError, match="pass --ctx"):
+        connect(RemoteSettings((engine.url,)), 0)  # 0: --ctx not given
+
+
 def test_an_unreachable_engine_is_one_line_at_start_up() -> None:
     url = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(ModelLoadError, match="cannot be reached") as err:
