@@ -118,9 +118,9 @@ def main() -> int:
                 engine.wait(10)
     a, b = statistics.median(straight), statistics.median(omnid)
     print(f"time to first token, median of {args.runs} alternating runs against {url}:")
-    print(f"  straight to the engine       {a:8.2f} ms")
-    print(f"  through omnid --backend remote {b:6.2f} ms")
-    print(f"  omnid adds                   {b - a:8.2f} ms  (goal < 5 ms; ratio {b / a:.2f}x)")
+    print(f"  straight to the engine          {a:8.2f} ms")
+    print(f"  through omnid --backend remote  {b:8.2f} ms")
+    print(f"  omnid adds                      {b - a:8.2f} ms  (goal < 5 ms; ratio {b / a:.2f}x)")
     return 0
 
 
