@@ -106,6 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--exit-with-parent", action="store_true",
                        help="stop when the process that started omnid exits (apps running it as a child, test "
                             "harnesses; default: off)")
+    serve.add_argument("--remote-url", action="append", default=[], metavar="URL",
+                       help="--backend remote: an OpenAI-compatible engine (vLLM, SGLang, llama-server), e.g. "
+                            "http://127.0.0.1:8000/v1; repeatable (requests sharing a prefix stay on one engine)")
+    serve.add_argument("--remote-model", default="", metavar="NAME",
+                       help="--backend remote: the model name the engines serve (default: the first they list)")
+    serve.add_argument("--remote-token-file", type=Path, default=None, metavar="FILE",
+                       help="--backend remote: a file (mode 0600) holding the engines' API key (default: none)")
+    serve.add_argument("--remote-insecure", action="store_true",
+                       help="--backend remote: allow plain http to a host that is not this machine (default: only "
+                            "https leaves it; https certificates are always verified)")
     serve.add_argument("-v", "--verbose", action="store_true",
                        help="log each request, and the backend's own logs (llama.cpp, mlx-vlm) on stderr")
 
@@ -131,7 +141,9 @@ def config_from(args: argparse.Namespace) -> DaemonConfig:
                           max_document_pages=args.max_document_pages,
                           screen_history_bytes=args.screen_history_size,
                           parent_pid=os.getppid() if args.exit_with_parent else None,
-                          idle_unload_seconds=args.idle_unload, verbose=args.verbose)
+                          idle_unload_seconds=args.idle_unload, verbose=args.verbose,
+                          remote_urls=list(args.remote_url), remote_model=args.remote_model,
+                          remote_token_file=args.remote_token_file, remote_insecure=args.remote_insecure)
     if args.socket:
         config.socket_path = args.socket
     if args.cache_ram is not None:

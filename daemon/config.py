@@ -81,3 +81,9 @@ class DaemonConfig:
     idle_unload_seconds: float = 0.0
     #: Backend logs (llama.cpp's, mlx-vlm's timings) on stderr.
     verbose: bool = False
+    #: --backend remote: the engines' base URLs (".../v1"), the model they serve (empty: the first listed), the
+    #: file holding their API token, and whether plain http may leave this machine.
+    remote_urls: list[str] = field(default_factory=list)
+    remote_model: str = ""
+    remote_token_file: Path | None = None
+    remote_insecure: bool = False

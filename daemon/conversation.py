@@ -25,7 +25,8 @@ from omnid.daemon.events import ChatDone, ToolCall, Usage
 from omnid.daemon.sampling import SamplingParams
 from omnid.daemon.session import DecoderSession, PrefillStats
 from omnid.modalities.decoder import Prompt
-from omnid.models.base import ChatRenderer, ContextOverflow, InputError, ModelInfo, Segment, TextSegment
+from omnid.models.base import (ChatRenderer, ContextOverflow, InputError, ModelInfo, RemoteGeneration, Segment,
+                              TextSegment)
 
 __all__ = ["ChatDone", "Conversation", "ConversationError", "ConversationOverflow", "Message", "Tool", "ToolCall",
            "chat", "validate"]
@@ -173,6 +174,9 @@ def check_schema(schema: Any, what: str) -> None:
 def chat(conversation: Conversation) -> Callable[[DecoderSession, Emit], ChatDone]:
     """The job answering the conversation's last message (submit with scheduler.submit(job, "chat"))."""
     def job(session: DecoderSession, emit: Emit) -> ChatDone:
+        if isinstance(session.backend, RemoteGeneration):
+            raise ConversationError("conversations through --backend remote are not supported yet (the engine "
+                                    "would need the whole message list); use Generate", unsupported=True)
         render = session.backend.chat_renderer()
         if render is None:
             raise ConversationError("the model has no chat template, so it cannot hold a conversation",

@@ -25,7 +25,8 @@ from omnid.daemon.scheduler import Job, JobHandle, QueueFull, Scheduler, Shuttin
 from omnid.daemon.session import Cancelled
 from omnid.modalities.pdf_isolated import ReaderStopped
 from omnid.proto import omnid_pb2 as pb
-from omnid.models.base import ContextOverflow, InputError, ModelInfo, ModelLoadError, OverLimit
+from omnid.models.base import (ContextOverflow, EngineUnavailable, InputError, ModelInfo, ModelLoadError,
+                              OverLimit)
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return code, str(exc)
     if isinstance(exc, QueueFull):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
-    if isinstance(exc, (ShuttingDown, ReaderStopped)):
+    if isinstance(exc, (ShuttingDown, ReaderStopped, EngineUnavailable)):
         return grpc.StatusCode.UNAVAILABLE, str(exc)
     if isinstance(exc, Cancelled):
         return grpc.StatusCode.CANCELLED, "cancelled"

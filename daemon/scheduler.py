@@ -29,7 +29,7 @@ from omnid.daemon.prompt_cache import PromptCache
 from omnid.daemon.sampling import SamplingParams
 from omnid.daemon.session import DEFAULT_CHECKPOINT_INTERVAL, Cancelled, DecoderSession
 from omnid.daemon.token_chain import ANCHOR, LiveSequence, TokenizerCache
-from omnid.models.base import Backend, ChatFrame, InputError, ModelInfo, TextSegment
+from omnid.models.base import Backend, ChatFrame, InputError, ModelInfo, RemoteGeneration, TextSegment
 
 log = logging.getLogger(__name__)
 
@@ -416,6 +416,9 @@ class Scheduler:
         session = DecoderSession(self.backend, scratch, lambda: False, frame=self._frame, tokens=self._tokens)
         session.prefill(session.build_prompt([TextSegment("Hello")]), save=False)
         session.generate(2, SamplingParams())
+        if isinstance(self.backend, RemoteGeneration):  # the engine answered; it keeps no state omnid could size
+            self.backend.reset()
+            return
         small = (self.backend.n_tokens, self.backend.snapshot().nbytes)
         self.backend.append_tokens(self.backend.tokenize(TextSegment(" hello" * _STATE_PROBE_TOKENS)))
         large = (self.backend.n_tokens, self.backend.snapshot().nbytes)

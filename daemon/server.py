@@ -44,7 +44,7 @@ from omnid.daemon.rpc_screen import ScreenRpcs
 from omnid.daemon.rpc_documents import DocumentRpcs
 from omnid.daemon.rpc_meetings import MeetingRpcs
 from omnid.daemon.scheduler import Scheduler
-from omnid.models.base import Backend, ModelLoadError
+from omnid.models.base import Backend, EngineUnavailable, ModelLoadError
 from omnid.models.context_size import StateSize, available_memory, gguf_state_size, mlx_state_size, plan_context
 from omnid.models.loader import DEFAULT_MODEL_NOTE, choose_backend, default_model_path, load_backend
 from omnid.proto import omnid_pb2, omnid_pb2_grpc
@@ -114,6 +114,12 @@ class Daemon:
     def _resolve_model(self) -> None:
         """The model file (the embedded default assembled on first use) and the context to run it with: the
         model's trained context unless memory holds less; a --ctx memory cannot hold is refused here."""
+        c = self.config
+        if c.backend == "remote":
+            return  # the engine runs the model: its context is read from it at load
+        if c.remote_urls or c.remote_model or c.remote_token_file or c.remote_insecure:
+            raise ModelLoadError("--remote-url, --remote-model, --remote-token-file and --remote-insecure need "
+                                 "--backend remote")
         model, note = self.config.model, ""
         if not model:
             model, note = str(default_model_path(cache_dir())), DEFAULT_MODEL_NOTE
@@ -131,6 +137,8 @@ class Daemon:
         self.config.context_plan = plan
 
     def _load_backend(self) -> Backend:
+        if self.config.backend == "remote":
+            return self._connect_remote()
         model, note = self._model, self._note
         backend = load_backend(model, self.config.mmproj, self.config.backend,
                                context_length=self.config.context_length, threads=self.config.threads,
@@ -141,6 +149,17 @@ class Daemon:
         if note:
             backend.info = replace(backend.info, note=note)
         return backend
+
+    def _connect_remote(self) -> Backend:
+        """The remote engines (--backend remote); their token read here, from a file only this user can read."""
+        from omnid.models.remote_backend import RemoteSettings
+        c = self.config
+        try:
+            token = read_private_token(c.remote_token_file) if c.remote_token_file else ""
+        except FileNotFoundError:
+            raise ModelLoadError(f"--remote-token-file: no such file: {c.remote_token_file}") from None
+        settings = RemoteSettings(tuple(c.remote_urls), c.remote_model, token, c.remote_insecure)
+        return load_backend(c.model, c.mmproj, "remote", context_length=c.context_length, remote=settings)
 
     def _make_cache(self, backend: Backend) -> PromptCache:
         disk = self.config.cache_disk_dir
@@ -217,7 +236,7 @@ def serve(config: DaemonConfig) -> int:
     daemon = Daemon(config)
     try:
         daemon.start()
-    except (ModelLoadError, ValueError, OSError) as exc:
+    except (ModelLoadError, EngineUnavailable, ValueError, OSError) as exc:
         daemon.stop(0)
         print(f"omnid: error: {exc}", file=sys.stderr, flush=True)
         return 2

@@ -25,9 +25,9 @@ from omnid.daemon.events import PrefillProgress
 from omnid.daemon.prefill_rate import PrefillRate
 from omnid.daemon.prompt_cache import EntryKind, PromptCache
 from omnid.daemon.token_chain import ChainHasher, LiveSequence, TokenChain, TokenizerCache, media_code
-from omnid.daemon.sampling import Sampler, SamplingParams
+from omnid.daemon.sampling import DEFAULT_SEED, Sampler, SamplingParams
 from omnid.modalities.decoder import Prompt
-from omnid.models.base import Backend, ChatFrame, InputError, ModelInfo, Segment, TextSegment
+from omnid.models.base import Backend, ChatFrame, InputError, ModelInfo, RemoteGeneration, Segment, TextSegment
 
 
 #: Tokens between checkpoints inside long text on decoders that cannot be cut back (the scheduler sizes it to the
@@ -96,6 +96,8 @@ class DecoderSession:
         self._tokens = tokens if tokens is not None else TokenizerCache()
         #: The machine's measured prefill rate (owned by the scheduler; every long evaluation updates it).
         self.rate = rate if rate is not None else PrefillRate()
+        #: A remote engine's prefill (see _hold_remote): its counts are the engine's once the answer ends.
+        self._remote_stats: PrefillStats | None = None
 
     # -- layout ----------------------------------------------------------------------------------------------
 
@@ -157,6 +159,8 @@ class DecoderSession:
         `progress`, for prompts that leave more than PROGRESS_CHUNK tokens to evaluate: called before the
         evaluation and after every chunk of it, with the tokens done and the rate so far.
         """
+        if isinstance(self.backend, RemoteGeneration):
+            return self._hold_remote(self.backend, prompt)
         t0 = time.perf_counter()
         self.check_cancelled()
         layout = self._layout(prompt)
@@ -174,6 +178,17 @@ class DecoderSession:
         return PrefillStats(prompt_tokens=self.backend.n_tokens, cached_tokens=cached_tokens,
                             prefill_ms=(time.perf_counter() - t0) * 1000, prefix_key=hasher.key(len(chain)),
                             restore_ms=restore_ms, reused_from=source)
+
+    def _hold_remote(self, backend: RemoteGeneration, prompt: Prompt) -> PrefillStats:
+        """A remote engine's prefill evaluates nothing: the engine gets the whole prompt with the answer's request
+        and reuses its own cached prefix. The prompt's last cache point is what routes it (remote_router)."""
+        t0 = time.perf_counter()
+        self.check_cancelled()
+        self._live.clear()
+        n_tokens, key = backend.hold(prompt.segments, max(prompt.cache_points, default=0))
+        self._remote_stats = PrefillStats(prompt_tokens=n_tokens, cached_tokens=0,
+                                          prefill_ms=(time.perf_counter() - t0) * 1000, prefix_key=key)
+        return self._remote_stats
 
     def _layout(self, prompt: Prompt) -> "_Layout":
         """The prompt's unit codes (text tokenized, media as one code each) and where each segment starts."""
@@ -308,7 +323,11 @@ class DecoderSession:
         self._tokens.put(segment.digest(), tokens)
 
     def save_snapshot(self) -> str:
-        """Snapshot the sequence now under the key of the chain it holds; returns that key."""
+        """Snapshot the sequence now under the key of the chain it holds; returns that key. A remote engine
+        evaluates the held prompt instead, so its own prefix cache holds it."""
+        if isinstance(self.backend, RemoteGeneration) and self._remote_stats is not None:
+            self.backend.warm()
+            return self._remote_stats.prefix_key
         return self.cache.put(self._live.chain, self.backend.snapshot())
 
     def count_tokens(self, segment: Segment) -> int:
@@ -332,6 +351,8 @@ class DecoderSession:
         The sampled tokens stay in the sequence (a conversation can go on after them). Generated tokens are
         not part of any cached chain: the chain ends where the prompt ended.
         """
+        if isinstance(self.backend, RemoteGeneration):
+            return self._generate_remote(self.backend, max_tokens, sampling, on_delta)
         sampler = Sampler(sampling)
         stops = StopMatcher(sampling.stop, on_delta)
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -362,6 +383,38 @@ class DecoderSession:
         decode_s = t_end - t_first if n > 1 else 0.0
         return GenerationResult(
             text=stops.text, stop_reason=reason, generated_tokens=n,
+            time_to_first_token_ms=((t_first or t_end) - self.started) * 1000,
+            decode_tokens_per_second=(n - 1) / decode_s if decode_s > 0 else 0.0,
+            decode_ms=(t_end - t_start) * 1000)
+
+    def _generate_remote(self, backend: RemoteGeneration, max_tokens: int, sampling: SamplingParams,
+                         on_delta: Callable[[str], None]) -> GenerationResult:
+        """The engine samples (with the same settings and seed); stop strings are matched here, as for a local
+        backend, and a match or a cancellation closes the engine's stream at once."""
+        stops = StopMatcher(sampling.stop, on_delta)
+        t_start = time.perf_counter()
+        t_first = 0.0
+
+        def on_text(piece: str) -> bool:
+            nonlocal t_first
+            t_first = t_first or time.perf_counter()
+            return stops.feed(piece)
+        answer = backend.stream(max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
+                                top_k=sampling.top_k, seed=sampling.seed or DEFAULT_SEED, on_text=on_text,
+                                should_stop=self.cancelled)
+        self.check_cancelled()
+        if answer.stop_reason != "stop":
+            stops.flush()
+        stats = self._remote_stats
+        if stats is not None and answer.prompt_tokens is not None:  # Usage reads these after the answer
+            stats.prompt_tokens = answer.prompt_tokens
+        if stats is not None and answer.cached_tokens is not None:
+            stats.cached_tokens = answer.cached_tokens
+        t_end = time.perf_counter()
+        n = answer.generated_tokens
+        decode_s = t_end - t_first if n > 1 and t_first else 0.0
+        return GenerationResult(
+            text=stops.text, stop_reason=answer.stop_reason, generated_tokens=n,
             time_to_first_token_ms=((t_first or t_end) - self.started) * 1000,
             decode_tokens_per_second=(n - 1) / decode_s if decode_s > 0 else 0.0,
             decode_ms=(t_end - t_start) * 1000)

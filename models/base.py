@@ -64,6 +64,10 @@ class ModelLoadError(RuntimeError):
     """The model files are missing, not model files, or do not fit together (a clear start-up message)."""
 
 
+class EngineUnavailable(RuntimeError):
+    """A remote engine cannot be reached, or went away mid-answer: the client gets UNAVAILABLE and may retry."""
+
+
 def _digest(kind: str, *chunks: bytes) -> str:
     h = hashlib.blake2b(digest_size=16, person=b"omnid-segment")
     h.update(kind.encode())
@@ -395,3 +399,42 @@ class Backend(ABC):
 
     def close(self) -> None:
         """Free the model (the daemon calls it once, at shutdown)."""
+
+
+@dataclass(frozen=True)
+class RemoteAnswer:
+    """How a remotely generated answer ended, with the engine's own counts where it returned them."""
+
+    stop_reason: str  # "eos", "max_tokens", "stop" (the caller's on_text asked to stop)
+    generated_tokens: int
+    prompt_tokens: int | None = None
+    #: usage.prompt_tokens_details.cached_tokens: what the engine's own prefix cache reused.
+    cached_tokens: int | None = None
+
+
+class RemoteGeneration(ABC):
+    """A Backend whose engine generates (an OpenAI-compatible server): no logits, no snapshots, its own template.
+
+    The daemon's DecoderSession takes one branch for such a backend: its prefill `hold`s the prompt's segments
+    (nothing is evaluated here), its generate `stream`s the answer from the engine. The prompt cache is the
+    engine's own prefix cache; what omnid does for it is send byte-identical prompts for shared prefixes.
+    """
+
+    @abstractmethod
+    def hold(self, segments: Sequence[Segment], affinity: int) -> tuple[int, str]:
+        """Make `segments` the prompt `stream` answers next; (its estimated tokens, its key).
+
+        The first `affinity` segments are the prefix others share (the prompt's last cache point): requests
+        with the same such prefix go to the same engine, whose prefix cache holds it."""
+
+    @abstractmethod
+    def stream(self, max_tokens: int, *, temperature: float, top_p: float, top_k: int, seed: int,
+               on_text: Callable[[str], bool], should_stop: Callable[[], bool]) -> RemoteAnswer:
+        """Generate from the held prompt, calling on_text with each piece (True from it ends the answer).
+
+        should_stop is polled while waiting; when it turns True the HTTP stream is closed at once and the
+        answer returned as it is. EngineUnavailable when the engine cannot be reached or goes away."""
+
+    @abstractmethod
+    def warm(self) -> None:
+        """Have the engine evaluate the held prompt (one token generated), so its prefix cache holds it."""

@@ -37,8 +37,10 @@ def choose_backend(model: str, requested: str = "auto") -> str:
 
 
 def load_backend(model: str, mmproj: str = "", backend: str = "auto", *, context_length: int = 32768,
-                 threads: int | None = None, flash_attn: bool = False, verbose: bool = False) -> Backend:
-    """Load the named model on the backend that fits it (verbose: the backend's own logs on stderr).
+                 threads: int | None = None, flash_attn: bool = False, verbose: bool = False,
+                 **options: object) -> Backend:
+    """Load the named model on the backend that fits it (verbose: the backend's own logs on stderr; options:
+    what one backend alone takes, e.g. remote=RemoteSettings).
 
     Errors name the command-line flags (--model, --mmproj), since that is where people give these paths.
     """
@@ -46,7 +48,7 @@ def load_backend(model: str, mmproj: str = "", backend: str = "auto", *, context
         raise ModelLoadError(f"projector file not found (--mmproj): {Path(mmproj).expanduser()}")
     spec = backend_spec(choose_backend(model, backend))
     return spec.load(model, mmproj, context_length=context_length, threads=threads, flash_attn=flash_attn,
-                     verbose=verbose)
+                     verbose=verbose, **options)
 
 
 def default_model_path(cache_dir: Path) -> Path:

@@ -30,7 +30,8 @@ class BackendSpec:
     #: Whether a model path (or hub id) is this backend's (for --backend auto).
     claims: Callable[[Path, str], bool]
     #: load(model, mmproj, context_length=, threads=, flash_attn=, verbose=) -> Backend; ModelLoadError when it
-    #: cannot. verbose: the backend's own logs on stderr (`omnid serve -v`).
+    #: cannot. verbose: the backend's own logs on stderr (`omnid serve -v`). The remote backend also takes
+    #: remote= (models/remote_backend.RemoteSettings).
     load: Callable[..., Backend]
     aliases: tuple[str, ...] = ()
 
@@ -75,10 +76,26 @@ def _load_mlx(model: str, mmproj: str = "", *, context_length: int, threads: int
     return MlxBackend(model, n_ctx=context_length, verbose=verbose)
 
 
+def _never(path: Path, model: str) -> bool:
+    return False  # a remote engine is named with --backend remote --remote-url, never guessed from --model
+
+
+def _load_remote(model: str, mmproj: str = "", *, context_length: int, threads: int | None = None,
+                 flash_attn: bool = False, verbose: bool = False, remote: object = None) -> Backend:
+    from omnid.models.remote_backend import RemoteSettings, connect
+    if model or mmproj:
+        raise ModelLoadError("--backend remote runs the engine's model: pass --remote-model NAME, not --model or "
+                             "--mmproj")
+    if not isinstance(remote, RemoteSettings):
+        raise ModelLoadError("--backend remote needs --remote-url http(s)://HOST:PORT/v1")
+    return connect(remote, context_length)
+
+
 #: In the order --backend auto tries them.
 BACKENDS: tuple[BackendSpec, ...] = (
     BackendSpec("llama.cpp", _is_gguf, _load_llama_cpp, aliases=("llama",)),
     BackendSpec("mlx", _is_mlx, _load_mlx),
+    BackendSpec("remote", _never, _load_remote),
 )
 
 
