@@ -19,7 +19,7 @@ from typing import Iterable
 
 import grpc
 
-from omnid.clients import transcript_formats
+from omnid.common import transcript_formats
 from omnid.clients.cli_common import (EXIT_OK, ClientFactory, add_delete_flags, deletion_from_args, positive_float,
                                       positive_int, print_deleted, print_json, to_dict)
 from omnid.clients.client import OmniError

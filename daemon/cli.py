@@ -78,8 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--socket", type=Path, default=None, help=f"Unix socket path (default: {default_socket_path()})")
     serve.add_argument("--tcp", default="", metavar="HOST:PORT",
                        help="also listen on a loopback HOST:PORT, with a token (default: no TCP)")
+    serve.add_argument("--http", default="", metavar="HOST:PORT",
+                       help="also serve the OpenAI-compatible HTTP API on a loopback HOST:PORT, with the same token "
+                            "(default: no HTTP)")
     serve.add_argument("--token-file", type=Path, default=None,
-                       help=f"the TCP token, created if missing (default: {default_token_path()})")
+                       help=f"the TCP and HTTP token, created if missing (default: {default_token_path()})")
     serve.add_argument("--allow-read", type=Path, action="append", default=[], metavar="DIR",
                        help="a folder whose files clients may name by path (repeatable; default: none)")
     serve.add_argument("--max-queue", type=int, default=16,
@@ -136,8 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from(args: argparse.Namespace) -> DaemonConfig:
     config = DaemonConfig(model=args.model, mmproj=args.mmproj, backend=args.backend, context_length=args.ctx,
-                          threads=args.threads, flash_attn=args.flash_attn, tcp=args.tcp, token_file=args.token_file,
-                          max_queue=args.max_queue, max_streams=args.max_streams, allow_read=list(args.allow_read),
+                          threads=args.threads, flash_attn=args.flash_attn, tcp=args.tcp, http=args.http,
+                          token_file=args.token_file, max_queue=args.max_queue, max_streams=args.max_streams,
+                          allow_read=list(args.allow_read),
                           max_document_pages=args.max_document_pages,
                           screen_history_bytes=args.screen_history_size,
                           parent_pid=os.getppid() if args.exit_with_parent else None,

@@ -4,7 +4,7 @@ Everything stays on this machine, under the user's own directories:
   socket        $XDG_RUNTIME_DIR/omnid/omnid.sock (or /tmp/omnid-$UID/omnid.sock), in a 0700 directory
   data          $XDG_DATA_HOME/omnid (~/.local/share/omnid): documents, meetings, screen history (SQLite)
   cache         $XDG_CACHE_HOME/omnid (~/.cache/omnid): the prompt cache's disk tier, the default model
-  token         $XDG_CONFIG_HOME/omnid/token (~/.config/omnid/token): the TCP endpoint's token (0600)
+  token         $XDG_CONFIG_HOME/omnid/token (~/.config/omnid/token): the TCP and HTTP endpoints' token (0600)
 Clients find the socket the same way (or through OMNID_SOCKET), so `omnid serve` and `omni ask` agree
 without flags.
 """
@@ -58,6 +58,7 @@ class DaemonConfig:
     flash_attn: bool = False
     socket_path: Path = field(default_factory=default_socket_path)
     tcp: str = ""                        # "127.0.0.1:PORT", loopback only, token required
+    http: str = ""                       # "127.0.0.1:PORT": the OpenAI-compatible HTTP API, loopback, same token
     token_file: Path | None = None
     max_queue: int = 16
     #: Long-lived streams (WatchScreen, RecordMeeting) open at once; more get RESOURCE_EXHAUSTED (admission.py).

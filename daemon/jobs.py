@@ -59,6 +59,14 @@ def generate(segments: Sequence[Segment], system: str | None, max_tokens: int,
     return job
 
 
+def complete(text: str, max_tokens: int, sampling: SamplingParams) -> Callable[[DecoderSession, Emit], Done]:
+    """Plain text continued as it is, with no chat turns around it (OpenAI's /v1/completions)."""
+    def job(session: DecoderSession, emit: Emit) -> Done:
+        stats = session.prefill(session.text_prompt(text))
+        return answer(session, stats, max_tokens, sampling, emit)
+    return job
+
+
 def prefill(segments: Sequence[Segment], system: str | None,
             pin: bool) -> Callable[[DecoderSession, Emit], PrefillStats]:
     """Evaluate an open user turn into the shared cache (and pin it), for later requests that start with it."""

@@ -9,96 +9,54 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import logging
-import re
-import sqlite3
 from typing import Any, Callable, Generator, Iterator, NoReturn
 
 import grpc
 
-from omnid.daemon.allowed_files import AllowedFile, PermissionDenied, open_allowed
+from omnid.daemon import inputs
+from omnid.daemon.allowed_files import AllowedFile, open_allowed
 from omnid.daemon.config import DaemonConfig
+from omnid.daemon.errors import Failure, classify
 from omnid.daemon.events import Done, PagesUsed, PrefillProgress, Progress, TextDelta, Usage, Waiting
 from omnid.daemon.sampling import SamplingParams
-from omnid.daemon.scheduler import Job, JobHandle, QueueFull, Scheduler, ShuttingDown
-from omnid.daemon.session import Cancelled
-from omnid.modalities.pdf_isolated import ReaderStopped
+from omnid.daemon.scheduler import Job, JobHandle, Scheduler
 from omnid.proto import omnid_pb2 as pb
-from omnid.models.base import (ContextOverflow, EngineUnavailable, InputError, ModelInfo, ModelLoadError,
-                              OverLimit)
+from omnid.models.base import InputError, ModelInfo
 
 log = logging.getLogger(__name__)
 
 #: A streaming call whose job waits in the queue is told so after this many seconds, and again as often.
 WAITING_NOTICE_SECONDS = 1.0
-#: A base model (no chat template) continues text and has no end of turn to stop at: unless asked otherwise it
-#: gets this many tokens and stops at the end of a paragraph (gemma-3-270m otherwise repeated one line ~40
-#: times until the 512-token default).
-BASE_MODEL_MAX_TOKENS = 128
-PARAGRAPH_END = "\n\n"
 
 
-class NotFound(LookupError):
-    """An unknown document, meeting, cache entry or device: NOT_FOUND."""
-
-
-#: What Python prints for an object without a readable form ("<_io.BytesIO object at 0x7f...>"): a heap address
-#: is nobody's business, and says nothing to the client anyway.
-_OBJECT_REPR = re.compile(r"<([\w.]+) object at 0x[0-9a-fA-F]+>")
-#: OSErrors whose cause is known, with what to tell the client (never the daemon's own paths).
-_OS_ERRORS = {
-    errno.ENOSPC: (grpc.StatusCode.RESOURCE_EXHAUSTED, "the daemon's disk is full; free some space and try again"),
-    errno.EDQUOT: (grpc.StatusCode.RESOURCE_EXHAUSTED, "the daemon's user is over its disk quota"),
-    errno.ELOOP: (grpc.StatusCode.INVALID_ARGUMENT, "too many levels of symbolic links (a symlink loop)"),
-    errno.ENAMETOOLONG: (grpc.StatusCode.INVALID_ARGUMENT, "a path or file name is too long"),
+#: The gRPC status of each kind of failure (daemon/errors.py says which exception is which kind).
+_STATUS = {
+    Failure.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
+    Failure.UNSUPPORTED: grpc.StatusCode.FAILED_PRECONDITION,
+    Failure.TOO_LONG: grpc.StatusCode.OUT_OF_RANGE,
+    Failure.OVER_LIMIT: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Failure.BUSY: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Failure.NO_SPACE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Failure.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    Failure.CANCELLED: grpc.StatusCode.CANCELLED,
+    Failure.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Failure.DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    Failure.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 
 
 def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The gRPC status and message a client sees for an exception raised while serving it."""
-    if isinstance(exc, ContextOverflow):
-        return grpc.StatusCode.OUT_OF_RANGE, str(exc)
-    if isinstance(exc, OverLimit):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
-    if isinstance(exc, InputError):
-        code = grpc.StatusCode.FAILED_PRECONDITION if exc.unsupported else grpc.StatusCode.INVALID_ARGUMENT
-        return code, str(exc)
-    if isinstance(exc, QueueFull):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
-    if isinstance(exc, (ShuttingDown, ReaderStopped, EngineUnavailable)):
-        return grpc.StatusCode.UNAVAILABLE, str(exc)
-    if isinstance(exc, Cancelled):
-        return grpc.StatusCode.CANCELLED, "cancelled"
-    if isinstance(exc, NotFound):
-        return grpc.StatusCode.NOT_FOUND, str(exc)
-    if isinstance(exc, PermissionDenied):
-        return grpc.StatusCode.PERMISSION_DENIED, str(exc)
-    if isinstance(exc, ModelLoadError):  # loading again after an unload failed (the files went away?)
-        return grpc.StatusCode.UNAVAILABLE, f"the model could not be loaded: {exc}"
-    if isinstance(exc, (ValueError, TypeError)):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    if isinstance(exc, OSError) and exc.errno in _OS_ERRORS:
-        return _OS_ERRORS[exc.errno]
-    if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):  # "database or disk is full"
-        return _OS_ERRORS[errno.ENOSPC]
-    if isinstance(exc, FileNotFoundError):
-        return grpc.StatusCode.NOT_FOUND, str(exc) if exc.errno is None else "no such file"
-    if isinstance(exc, PermissionError):
-        return grpc.StatusCode.PERMISSION_DENIED, str(exc) if exc.errno is None else "permission denied"
-    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
-
-
-def clean_message(message: str) -> str:
-    """A status message without heap addresses ("<_io.BytesIO object at 0x...>" becomes "the data")."""
-    return _OBJECT_REPR.sub("the data", message)
+    kind, message = classify(exc)
+    return _STATUS[kind], message
 
 
 def abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
     code, message = status_for(exc)
     if code == grpc.StatusCode.INTERNAL:
         log.error("internal error serving a call", exc_info=exc)
-    context.abort(code, clean_message(message))
+    context.abort(code, message)
     raise AssertionError("unreachable")  # context.abort raises
 
 
@@ -187,26 +145,10 @@ class RpcBase:
         assert info is not None
         return info
 
-    @property
-    def is_base_model(self) -> bool:
-        """The model has no chat template (a base model that continues text; see models/chat_frame.py)."""
-        frame = self.scheduler.frame
-        return frame is not None and not (frame.user_open or frame.user_close)
-
     def answer_limits(self, max_tokens: int, sampling: SamplingParams) -> tuple[int, SamplingParams]:
-        """A request's max_tokens (0 = the default) and sampling, with the defaults filled in; a max_tokens
-        beyond the whole context is refused rather than silently cut short. A base model's default is
-        BASE_MODEL_MAX_TOKENS and, unless the request has stop strings, a stop at the end of a paragraph."""
-        context = self.info.context_length
-        if max_tokens > context:
-            raise InputError(f"max_tokens {max_tokens} is more than the model's whole context ({context} tokens)")
-        if max_tokens:
-            return max_tokens, sampling
-        if self.is_base_model:  # both defaults together: a client that names a length gets that length
-            if not sampling.stop:
-                sampling = dataclasses.replace(sampling, stop=(PARAGRAPH_END,))
-            return BASE_MODEL_MAX_TOKENS, sampling
-        return self.config.default_max_tokens, sampling
+        """A request's max_tokens and sampling with the defaults filled in (see inputs.answer_limits)."""
+        return inputs.answer_limits(self.info, self.scheduler.frame, self.config.default_max_tokens, max_tokens,
+                                    sampling)
 
     def stream_job(self, job: Job, context: grpc.ServicerContext, name: str,
                    message: Callable[[Any], Any], tell_waiting: bool = False) -> Generator[Any, None, Any]:

@@ -10,20 +10,14 @@ import time
 from typing import Iterator
 
 import grpc
-import numpy as np
 
-from omnid.daemon import jobs
+from omnid.daemon import inputs, jobs
 from omnid.daemon.rpc_base import RpcBase, progress_message, sampling_from
 from omnid.daemon.scheduler import JobHandle
-from omnid.modalities.audio_clips import MAX_CLIP_TOKENS, clip_seconds, cut_stream, padded
-from omnid.modalities.audio_io import AudioStream, audio_segment, pcm_blocks, pcm_from_f32le, pcm_seconds
-from omnid.modalities.images import decode_image
-from omnid.models.base import InputError, Segment, TextSegment, check_fits, require
+from omnid.models.base import InputError, Segment, require
 from omnid.proto import omnid_pb2 as pb
 
 VERSION = "0.1.0"
-#: Longest audio clip of a Generate part (shorter where the encoder or the clip token budget says so).
-GENERATE_CLIP_SECONDS = 60.0
 
 
 class CoreRpcs(RpcBase):
@@ -45,11 +39,9 @@ class CoreRpcs(RpcBase):
         """One client part as the segments the decoder takes (a long sound may become several clips)."""
         kind = part.WhichOneof("kind")
         if kind == "text":
-            check_fits(self.info, text_chars=len(part.text))
-            return [TextSegment(part.text)]
+            return [inputs.text(self.info, part.text)]
         if kind == "image":
-            require(self.info, "image")
-            return [decode_image(part.image.data, self.info.max_image_side)]
+            return [inputs.image(self.info, part.image.data)]
         if kind == "audio":
             require(self.info, "audio")
             return self.audio_clips(part.audio)
@@ -67,21 +59,10 @@ class CoreRpcs(RpcBase):
         if audio.WhichOneof("source") == "pcm":
             pcm = audio.pcm
             # ByteSize, not len(pcm.f32le): reading the field copies its bytes (120 MB for an hour at 8 kHz).
-            check_fits(self.info, audio_seconds=pcm_seconds(pcm.ByteSize(), pcm.sample_rate, pcm.channels))
-            samples, rate = pcm_from_f32le(pcm.f32le, pcm.sample_rate, pcm.channels), pcm.sample_rate
-        elif audio.WhichOneof("source") == "encoded":
-            stream = AudioStream(audio.encoded)
-            check_fits(self.info, audio_seconds=stream.seconds)
-            samples, rate = np.concatenate(list(stream.blocks())), stream.rate
-        else:
-            raise InputError("an audio part has neither encoded bytes nor PCM")
-        target = self.info.audio_sample_rate
-        limit = clip_seconds(GENERATE_CLIP_SECONDS, self.info.max_audio_clip_seconds,
-                             self.info.audio_tokens_per_second, MAX_CLIP_TOKENS)
-        if len(samples) <= limit * rate:
-            return [audio_segment(samples, rate, target)]
-        return [audio_segment(padded(clip.pcm, rate), rate, target) for clip in cut_stream(pcm_blocks(samples), rate,
-                                                                                           limit)]
+            return inputs.pcm_audio(self.info, lambda: pcm.f32le, pcm.ByteSize(), pcm.sample_rate, pcm.channels)
+        if audio.WhichOneof("source") == "encoded":
+            return inputs.encoded_audio(self.info, audio.encoded)
+        raise InputError("an audio part has neither encoded bytes nor PCM")
 
     def resolve_document_part(self, ref: pb.DocumentRef) -> list[Segment]:
         """Overridden by the documents mixin."""

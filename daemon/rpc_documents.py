@@ -36,7 +36,8 @@ from PIL import Image
 
 from omnid.daemon import jobs
 from omnid.daemon.events import PrefillProgress, Progress
-from omnid.daemon.rpc_base import Deletion, NotFound, RpcBase, abort, progress_message, sampling_from
+from omnid.daemon.errors import NotFound
+from omnid.daemon.rpc_base import Deletion, RpcBase, abort, progress_message, sampling_from
 from omnid.daemon.session import DecoderSession
 from omnid.modalities.document_prompt import header, layout, pages_per_question
 from omnid.modalities.document_store import DocumentStore, StoredDocument, StoredPage

@@ -19,16 +19,16 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterator
 
 import grpc
 
+from omnid.daemon.clip_runner import FILE_CLIP_SECONDS, ClipRunner, clip_length
 from omnid.daemon.config import private_dir
-from omnid.daemon.rpc_base import Deletion, NotFound, RpcBase, abort, sampling_from
-from omnid.daemon.scheduler import QueueFull, Scheduler
-from omnid.daemon.session import DecoderSession
+from omnid.daemon.errors import NotFound
+from omnid.daemon.rpc_base import Deletion, RpcBase, abort, sampling_from
 from omnid.modalities import meetings
-from omnid.modalities.audio_clips import MAX_CLIP_TOKENS, clip_seconds, cut_stream
+from omnid.modalities.audio_clips import cut_stream
 from omnid.modalities.audio_io import AudioStream, pcm_blocks, pcm_from_f32le
 from omnid.modalities.ids import MIN_PREFIX
 from omnid.modalities.meeting_store import MeetingRow, MeetingStore
@@ -37,16 +37,12 @@ from omnid.models.base import InputError, require
 from omnid.proto import omnid_pb2 as pb
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
-#: Clip lengths asked for (bounded by the encoder and the token budget): 30 s like whisper for files; 15 s live,
-#: so a segment appears within ~15 s of being said.
-FILE_CLIP_SECONDS = 30.0
+#: The clip length asked for live (bounded by the encoder and the token budget): 15 s, so a segment appears within
+#: ~15 s of being said (files: clip_runner.FILE_CLIP_SECONDS).
 LIVE_CLIP_SECONDS = 15.0
 #: Meeting states whose audio is still being captured or transcribed: not deletable until they end.
 _ACTIVE = ("recording", "transcribing")
-#: How long a clip's job may wait for room in a full queue before the meeting gives up.
-QUEUE_FULL_PATIENCE_SECONDS = 60.0
 
 
 @dataclass
@@ -262,7 +258,8 @@ class MeetingRpcs(RpcBase):
         heard is transcribed."""
         t0 = time.perf_counter()
         transcript = meetings.Transcript(settings)
-        run = _ClipRunner(self.scheduler, context)
+        run = ClipRunner(self.scheduler)
+        context.add_callback(run.cancel)
         try:
             for i, segment in enumerate(meetings.transcribe(clips, run, transcript)):
                 if meeting_id:
@@ -306,8 +303,7 @@ class MeetingRpcs(RpcBase):
                                            sampling=sampling_from(sampling or pb.Sampling()))
 
     def _clip_seconds(self, target: float) -> float:
-        return clip_seconds(target, self.info.max_audio_clip_seconds, self.info.audio_tokens_per_second,
-                            MAX_CLIP_TOKENS)
+        return clip_length(self.info, target)
 
     def _mark(self, meeting_id: str, state: str, duration: float | None = None) -> None:
         """Record how a meeting ended, if it can be: on a full disk the store may refuse this too, and the call
@@ -332,36 +328,6 @@ class MeetingRpcs(RpcBase):
             raise
         self.meeting_store.update(meeting_id, audio_path=str(path))
         return str(path)
-
-
-class _ClipRunner:
-    """Runs a function as its own decoder job (meetings.RunOnDecoder) and adds up the time the jobs waited.
-
-    A full queue is waited out (for a while) instead of failing a meeting that is half transcribed."""
-
-    def __init__(self, scheduler: Scheduler, context: grpc.ServicerContext) -> None:
-        self._scheduler = scheduler
-        self._context = context
-        #: Time the meeting's jobs waited for the decoder, summed (reported in its Usage).
-        self.queue_ms = 0.0
-
-    def __call__(self, fn: Callable[[DecoderSession], T]) -> T:
-        deadline = time.monotonic() + QUEUE_FULL_PATIENCE_SECONDS
-        while True:
-            try:
-                handle = self._scheduler.submit(lambda session, emit: fn(session), "meeting-clip")
-                break
-            except QueueFull:
-                if time.monotonic() > deadline or not self._context.is_active():
-                    raise
-                time.sleep(0.2)
-        self._context.add_callback(handle.cancel)
-        try:
-            result = handle.result()
-        finally:
-            handle.cancel()
-        self.queue_ms += handle.queue_ms
-        return result
 
 
 def _spool_failure(recorder: Recorder, meeting_id: str) -> str:

@@ -17,7 +17,8 @@ import grpc
 
 from omnid.daemon import jobs
 from omnid.daemon.config import private_dir
-from omnid.daemon.rpc_base import Deletion, NotFound, RpcBase
+from omnid.daemon.errors import NotFound
+from omnid.daemon.rpc_base import Deletion, RpcBase
 from omnid.daemon.sampling import SamplingParams
 from omnid.modalities.screen_capture import ScreenGrabber
 from omnid.modalities.screen_store import Observation, ScreenStore

@@ -100,6 +100,8 @@ class JobHandle(Generic[T]):
         self._interval = delta_interval
         self._held: list[TextDelta | ReasoningDelta] = []
         self._last_delta = -delta_interval
+        #: Told (on the decoder thread) whenever an event is queued: see notify_on.
+        self._notify: Callable[[], None] | None = None
         #: The last progress the job reported (Status shows it for the running job).
         self.progress: Progress | PrefillProgress | None = None
 
@@ -131,19 +133,25 @@ class JobHandle(Generic[T]):
         if isinstance(event, (Progress, PrefillProgress)):
             self.progress = event
         self._release_held()
-        self._events.put(event)
+        self._put(event)
 
     def finish(self, result: Any = None, error: BaseException | None = None) -> None:
         """The job is over: its result, or the error its submitter gets."""
         self._release_held()
         self._result, self._error = result, error
         self._finished.set()
-        self._events.put(_END)
+        self._put(_END)
 
     def _release_held(self) -> None:
         if self._held:
-            self._events.put(type(self._held[0])("".join(e.text for e in self._held)))
+            self._put(type(self._held[0])("".join(e.text for e in self._held)))
             self._held.clear()
+
+    def _put(self, event: Any) -> None:
+        self._events.put(event)
+        notify = self._notify
+        if notify is not None:
+            notify()
 
     # -- the submitter's side --------------------------------------------------------------------------------
 
@@ -167,6 +175,25 @@ class JobHandle(Generic[T]):
                 break
         if self._error is not None:
             raise self._error
+
+    def notify_on(self, notify: Callable[[], None]) -> None:
+        """Have `notify` called (on the decoder thread; it must be quick and never raise) whenever events are
+        queued, so a submitter that must not block (an event loop) takes them with `take` instead of keeping a
+        thread waiting in `events`: one hand-off between threads per batch of deltas instead of two."""
+        self._notify = notify
+        if not self._events.empty():  # queued before notify was set
+            notify()
+
+    def take(self) -> tuple[list[Any], bool]:
+        """The events queued now, without waiting (deltas joined), and whether the job is over (then `result`
+        gives its result or raises its error)."""
+        batch: list[Any] = []
+        while not self._events.empty():
+            batch.append(self._events.get_nowait())
+        over = bool(batch) and batch[-1] is _END
+        if over:
+            batch.pop()
+        return _joined(batch), over
 
     def result(self, timeout: float | None = None) -> T:
         """Wait for the job and return what it returned (re-raising its error); events are left unread.

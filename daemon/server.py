@@ -36,6 +36,8 @@ from grpc_reflection.v1alpha import reflection
 
 from omnid.daemon.admission import CallLimits, pool_size
 from omnid.daemon.config import DaemonConfig, cache_dir, default_token_path, private_dir
+from omnid.daemon.http_app import HttpApi
+from omnid.daemon.http_server import HttpServer
 from omnid.daemon.interceptors import TokenAuth, UndecodableRequests
 from omnid.common.private_paths import UnsafePath, check_private_dir, read_private_token, socket_identity
 from omnid.daemon.prompt_cache import PromptCache
@@ -59,14 +61,14 @@ class OmniServicer(MeetingRpcs, DocumentRpcs, ScreenRpcs, ChatRpcs, omnid_pb2_gr
     """All RPCs, one mixin per area (see rpc_base.RpcBase)."""
 
 
-def parse_loopback(address: str) -> tuple[str, int]:
-    """Split 'HOST:PORT' and insist that HOST is a loopback address."""
+def parse_loopback(address: str, flag: str = "--tcp") -> tuple[str, int]:
+    """Split 'HOST:PORT' and insist that HOST is a loopback address (`flag` names the option in errors)."""
     host, sep, port = address.rpartition(":")
     host = host.strip("[]")
     if not sep or not port.isdigit():
-        raise ValueError(f"--tcp takes HOST:PORT, got {address!r}")
+        raise ValueError(f"{flag} takes HOST:PORT, got {address!r}")
     if not 1 <= int(port) <= 65535:
-        raise ValueError(f"--tcp port must be 1-65535, got {port} in {address!r}")
+        raise ValueError(f"{flag} port must be 1-65535, got {port} in {address!r}")
     if host == "localhost":
         host = "127.0.0.1"
     try:
@@ -74,7 +76,7 @@ def parse_loopback(address: str) -> tuple[str, int]:
     except ValueError:
         loopback = False
     if not loopback:
-        raise ValueError(f"--tcp must be a loopback address (127.0.0.1 or ::1), not {host!r}: "
+        raise ValueError(f"{flag} must be a loopback address (127.0.0.1 or ::1), not {host!r}: "
                          "omnid never listens on the network")
     return host, int(port)
 
@@ -105,6 +107,7 @@ class Daemon:
         self.servers: list[grpc.Server] = []
         self.health = health.HealthServicer()
         self.servicer: OmniServicer | None = None
+        self.http: HttpServer | None = None
         self.endpoints: list[str] = []
         self._stopped = threading.Event()
         #: (device, inode) of the socket this daemon made: the only socket file it removes on the way out.
@@ -170,13 +173,18 @@ class Daemon:
     def start(self) -> None:
         """Load the model, then listen. Raises ModelLoadError / ValueError / OSError with a clear message."""
         tcp = parse_loopback(self.config.tcp) if self.config.tcp else None
+        http = parse_loopback(self.config.http, "--http") if self.config.http else None
         token = None
-        if tcp:
+        if tcp or http:
             token = read_or_create_token(self.config.token_file or default_token_path())
         _claim_socket(self.config.socket_path)
         self._resolve_model()
+        if http:  # before the model loads: /health answers 503 "loading" meanwhile
+            self.http = HttpServer(HttpApi(self.scheduler, self.config, token or ""), *http)
+            self.http.start()
         self.scheduler.start()
-        self.endpoints = [f"unix:{self.config.socket_path}"] + ([f"{tcp[0]}:{tcp[1]}"] if tcp else [])
+        self.endpoints = [f"unix:{self.config.socket_path}"] + ([f"{tcp[0]}:{tcp[1]}"] if tcp else []) \
+            + ([self.http.url] if self.http else [])
         self.servicer = OmniServicer(self.scheduler, self.config, ", ".join(self.endpoints))
         self.servers.append(self._server([CallLimits(self.config.max_streams), UndecodableRequests()]))
         old_umask = os.umask(0o177)  # the socket file is created 0600
@@ -220,10 +228,14 @@ class Daemon:
         if self._stopped.is_set():
             return
         self.health.enter_graceful_shutdown()
+        if self.http is not None:
+            self.http.begin_stopping()
         self.scheduler.stop()
         if self.servicer is not None:
             self.servicer.close()
         events = [server.stop(grace) for server in self.servers]
+        if self.http is not None:
+            self.http.stop()
         for event in events:
             event.wait(grace + 1)
         if self._socket_made is not None and socket_identity(self.config.socket_path) == self._socket_made:

@@ -129,6 +129,10 @@ class DecoderSession:
         segs.append(_piece(f.user_close))
         return _without_empty(segs, points)
 
+    def text_prompt(self, text: str) -> Prompt:
+        """The template's head (the BOS token) and plain text, no turns: what a text completion continues."""
+        return _without_empty([_piece(self._frame.head), TextSegment(text)], set())
+
     def continue_prompt(self, parts: Sequence[Segment]) -> Prompt:
         """The next user turn after a generated answer, in the same sequence."""
         f = self._frame

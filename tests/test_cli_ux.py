@@ -25,7 +25,7 @@ from conftest import wav_bytes
 from documents_pdfs import fact, make_report
 
 from omnid.clients import cli as omni_cli
-from omnid.clients import transcript_formats
+from omnid.common import transcript_formats
 from omnid.clients.client import OmniClient, OmniError, text
 from omnid.daemon import cli as omnid_cli
 from omnid.modalities.ids import AmbiguousId, resolve_prefix
