@@ -421,3 +421,24 @@ def test_a_conversation_over_the_remote_engine_is_refused_in_one_line(remote_cli
         remote_client.conversation().ask(text("hello"))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "--backend remote" in err.value.details() and "\n" not in err.value.details()
+
+
+def test_a_second_omnid_is_an_engine_through_its_http_endpoint(start_daemon, tmp_path: Path) -> None:
+    """One omnid serves the tiny omni model over its OpenAI-compatible endpoint; a second runs every pipeline
+    with `--backend remote` against it (the token the first one requires, read from a private file)."""
+    token = tmp_path / "token"
+    token.write_text("omnid-engine-" + os.urandom(12).hex() + "\n")
+    token.chmod(0o600)
+    port = free_port()
+    engine = start_daemon("--http", f"127.0.0.1:{port}", "--token-file", str(token))
+    front = remote_daemon(start_daemon, f"http://127.0.0.1:{port}/v1", "--remote-token-file", str(token))
+    with front.client() as client:
+        status = client.status()
+        assert status.backend == "remote" and "image" in status.capabilities
+        first = client.ask(text("Once upon a time"), max_tokens=3)
+        assert first.usage.prompt_tokens > 0 and 1 <= first.usage.generated_tokens <= 3
+        assert client.ask(text("Once upon a time"), max_tokens=3).text == first.text  # greedy on both sides
+    with engine.client() as direct:
+        cache = direct.status().cache
+        assert cache.hits >= 1  # the second request reused the first one's prefix in the engine omnid's cache
+    front.stop()
