@@ -343,6 +343,14 @@ class _Guard:
 
         try:
             headers = dict(scope["headers"])
+            if not (_loopback_host(headers.get(b"host", b"127.0.0.1"))
+                    and (b"origin" not in headers or _loopback_origin(headers[b"origin"]))):
+                # DNS rebinding: a web page on another name that resolves to 127.0.0.1 reaches this port
+                # from the user's browser; its requests carry that name as Host (or Origin), never a loopback one.
+                refusal = HttpError(403, "only loopback Host and Origin names are served (localhost, 127.0.0.1, "
+                                    "[::1])", code="forbidden_host")
+                await error_response(refusal)(scope, receive, counted)
+                return
             if path not in OPEN_PATHS and not self._authorized(headers.get(b"authorization", b"")):
                 refusal = HttpError(401, "missing or wrong token: send Authorization: Bearer TOKEN (the token is "
                                     "in omnid's --token-file, ~/.config/omnid/token by default)",
@@ -361,6 +369,24 @@ class _Guard:
         # The scheme is case-insensitive (RFC 7235 section 2.1), as on the gRPC TCP endpoint.
         scheme, _, credentials = given.strip().partition(b" ")
         return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self._expected)
+
+
+def _loopback_host(value: bytes) -> bool:
+    """Whether a Host header (name[:port]) names this machine's loopback interface."""
+    host = value.decode("latin-1").strip().lower()
+    if host.startswith("["):  # [::1]:port
+        name = host[1:host.find("]")] if "]" in host else ""
+    else:
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    parts = name.split(".")
+    return name in ("localhost", "::1") or (
+        len(parts) == 4 and parts[0] == "127" and all(p.isdigit() and int(p) < 256 for p in parts))
+
+
+def _loopback_origin(value: bytes) -> bool:
+    """Whether an Origin header (scheme://host[:port]) is a page served from loopback."""
+    scheme, sep, rest = value.decode("latin-1").strip().lower().partition("://")
+    return bool(sep) and scheme in ("http", "https") and _loopback_host(rest.encode("latin-1"))
 
 
 def _too_large() -> HttpError:

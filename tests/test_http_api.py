@@ -145,6 +145,18 @@ def test_without_the_token_every_endpoint_is_401_in_openai_shape(omni: HttpDaemo
         assert headers["www-authenticate"] == "Bearer" and "Authorization: Bearer" in error["message"]
 
 
+def test_a_foreign_host_or_origin_is_refused_even_with_the_token(omni: HttpDaemon) -> None:
+    """DNS rebinding: a page on evil.example whose name resolves to 127.0.0.1 sends Host/Origin evil.example."""
+    for headers in ({"Host": "evil.example"}, {"Host": f"evil.example:{omni.port}"},
+                    {"Origin": "http://evil.example"}, {"Origin": "null"}, {"Host": "127.0.0.1.evil.example"}):
+        status, _, body = omni.request("GET", "/v1/models", headers=headers)
+        assert status == 403 and json.loads(body)["error"]["code"] == "forbidden_host", headers
+    for headers in ({"Host": f"localhost:{omni.port}"}, {"Host": f"127.0.0.1:{omni.port}"},
+                    {"Origin": f"http://127.0.0.1:{omni.port}"}, {"Host": f"[::1]:{omni.port}"}):
+        status, _, _ = omni.request("GET", "/v1/models", headers=headers)
+        assert status == 200, headers
+
+
 def test_health_needs_no_token_and_says_the_model_is_loaded(omni: HttpDaemon) -> None:
     status, _, body = omni.request("GET", "/health", token=None)
     assert status == 200 and json.loads(body)["status"] == "ok" and json.loads(body)["model_loaded"] is True
