@@ -194,8 +194,8 @@ def test_a_prompt_over_the_context_is_400_before_the_stream_starts(omni: HttpDae
 def test_a_body_over_the_limit_is_413(omni: HttpDaemon) -> None:
     """Refused from its Content-Length, before a byte of it is read."""
     with socket.create_connection(("127.0.0.1", omni.port)) as s:
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + omni.token.encode()
-                  + b"\r\nContent-Type: application/json\r\nContent-Length: 300000000\r\n\r\n{")
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
+                  + omni.token.encode() + b"\r\nContent-Type: application/json\r\nContent-Length: 300000000\r\n\r\n{")
         reply = b""
         while b"request_too_large" not in reply:
             more = s.recv(65536)
@@ -518,12 +518,14 @@ def test_a_client_that_disconnects_mid_stream_frees_the_decoder(omni: HttpDaemon
                        "max_tokens": 4000, "temperature": 1.0, "seed": 5}).encode()
     for _ in range(3):
         with socket.create_connection(("127.0.0.1", omni.port)) as s:
-            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
                       + omni.token.encode() + b"\r\nContent-Type: application/json\r\nContent-Length: "
                       + str(len(body)).encode() + b"\r\n\r\n" + body)
             received = b""
             while b"data: " not in received:  # streaming has begun
-                received += s.recv(65536)
+                piece = s.recv(65536)
+                assert piece, f"the server closed the connection before streaming: {received[:300]!r}"
+                received += piece
         with omni.daemon.client() as c:  # then the client is gone
             final = [e.done for e in c.generate(text("Hello"), max_tokens=2) if e.WhichOneof("event") == "done"][0]
         # Had the stream's job gone on, this request would have waited for up to ~4000 tokens of decoding.
