@@ -6,11 +6,13 @@ never holds Tk state and a window can be changed, retitled, focused or closed at
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import time
+from typing import Iterator
 
 _TK_PROGRAM = r"""
 import sys, threading, tkinter as tk
@@ -133,3 +135,23 @@ class TkWindow:
             except (OSError, subprocess.TimeoutExpired):
                 self.proc.kill()
                 self.proc.wait()
+
+
+@contextlib.contextmanager
+def environment(**values: str | None) -> Iterator[None]:
+    """os.environ with `values` set (None: removed) for the block, as it was after it: for starting a daemon
+    that inherits a display or a sound server from a module-scoped fixture (where monkeypatch cannot go)."""
+    saved = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -9,7 +9,6 @@ message (one line, no heap addresses, nothing about what the client may not see)
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import os
@@ -34,6 +33,7 @@ from PIL import EpsImagePlugin, Image
 from _common import start_daemon
 from conftest import wav_bytes
 from documents_pdfs import make_report
+from disk_full import fill_disk
 from pulse_mic import PulseMic, PulseUnavailable
 from omnid.clients.client import DaemonNotRunning, OmniClient, text
 from omnid.daemon.config import private_dir
@@ -558,25 +558,13 @@ def test_status_messages_carry_no_heap_addresses(omni: OmniClient) -> None:
         assert "0x" not in error.details() and "object at" not in error.details(), error.details()
 
 
-def _fill(folder: Path) -> Path:
-    filler = folder / "filler"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC
-    return filler
-
-
 def test_status_disk_full_is_resource_exhausted(small_disk: Path, tmp_path: Path, test_model) -> None:
     process = start_daemon(tmp_path, {"model": str(test_model.text), "mmproj": str(test_model.mmproj),
                                       "backend": "auto"},
                            ["--threads", "1", "--ctx", "4096", "--cache-disk", "off", "--data-dir", str(small_disk)])
     try:
         with OmniClient(f"unix:{process.socket}") as c:
-            filler = _fill(small_disk)
+            filler = fill_disk(small_disk)
             upload = wav_bytes(300, seconds=20.0)  # 640 KB to keep next to the transcript
             error = rpc_error(lambda: c.transcribe(upload))
             assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "disk is full" in error.details()

@@ -8,7 +8,6 @@ area they load (threads_, disk_, memory_, cpu_, stop_), like test_adversarial.py
 """
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import subprocess
@@ -29,6 +28,7 @@ from pypdf import PageObject
 from _common import DaemonProcess, start_daemon
 from adversarial_pdfs import shared_content, shared_image, slow_pages
 from conftest import wav_bytes
+from disk_full import fill_disk
 from pulse_mic import PulseMic, PulseUnavailable
 from omnid.clients.client import OmniClient, pcm, text
 from omnid.modalities.documents import PdfDocument
@@ -204,18 +204,6 @@ def mic() -> Iterator[PulseMic]:
     m.close()
 
 
-def _fill(folder: Path) -> Path:
-    filler = folder / "filler"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC
-    return filler
-
-
 def _wait_recording(c: OmniClient, seconds: float) -> pb.MeetingState:
     deadline = time.monotonic() + 60
     state = c.control_meeting("status")
@@ -238,7 +226,7 @@ def test_disk_full_during_a_live_recording(small_disk: Path, mic: PulseMic, tmp_
             reader = threading.Thread(target=lambda: outcome.append(_drain(stream)), daemon=True)
             reader.start()
             state = _wait_recording(c, 1.0)
-            filler = _fill(small_disk)
+            filler = fill_disk(small_disk)
             reader.join(30)
             assert not reader.is_alive(), "the recording did not end when the disk filled"
             error = outcome[0]

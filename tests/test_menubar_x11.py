@@ -21,7 +21,7 @@ import pytest
 from audio_fixtures import speech_wav
 from documents_pdfs import make_report
 from pulse_mic import PulseMic, PulseUnavailable
-from screen_x11 import Xvfb
+from screen_x11 import Xvfb, environment
 from tray_x11 import Menubar, XTray, tray_missing, wait_for
 
 from omnid.clients import menubar_icons as icons
@@ -51,19 +51,9 @@ def mic():
 @pytest.fixture(scope="module")
 def tray_daemon(start_daemon, tray, mic):
     """A daemon that sees the Xvfb screen and hears the PulseAudio virtual microphone."""
-    names = ("DISPLAY", "WAYLAND_DISPLAY", "PULSE_SERVER", "PULSE_RUNTIME_PATH")
-    saved = {k: os.environ.get(k) for k in names}
-    os.environ.pop("WAYLAND_DISPLAY", None)
-    os.environ.update(DISPLAY=tray.display, PULSE_SERVER=mic.env["PULSE_SERVER"],
-                      PULSE_RUNTIME_PATH=mic.env["PULSE_RUNTIME_PATH"])
-    try:
+    with environment(DISPLAY=tray.display, WAYLAND_DISPLAY=None, PULSE_SERVER=mic.env["PULSE_SERVER"],
+                     PULSE_RUNTIME_PATH=mic.env["PULSE_RUNTIME_PATH"]):
         return start_daemon()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ status codes, never on wording.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -15,7 +14,7 @@ import time
 import grpc
 import pytest
 
-from screen_x11 import TkWindow, Xvfb, xvfb_missing
+from screen_x11 import TkWindow, Xvfb, environment, xvfb_missing
 
 from omnid.clients.client import text
 from omnid.proto import omnid_pb2 as pb
@@ -32,20 +31,8 @@ def xvfb():
 
 def _daemon_with_env(start_daemon, display: str | None, **kwargs):
     """Start a daemon whose environment has DISPLAY=display (or none)."""
-    saved = {k: os.environ.get(k) for k in ("DISPLAY", "WAYLAND_DISPLAY")}
-    os.environ.pop("WAYLAND_DISPLAY", None)
-    if display:
-        os.environ["DISPLAY"] = display
-    else:
-        os.environ.pop("DISPLAY", None)
-    try:
+    with environment(DISPLAY=display or None, WAYLAND_DISPLAY=None):
         return start_daemon(**kwargs)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(scope="module")
