@@ -1,7 +1,7 @@
 """The backend interface: what the daemon needs from a model runtime, and nothing more.
 
-The daemon never calls llama.cpp or mlx-vlm directly. It talks to one `Backend`, which owns ONE decoder
-sequence and lets the daemon
+The daemon never calls llama.cpp or mlx-vlm directly. It talks to one `Backend`, which owns one or more decoder
+sequences (see `select`) and lets the daemon, on the selected sequence,
 
   * append prompt segments to that sequence (text through the tokenizer, images and audio through the
     model's own encoders),
@@ -25,7 +25,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Sequence, Union
+from typing import Callable, Literal, Mapping, Sequence, Union
 
 import numpy as np
 import xxhash
@@ -301,7 +301,8 @@ def weights_fingerprint(person: bytes, files: Sequence[Path], *, head: Sequence[
 
 
 class Backend(ABC):
-    """One loaded model with one decoder sequence. Not thread-safe: the daemon's scheduler is its only caller."""
+    """One loaded model with one or more decoder sequences (see `select`). Not thread-safe: one daemon thread is
+    its only caller."""
 
     info: ModelInfo
 
@@ -399,6 +400,53 @@ class Backend(ABC):
 
     def close(self) -> None:
         """Free the model (the daemon calls it once, at shutdown)."""
+
+    # -- several sequences at once (issue 16) -------------------------------------------------------------------
+    #
+    # A backend may hold several decoder sequences (llama.cpp: one context, n_seq_max sequences, each its own KV
+    # cells and recurrent state; mlx: one list of cache objects per sequence). Every single-sequence method above
+    # acts on the SELECTED sequence, so a job's DecoderSession drives "its" sequence through the same API it always
+    # used, and the daemon's batching engine (one thread, the only caller) selects before each call. The defaults
+    # below are those of a one-sequence backend.
+
+    @property
+    def n_sequences(self) -> int:
+        """How many sequences this backend holds at once (each with the full context_length)."""
+        return 1
+
+    def select(self, seq: int) -> None:
+        """Make `seq` (0 <= seq < n_sequences) the sequence every single-sequence method acts on."""
+        if seq != 0:
+            raise ValueError(f"this backend holds one sequence, not sequence {seq}")
+
+    @property
+    def batch_capacity(self) -> int:
+        """The most tokens one `decode_batch` call takes, all sequences together (llama.cpp: n_batch)."""
+        return 512
+
+    def decode_batch(self, work: Mapping[int, Sequence[int]]) -> dict[int, np.ndarray]:
+        """Evaluate each sequence's tokens at its end and return each sequence's next-token logits.
+
+        Why: decoding is memory-bound, so the next token of every generating sequence, and a chunk of another
+        sequence's prefill, cost little more in one forward pass than one token alone (llama.cpp: one
+        llama_decode over a batch whose tokens carry their own seq_id). At most `batch_capacity` tokens in all;
+        every sequence is checked (vocabulary, room) before anything is evaluated, and an error leaves them all
+        as they were. The selected sequence afterwards is unspecified. The default evaluates one after another.
+        """
+        out: dict[int, np.ndarray] = {}
+        for seq, tokens in work.items():
+            self.select(seq)
+            self.append_tokens(tokens)
+            out[seq] = self.logits()
+        return out
+
+    def copy_sequence(self, src: int, dst: int) -> None:
+        """Make sequence `dst` hold exactly what `src` holds (src unchanged), without evaluating anything again
+        where the runtime can copy in place (llama.cpp: llama_memory_seq_cp). Default: snapshot and restore."""
+        self.select(src)
+        snapshot = self.snapshot()
+        self.select(dst)
+        self.restore(snapshot)
 
 
 @dataclass(frozen=True)
