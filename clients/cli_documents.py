@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Iterable, Iterator
 
 from omnid.clients.cli_common import (EXIT_OK, PROMPT_HELP, ClientFactory, Progress, add_delete_flags,
                                       add_sampling_flags, deletion_from_args, print_deleted, print_json,
-                                      print_usage, read_prompt, sampling_from_args, seconds_text, show_progress,
+                                      print_stream, print_usage, read_prompt, sampling_from_args, seconds_text,
+                                      show_progress,
                                       to_dict)
 from omnid.clients.documents import document_id
 from omnid.proto import omnid_pb2 as pb
@@ -80,32 +82,23 @@ def cmd_ask(args: argparse.Namespace, client_factory: ClientFactory) -> int:
                 _ingest(client, args.document, args, quiet=args.json)
         events = client.ask_document(doc_id, question, first_page=first, last_page=last,
                                      max_tokens=args.max_tokens, sampling=sampling_from_args(args))
-        final, pages = pb.Final(), None
-        progress = Progress("tokens", enabled=not args.json)
-        try:
-            for event in events:
-                kind = event.WhichOneof("event")
-                if kind == "pages":
-                    pages = event.pages
-                    if not args.json:
-                        print(f"[pages used: {_ranges(list(pages.pages))}: {pages.reason}]", file=sys.stderr)
-                elif kind == "progress":
-                    show_progress(progress, event.progress)
-                elif kind == "delta" and not args.json:
-                    progress.close()
-                    print(event.delta, end="", flush=True)
-                elif kind == "done":
-                    final = event.done
-        finally:
-            progress.close()
-    if args.json:
-        print_json({"document_id": doc_id, **to_dict(final), "pages_used": list(pages.pages) if pages else [],
-                    "pages_reason": pages.reason if pages else ""})
-        return EXIT_OK
-    print()
-    if args.verbose:
+        used: dict = {"document_id": doc_id, "pages_used": [], "pages_reason": ""}
+        final = print_stream(_noting_pages(events, used, quiet=args.json), args.json, extra=used)
+    if args.verbose and not args.json:
         print_usage(final.usage)
     return EXIT_OK
+
+
+def _noting_pages(events: Iterable, used: dict, *, quiet: bool) -> Iterator:
+    """The answer's events without its "pages" event, which is noted in `used` (the JSON output) and told on
+    stderr: which pages the question read, and why."""
+    for event in events:
+        if event.WhichOneof("event") != "pages":
+            yield event
+            continue
+        used["pages_used"], used["pages_reason"] = list(event.pages.pages), event.pages.reason
+        if not quiet:
+            print(f"[pages used: {_ranges(list(event.pages.pages))}: {event.pages.reason}]", file=sys.stderr)
 
 
 def cmd_list(args: argparse.Namespace, client_factory: ClientFactory) -> int:
