@@ -68,8 +68,10 @@ def _mlx(tmp: Callable[[str], Path]) -> Models:
     pytest.importorskip("mlx_vlm")
     from omnid.models.mlx_backend import MlxBackend
     from omnid.models.mlx_test_model import write_mlx_test_model
-    return Models(MlxBackend(write_mlx_test_model(tmp("mlx")), n_ctx=CONTEXT),
-                  MlxBackend(write_mlx_test_model(tmp("mlx-no-audio"), with_audio=False), n_ctx=CONTEXT))
+    folder = write_mlx_test_model(tmp("mlx"))
+    return Models(MlxBackend(folder, n_ctx=CONTEXT),
+                  MlxBackend(write_mlx_test_model(tmp("mlx-no-audio"), with_audio=False), n_ctx=CONTEXT),
+                  MlxBackend(folder, n_ctx=CONTEXT, n_sequences=PARALLEL))
 
 
 def _remote(tmp: Callable[[str], Path]) -> Models:
