@@ -525,8 +525,8 @@ class LlamaCppBackend(Backend):
         return bool(self._lc.llama_vocab_is_eog(self._vocab, token))
 
     def snapshot(self) -> Snapshot:
-        """header + last logits + seq-0 state + checksum, with the state written in place (one copy in all:
-        snapshots are taken on the request path, and the state of a long prompt is many megabytes)."""
+        """header + last logits + the selected sequence's state + checksum, the state written in place (one
+        copy in all: snapshots are taken on the request path, and the state of a long prompt is many megabytes)."""
         size = int(self._lc.llama_state_seq_get_size(self._ctx, self._seq))
         logits = b"" if self._s.logits is None else self._s.logits.astype(np.float32).tobytes()
         spans = np.array(self._s.media_spans, np.int64).tobytes()
