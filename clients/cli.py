@@ -6,6 +6,7 @@
     omni chat -v
     git diff | omni ask - --system "Review this change"
     omni status
+    omni web
 
 Area commands (documents, meetings, screen) are added by `register(commands)` functions in
 clients/cli_<area>.py; every handler is called as `handler(args, client_factory)` and returns the exit code.
@@ -20,7 +21,7 @@ from importlib import metadata
 
 import grpc
 
-from omnid.clients import cli_chat, cli_documents, cli_meetings, cli_screen
+from omnid.clients import cli_chat, cli_documents, cli_meetings, cli_screen, cli_web
 from omnid.clients.cli_common import (EXIT_DAEMON_ERROR, EXIT_INTERRUPTED, EXIT_NO_DAEMON, EXIT_OK,
                                       EXIT_PIPE_CLOSED, EXIT_USAGE, PROMPT_HELP, ClientFactory,
                                       add_sampling_flags, print_json, print_stream, print_usage, progress_note,
@@ -163,6 +164,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     cli_documents.register(commands)
     cli_meetings.register(commands)
     cli_screen.register(commands)
+    cli_web.register(commands)
     return parser, commands
 
 
