@@ -190,7 +190,11 @@ class Answer {
   }
 
   finish(ms) {
-    if (!this.text) this.body.textContent = this.reasoning ? "" : "(no answer)";
+    if (!this.text) {
+      this.body.textContent = this.reasoning ? "(only thinking, no answer: open it above)" : "(no answer)";
+      this.body.classList.add("muted");
+    }
+    this.fold.querySelector("summary").textContent = `Thinking (${this.reasoning.split(/\s+/).length} words)`;
     this.node.dataset.done = "true";
     const u = this.usage;
     if (!u) return;
