@@ -141,6 +141,9 @@ def chromium(shots: Path) -> Iterator[Browser]:
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     shots.mkdir(parents=True, exist_ok=True)
     driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    # the page's own size, whatever headless Chromium counts as its window's frame
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {"width": WINDOW[0], "height": WINDOW[1],
+                                                                  "deviceScaleFactor": 1, "mobile": False})
     try:
         yield Browser(driver, shots)
     finally:

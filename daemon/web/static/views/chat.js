@@ -36,13 +36,14 @@ class ChatView {
     this.send = el("button", { class: "primary", id: "chat-send", type: "submit" }, "Send");
     this.stop = el("button", { id: "chat-stop", type: "button", hidden: true, onclick: () => this.abort() },
       "Stop");
-    this.thinking = el("input", { type: "checkbox", id: "chat-thinking" });
+    this.thinking = el("select", { id: "chat-thinking", title: "Whether the model thinks before it answers " +
+      "(models that can)" }, el("option", { value: "" }, "Thinking: model's default"),
+      el("option", { value: "medium" }, "Think first"), el("option", { value: "none" }, "Don't think"));
     const composer = el("form", { class: "composer", id: "chat-form" }, this.chips, this.input,
       el("div", { class: "row" },
         el("button", { type: "button", id: "chat-attach", title: "Attach images or sound files",
           onclick: () => this.file.click() }, "Attach…"), this.file,
-        el("label", { class: "muted", title: "Ask the model to think first (models that can)" },
-          this.thinking, " Think"),
+        this.thinking,
         el("span", { class: "grow" }),
         el("button", { type: "button", id: "chat-new", onclick: () => this.reset() }, "New chat"),
         this.stop, this.send));
@@ -135,7 +136,7 @@ class ChatView {
     this.messages.append(answer.node);
     answer.node.scrollIntoView({ block: "end" });
     const body = { messages: [...this.history, message], stream: true, stream_options: { include_usage: true } };
-    if (this.thinking.checked) body.reasoning_effort = "medium";
+    if (this.thinking.value) body.reasoning_effort = this.thinking.value;
     this.running = new AbortController();
     this.send.disabled = true;
     this.stop.hidden = false;
