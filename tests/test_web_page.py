@@ -19,6 +19,7 @@ import pytest
 from conftest import png_bytes, wav_bytes
 from omnid.clients import menubar_state as st
 from omnid.clients.client import OmniError
+from omnid.daemon.web import auth
 from web_browser import Browser, chromium
 
 
@@ -145,6 +146,19 @@ def test_a_foreign_origin_or_host_is_refused_even_with_a_session(web: Web, heade
     for path in ("/", "/api/status", "/login?once=x"):
         status, _, body = web.request("GET", path, sent)
         assert status == 403 and json.loads(body)["error"]["code"] == "forbidden_host", (path, headers)
+
+
+def test_codes_expire_in_a_minute_and_sessions_in_a_day() -> None:
+    now = [1000.0]
+    logins = auth.Logins(clock=lambda: now[0])
+    late, spent = logins.mint(), logins.mint()
+    session = logins.redeem(spent)
+    assert session and logins.valid(session) and logins.redeem(spent) is None
+    now[0] += auth.CODE_SECONDS + 1
+    assert logins.redeem(late) is None and logins.valid(session)
+    now[0] += auth.SESSION_SECONDS
+    assert not logins.valid(session) and not logins.valid("") and not logins.valid(spent)
+    assert auth.cookie_session(b"a=1; omnid_session=xyz ; b=2") == "xyz" and auth.cookie_session(b"") == ""
 
 
 def test_without_http_there_is_no_page_and_no_login_link(daemon) -> None:
