@@ -117,7 +117,8 @@ def test_the_cookie_opens_the_page_the_api_and_v1(web: Web) -> None:
     status, headers, body = web.request("GET", "/", cookie)
     assert status == 200 and b'data-view="chat"' in body
     assert "default-src 'self'" in headers["content-security-policy"] and headers["x-frame-options"] == "DENY"
-    assert web.request("GET", "/static/app.css", cookie)[0] == 200
+    for path in ("/static/app.css", "/static/icon.svg", "/static/shell.js", "/static/views/status.js"):
+        assert web.request("GET", path, cookie)[0] == 200, path
     status, _, body = web.request("GET", "/api/status", cookie)
     reply = json.loads(body)
     assert status == 200 and reply["model_name"] and reply["http_url"] == web.base and "cache" in reply
@@ -209,6 +210,8 @@ def test_the_shell_shows_its_views_and_the_model(browser: Browser, web: Web) -> 
     cookies = {c["name"]: c for c in browser.driver.get_cookies()}
     assert cookies["omnid_session"]["httpOnly"] and cookies["omnid_session"]["sameSite"] == "Strict"
     assert browser.run("return document.cookie") == ""  # no script can read the session
+    errors = [e["message"] for e in browser.driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == []  # no script error, nothing the page's Content-Security-Policy blocked
 
 
 def test_chat_streams_an_answer_about_a_dropped_image(browser: Browser) -> None:
