@@ -74,6 +74,8 @@ def cmd_status(args: argparse.Namespace, client_factory: ClientFactory) -> int:
     print(f"can        {', '.join(status.capabilities)}; "
           f"context {status.context_length} tokens ({_context_why(status)})")
     print(f"endpoint   {status.endpoint}")
+    if status.http_url:
+        print(f"web page   {status.http_url} (`omni web` opens it, logged in)")
     idle = f"; unloads after {status.idle_unload_seconds:g} s idle" if status.idle_unload_seconds else ""
     loaded = "loaded" if status.model_loaded else "not loaded (the next request loads it)"
     print(f"state      model {loaded}{idle}")

@@ -175,6 +175,9 @@ def test_omni_web_prints_a_link_that_logs_in(web: Web) -> None:
                              "--print"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     link = result.stdout.strip()
+    shown = subprocess.run([sys.executable, "-m", "omnid.clients.cli", "--socket", str(web.daemon.socket), "status"],
+                           capture_output=True, text=True, timeout=60)
+    assert f"web page   {web.base}" in shown.stdout
     status, headers, _ = web.request("GET", link.removeprefix(web.base[:-1]))
     assert status == 303 and "omnid_session=" in headers["set-cookie"]
 
