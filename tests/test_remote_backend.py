@@ -20,7 +20,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from remote_engine import LlamaServer, free_port
+from remote_engine import LlamaServer, free_port, kill_all
 from omnid.clients.client import OmniError, text
 from omnid.models.base import ImageSegment, InputError, ModelLoadError, TextSegment
 from omnid.models.gguf_test_model import TestModelPaths
@@ -29,6 +29,13 @@ from omnid.models.remote_http import check_url
 from omnid.proto import omnid_pb2 as pb
 
 grpc = pytest.importorskip("grpc")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_engine_left() -> Iterator[None]:
+    """Whatever a failed test left running is killed with this module (see tests/remote_engine.py)."""
+    yield
+    kill_all()
 
 
 @pytest.fixture(scope="module")
@@ -269,8 +276,9 @@ def test_a_stop_string_ends_the_answer(remote_client) -> None:
 
 
 @pytest.mark.skip(reason="llama-cpp-python's server, cancelled mid-stream, sometimes keeps decoding (seen: one "
-                  "engine at 95% CPU for 18 min), and the next request then waits on it; omnid's side (the stream "
-                  "closed at once) is covered by the engine-lost test. Re-enable against llama-server.")
+                  "engine at 95% CPU for 18 min) while it holds its one model lock, and the next request waits on it "
+                  "(its server's defect, not omnid's). The same test against a second omnid, whose disconnect "
+                  "handling is ours: test_remote_chat.py::test_a_cancelled_answer_frees_both_daemons_at_once")
 def test_a_cancelled_answer_frees_the_engine_at_once(remote_client) -> None:
     """The client cancels a 1,900-token answer (~4 s here) after its first piece: the HTTP stream is closed,
     the engine stops, and the next request is answered well before the long one would have ended."""
@@ -413,14 +421,6 @@ def test_prefix_affinity_routing_and_a_dead_engine_skipped(test_model: TestModel
     finally:
         first.kill()
         second.kill()
-
-
-def test_a_conversation_over_the_remote_engine_is_refused_in_one_line(remote_client) -> None:
-    """Chat needs the model's own template and its logits (grammars, thinking budget): not through an engine yet."""
-    with pytest.raises(OmniError) as err:
-        remote_client.conversation().ask(text("hello"))
-    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "--backend remote" in err.value.details() and "\n" not in err.value.details()
 
 
 def test_a_second_omnid_is_an_engine_through_its_http_endpoint(start_daemon, tmp_path: Path) -> None:
