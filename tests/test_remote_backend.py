@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -237,6 +238,28 @@ def test_prompts_sharing_a_prefix_are_byte_identical_over_it(omni_layout: Remote
     assert first != second
 
 
+def test_a_conversations_next_turn_is_byte_identical_over_its_history(omni_layout: RemoteBackend) -> None:
+    """What lets the engine's prefix cache serve a conversation: turn 2's request repeats turn 1's messages (an
+    image in another array included) byte for byte before the new ones."""
+    from omnid.daemon.conversation import Message
+    from omnid.daemon.remote_chat import message
+    from omnid.models.base import RemoteChat
+
+    def body(*messages: Message) -> bytes:
+        request = RemoteChat(tuple(message(omni_layout, m) for m in messages), 8)
+        return json.dumps(omni_layout.body(request), separators=(",", ":")).encode()
+
+    def picture() -> ImageSegment:
+        return ImageSegment(np.arange(12 * 12 * 3, dtype=np.uint8).reshape(12, 12, 3).copy())
+    first = body(Message("system", (TextSegment("You look at pictures."),)),
+                 Message("user", (picture(), TextSegment("What is this?"))))
+    second = body(Message("system", (TextSegment("You look at pictures."),)),
+                  Message("user", (picture(), TextSegment("What is this?"))),
+                  Message("assistant", (TextSegment("A gradient."),)), Message("user", (TextSegment("Colors?"),)))
+    turn_one = first[:first.index(b'],"stream"')]  # the messages, up to the closing bracket of the list
+    assert second.startswith(turn_one) and b"data:image/png;base64," in turn_one
+
+
 def test_media_the_engine_cannot_take_is_refused_before_any_request(remote: RemoteBackend) -> None:
     with pytest.raises(InputError) as err:
         remote.hold([ImageSegment(np.zeros((8, 8, 3), np.uint8))], affinity=0)
@@ -372,6 +395,32 @@ def test_an_image_and_a_screen_frame_over_the_remote_engine(start_daemon, vision
         screen.close()
 
 
+def test_an_engine_dies_with_the_test_process_that_started_it(test_model: TestModelPaths, tmp_path: Path) -> None:
+    """A test process killed before its teardown (SIGKILL, a CI timeout) takes its engines with it: no
+    llama_cpp.server is left decoding on its own (PR_SET_PDEATHSIG in tests/remote_engine.py)."""
+    script = ("import os, sys; sys.path.insert(0, sys.argv[1]); from remote_engine import LlamaServer; "
+              "server = LlamaServer(sys.argv[2], n_ctx=512).start(); print(server.process.pid, flush=True); "
+              "os._exit(0)")  # gone without killing it, as pytest killed
+    done = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent), str(test_model.text)],
+                          capture_output=True, text=True, timeout=120)
+    pid = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = _alive(pid)
+    if left:
+        os.kill(pid, signal.SIGKILL)  # not to leave it behind when this fails
+    assert not left
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead, waiting for init to reap it
+
+
 def test_an_engine_lost_mid_answer_is_unavailable_and_the_daemon_recovers(start_daemon,
                                                                          test_model: TestModelPaths) -> None:
     server = LlamaServer(test_model.text).start()
@@ -392,6 +441,13 @@ def test_an_engine_lost_mid_answer_is_unavailable_and_the_daemon_recovers(start_
             assert down.value.code() == grpc.StatusCode.UNAVAILABLE and "cannot be reached" in down.value.details()
             server.start()  # the same port
             assert client.ask(text("hello"), max_tokens=2).usage.generated_tokens == 2
+            talk = iter(client.conversation(max_tokens=1900).send(text("tell me a long story")))
+            assert next(talk).WhichOneof("event") == "delta"  # a conversation turn, lost the same way
+            server.kill()
+            with pytest.raises(OmniError) as lost:
+                for _ in talk:
+                    pass
+            assert lost.value.code() == grpc.StatusCode.UNAVAILABLE and "went away" in lost.value.details()
     finally:
         server.kill()
 
