@@ -21,6 +21,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from omnid.daemon.events import ChatDone, ReasoningDelta, TextDelta, ToolCall, ToolCallEvent, Usage
+from omnid.daemon.sampling import DEFAULT_SEED
 from omnid.daemon.session import DecoderSession, StopMatcher
 from omnid.daemon.tool_calls import TOOL_CLOSE, TOOL_OPEN, new_id
 from omnid.models.base import (InputError, RemoteCall, RemoteChat, RemoteGeneration, RemoteListener, Segment,
@@ -41,7 +42,7 @@ def answer(session: DecoderSession, backend: RemoteGeneration, conversation: "Co
     sampling = conversation.sampling
     request = RemoteChat(
         messages=messages, max_tokens=max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
-        top_k=sampling.top_k, seed=sampling.seed or 0,
+        top_k=sampling.top_k, seed=sampling.seed or DEFAULT_SEED,
         tools=tuple({"type": "function", "function": {"name": t.name, "description": t.description,
                                                       "parameters": t.parameters}} for t in conversation.tools),
         tool_choice=conversation.tool_choice, response_schema=conversation.response_schema,
