@@ -235,8 +235,10 @@ class RemoteBackend(RemoteGeneration, Backend):
 
     def request(self, max_tokens: int, *, temperature: float = 0.0, top_p: float = 0.0, top_k: int = 0,
                 seed: int = 0) -> dict:
-        """The chat completion request for the held prompt."""
-        return self.body(RemoteChat(tuple(self.messages()), max_tokens, temperature, top_p, top_k, seed))
+        """The chat completion request for the held prompt: without thinking where the engine has the switch,
+        as a single turn is answered on a local model (a conversation switches it per request)."""
+        return self.body(RemoteChat(tuple(self.messages()), max_tokens, temperature, top_p, top_k, seed,
+                                    thinking=False if self.features.thinking_switch else None))
 
     def body(self, chat: RemoteChat) -> dict:
         """The request body (messages first: the engine hashes the prompt it renders from them, and equal

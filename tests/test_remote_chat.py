@@ -235,6 +235,15 @@ def test_http_chat_streams_reasoning_over_omnid(omnid_front: Front) -> None:
     assert reasoning.strip() and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
 
 
+def test_generate_over_omnid_answers_as_the_engine_itself_does(omnid_front: Front, omnid_engine: OmnidEngine) -> None:
+    """A single turn (Generate) is answered without thinking, as on a local model: the same greedy text as the
+    engine omnid's own Generate, not thinking the client never sees."""
+    with omnid_front.daemon.client() as front, omnid_engine.daemon.client() as engine:
+        through = front.ask(text("Once upon a time"), max_tokens=8)
+        direct = engine.ask(text("Once upon a time"), max_tokens=8)
+    assert through.text == direct.text and through.usage.generated_tokens == direct.usage.generated_tokens
+
+
 # -- audio over a second omnid ------------------------------------------------------------------------------------
 
 
@@ -275,4 +284,26 @@ def test_a_cancelled_answer_frees_both_daemons_at_once(omnid_front: Front, omnid
         assert answer.usage.generated_tokens == 2
         took = time.monotonic() - t0
         assert not engine.status().busy  # nothing left decoding there
+    assert took < 2.0, took
+
+
+def test_an_http_client_that_disconnects_frees_both_daemons_at_once(omnid_front: Front,
+                                                                    omnid_engine: OmnidEngine) -> None:
+    """The same through the front omnid's HTTP endpoint: the client reads the first chunk of a LONG streamed answer
+    and closes its socket."""
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", omnid_front.port, timeout=60)
+    body = {"model": "m", "messages": [{"role": "user", "content": "tell me a long story"}], "max_tokens": LONG,
+            "stream": True, "chat_template_kwargs": {"enable_thinking": False}}
+    conn.request("POST", "/v1/chat/completions", json.dumps(body),
+                 {"Authorization": f"Bearer {omnid_front.token}", "Content-Type": "application/json"})
+    response = conn.getresponse()
+    assert response.status == 200 and response.readline().startswith(b"data: ")
+    t0 = time.monotonic()
+    conn.sock.shutdown(2)  # gone mid-answer
+    conn.close()
+    with omnid_front.daemon.client() as client, omnid_engine.daemon.client() as engine:
+        assert client.conversation(thinking=False, max_tokens=2).ask(text("and now")).usage.generated_tokens == 2
+        took = time.monotonic() - t0
+        assert not engine.status().busy
     assert took < 2.0, took
