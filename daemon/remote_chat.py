@@ -35,6 +35,7 @@ Emit = Callable[[Any], None]
 
 def answer(session: DecoderSession, backend: RemoteGeneration, conversation: "Conversation",
            max_tokens: int, emit: Emit) -> ChatDone:
+    """The conversation job's body over a remote engine: checks, the request, the streamed answer's events."""
     check_supported(backend, conversation)
     check_room(session, conversation)
     session.check_cancelled()

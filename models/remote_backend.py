@@ -11,8 +11,10 @@ sent byte-identical over that prefix (the same system text, the same JSON layout
 PNG and WAV are deterministic, and an encoding is reused by content digest), and it goes to the same engine
 (remote_router). The engine's cached tokens come back in Usage where it reports them.
 
-Not here (yet): logits, snapshots and truncation (the engine has them, the API does not give them), so
-grammar-constrained sampling, tools and reasoning parsing over a remote engine wait for a later change.
+Conversations (`chat`) go to the engine as its own message list (daemon/remote_chat.py builds it): thinking,
+tool calls and JSON-schema answers are the engine's, asked for in the forms it was found to honour at start-up
+(RemoteFeatures, probed in `connect`). Not here: logits, snapshots and truncation (the engine has them, the API
+does not give them).
 """
 from __future__ import annotations
 
