@@ -40,6 +40,7 @@ from omnid.daemon.http_metrics import CONTENT_TYPE, Meters
 from omnid.daemon.sampling import SamplingParams
 from omnid.daemon.scheduler import Job, Scheduler, ShuttingDown
 from omnid.daemon.web.auth import COOKIE, Logins, cookie_session
+from omnid.daemon.web.rpc_call import Rpcs
 from omnid.modalities import meetings
 from omnid.models.base import InputError, ModelInfo, require
 from omnid.proto import omnid_pb2 as pb
@@ -78,6 +79,8 @@ class HttpApi:
         self.logins = Logins()
         #: The Status RPC's reply, for the page's status view: set by the daemon once its servicer exists.
         self.status: Callable[[], pb.StatusReply | None] = lambda: None
+        #: The RPC handlers the page's /api/ calls (daemon/web/rpc_call.py); set once the servicer exists.
+        self.rpcs = Rpcs()
         routes: list[BaseRoute] = [
             Route("/health", self._guarded(self.health), methods=["GET"]),
             Route("/metrics", self._guarded(self.metrics), methods=["GET"]),
@@ -86,7 +89,7 @@ class HttpApi:
             Route("/v1/chat/completions", self._guarded(self.chat_completions), methods=["POST"]),
             Route("/v1/completions", self._guarded(self.completions), methods=["POST"]),
             Route("/v1/audio/transcriptions", self._guarded(self.transcriptions), methods=["POST"]),
-            *web.routes(self.logins, lambda: self.status()),
+            *web.routes(self.logins, lambda: self.status(), self.rpcs),
         ]
         app = Starlette(routes=routes, exception_handlers={HTTPException: _routing_error})
         self.asgi: ASGIApp = _Guard(app, token, self.meters, self.logins)

@@ -8,12 +8,15 @@ skipped them.
 """
 from __future__ import annotations
 
+import io
 import logging
 import queue
 import threading
 from typing import Iterator
 
 import grpc
+import numpy as np
+from PIL import Image
 
 from omnid.daemon import jobs
 from omnid.daemon.config import private_dir
@@ -31,6 +34,9 @@ from omnid.proto import omnid_pb2 as pb
 log = logging.getLogger(__name__)
 
 ASK_CANDIDATES = 200
+#: The frames kept in the history: JPEG quality and largest side (text on screen stays readable).
+FRAME_QUALITY = 75
+FRAME_MAX_SIDE = 1280
 SUBSCRIBER_QUEUE = 256
 _END = object()
 _GONE = object()  # the client went away
@@ -132,7 +138,8 @@ class ScreenRpcs(RpcBase):
             if isinstance(event, Observed):
                 frame = event.frame
                 try:
-                    obs = self._screen_store.add(frame.time_unix, frame.monitor, frame.app, frame.window, event.text)
+                    obs = self._screen_store.add(frame.time_unix, frame.monitor, frame.app, frame.window, event.text,
+                                                 frame_jpeg(frame.image.rgb))
                 except Exception as exc:  # a full disk loses this observation, not the watcher
                     log.warning("screen history: could not store an observation: %s", exc)
                     continue
@@ -141,6 +148,12 @@ class ScreenRpcs(RpcBase):
                 if event.reason != "stopped":
                     log.warning("screen watcher %s", event.reason)
                 self._screen_events.publish(pb.ScreenEvent(state=self._state()))
+
+    def screen_frame(self, observation_id: str) -> bytes | None:
+        """The frame kept with one observation (by id or unique prefix), for the history page; None if none."""
+        store = self._screen_store
+        full_id = store.resolve(observation_id)
+        return store.frame(full_id) if full_id else None
 
     # -- parts of Generate -----------------------------------------------------------------------------------
 
@@ -267,6 +280,16 @@ class ScreenRpcs(RpcBase):
             log.info("deleted %d screen observations", deleted)
             return pb.DeleteReply(deleted=deleted, deleted_ids=ids if what.ids else [])
         return self.call(context, delete)
+
+
+def frame_jpeg(rgb: np.ndarray) -> bytes:
+    """A frame as the history keeps it: the pixels the model was shown, as a JPEG at most FRAME_MAX_SIDE
+    wide or high (some tens of KB: the history's byte budget holds thousands of frames with their words)."""
+    image = Image.fromarray(rgb)
+    image.thumbnail((FRAME_MAX_SIDE, FRAME_MAX_SIDE))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=FRAME_QUALITY)
+    return out.getvalue()
 
 
 def _wake(q: queue.Queue) -> None:

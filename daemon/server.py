@@ -193,6 +193,7 @@ class Daemon:
         if self.http:  # the web page: its login links and its status view come from this servicer
             self.servicer.attach_web(self.http.url, self.http.api.logins)
             self.http.api.status = self.servicer.status_reply
+            self.http.api.rpcs.servicer = self.servicer  # the page's /api/ calls the same handlers
         self.servers.append(self._server([CallLimits(self.config.max_streams), UndecodableRequests()]))
         old_umask = os.umask(0o177)  # the socket file is created 0600
         try:

@@ -220,6 +220,20 @@ class DocumentStore:
                     page.rgb = read[info.st_dev, info.st_ino]
         return doc
 
+    def page(self, doc_id: str, number: int) -> StoredPage | None:
+        """One page with its text and scan (None when unknown): what a citation opens, without reading every
+        scan of the document as get() does."""
+        with self._lock:
+            row = self._db.execute("SELECT page, kind, text, tokens FROM pages WHERE document_id = ? AND page = ?",
+                                   (doc_id, number)).fetchone()
+        if row is None:
+            return None
+        page = StoredPage(*row)
+        if page.kind == "image":
+            with Image.open(self.root / doc_id / _image_name(number)) as image:
+                page.rgb = np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+        return page
+
     # -- housekeeping ----------------------------------------------------------------------------------------
 
     def _remove_orphans(self) -> None:

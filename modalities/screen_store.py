@@ -1,10 +1,12 @@
 """The screen history: what the model saw, searchable, on this machine only, within a size budget.
 
 One SQLite file under the daemon's data dir holds one row per observation (time, monitor, app, window title,
-the model's text) and an FTS5 index over the text, app and title. No pixels are ever stored: the history is
-words. The budget is in bytes (users asked for budgets in bytes rather than days): after each insert that
-takes the database's used pages over the budget, the oldest observations are deleted until it fits again;
-SQLite reuses the freed pages, so the file stops growing at about the budget.
+the model's text, and the frame the model was shown: after the exclusions, at the encoder's size, as a JPEG,
+so the history page can show what was seen next to what was said) and an FTS5 index over the text, app and
+title. Frames count against the same budget as the words and go with their row. The budget is in bytes
+(users asked for budgets in bytes rather than days): after each insert that takes the database's used pages
+over the budget, the oldest observations are deleted until it fits again; SQLite reuses the freed pages, so
+the file stops growing at about the budget.
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ class Observation:
     app: str
     window: str
     text: str
+    #: Whether the row keeps the frame (rows written before frames were kept have none).
+    has_frame: bool = False
 
 
 _SCHEMA = """
@@ -40,7 +44,8 @@ CREATE TABLE IF NOT EXISTS observations (
     monitor INTEGER NOT NULL,
     app TEXT NOT NULL,
     window TEXT NOT NULL,
-    text TEXT NOT NULL
+    text TEXT NOT NULL,
+    frame BLOB
 );
 CREATE INDEX IF NOT EXISTS observations_time ON observations(time_unix);
 CREATE VIRTUAL TABLE IF NOT EXISTS observations_fts USING fts5(
@@ -78,18 +83,21 @@ class ScreenStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA secure_delete=ON")  # deleted history is overwritten, not left in free pages
         self._db.executescript(_SCHEMA)
+        if "frame" not in {row[1] for row in self._db.execute("PRAGMA table_info(observations)")}:
+            self._db.execute("ALTER TABLE observations ADD COLUMN frame BLOB")  # a history from before frames
         path.chmod(0o600)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    def add(self, time_unix: float, monitor: int, app: str, window: str, text: str) -> Observation:
-        obs = Observation(uuid.uuid4().hex[:16], time_unix, monitor, app, window, text)
+    def add(self, time_unix: float, monitor: int, app: str, window: str, text: str,
+            frame: bytes = b"") -> Observation:
+        obs = Observation(uuid.uuid4().hex[:16], time_unix, monitor, app, window, text, bool(frame))
         with self._lock:
-            self._db.execute("INSERT INTO observations(id, time_unix, monitor, app, window, text) "
-                             "VALUES (?, ?, ?, ?, ?, ?)",
-                             (obs.id, obs.time_unix, obs.monitor, obs.app, obs.window, obs.text))
+            self._db.execute("INSERT INTO observations(id, time_unix, monitor, app, window, text, frame) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             (obs.id, obs.time_unix, obs.monitor, obs.app, obs.window, obs.text, frame or None))
             self._enforce_budget()
         return obs
 
@@ -113,16 +121,23 @@ class ScreenStore:
         with self._lock:
             if match:
                 rows = self._db.execute(
-                    "SELECT o.id, o.time_unix, o.monitor, o.app, o.window, o.text FROM observations_fts f "
+                    "SELECT o.id, o.time_unix, o.monitor, o.app, o.window, o.text, o.frame IS NOT NULL "
+                    "FROM observations_fts f "
                     "JOIN observations o ON o.rowid = f.rowid WHERE observations_fts MATCH ? "
                     "AND o.time_unix >= ? AND o.time_unix <= ? ORDER BY o.time_unix DESC LIMIT ?",
                     (match, since, until, limit)).fetchall()
             else:
                 rows = self._db.execute(
-                    "SELECT id, time_unix, monitor, app, window, text FROM observations "
+                    "SELECT id, time_unix, monitor, app, window, text, frame IS NOT NULL FROM observations "
                     "WHERE time_unix >= ? AND time_unix <= ? ORDER BY time_unix DESC LIMIT ?",
                     (since, until, limit)).fetchall()
-        return [Observation(*row) for row in rows]
+        return [Observation(i, t, m, a, w, text, bool(f)) for i, t, m, a, w, text, f in rows]
+
+    def frame(self, observation_id: str) -> bytes | None:
+        """The JPEG the model was shown for this observation; None when unknown or kept without one."""
+        with self._lock:
+            row = self._db.execute("SELECT frame FROM observations WHERE id = ?", (observation_id,)).fetchone()
+        return bytes(row[0]) if row is not None and row[0] is not None else None
 
     def resolve(self, id_or_prefix: str) -> str | None:
         """The full id of the one observation whose id is or starts with this; None or AmbiguousId."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 
 import pytest
@@ -45,3 +46,20 @@ def test_the_byte_budget_drops_the_oldest(tmp_path):
 def test_a_tiny_budget_is_refused(tmp_path):
     with pytest.raises(ValueError, match="at least"):
         ScreenStore(tmp_path / "s.sqlite", budget_bytes=1000)
+
+
+def test_the_frame_the_model_saw_is_kept_with_its_row_and_goes_with_it(tmp_path):
+    path = tmp_path / "screen.sqlite"
+    old = sqlite3.connect(path)  # a history written before frames were kept: no frame column
+    old.execute("CREATE TABLE observations (rowid INTEGER PRIMARY KEY, id TEXT UNIQUE NOT NULL, time_unix REAL "
+                "NOT NULL, monitor INTEGER NOT NULL, app TEXT NOT NULL, window TEXT NOT NULL, text TEXT NOT NULL)")
+    old.execute("INSERT INTO observations VALUES (1, 'aaaa1111', 1000.0, 1, 'code', 'old.py', 'an old row')")
+    old.commit()
+    old.close()
+    store = ScreenStore(path)
+    seen = store.add(2000.0, 1, "code", "new.py", "a new row", b"\xff\xd8jpeg bytes")
+    assert [(o.id, o.has_frame) for o in store.search("")] == [(seen.id, True), ("aaaa1111", False)]
+    assert store.frame(seen.id) == b"\xff\xd8jpeg bytes" and store.frame("aaaa1111") is None
+    assert store.search("row")[0].has_frame
+    store.delete([seen.id])
+    assert store.frame(seen.id) is None

@@ -4,6 +4,8 @@
     GET /static/...       the page's CSS and JavaScript modules (shipped in the package: nothing from a CDN)
     GET /login?once=CODE  a one-time code (CreateLoginLink) traded for the session cookie (auth.py)
     GET /api/status       the Status RPC as JSON (api_status.py)
+    /api/documents/..., /api/meetings/..., /api/screen/...: the views' APIs (api_documents.py, api_meetings.py,
+                          api_screen.py), calling the RPC handlers themselves (rpc_call.py)
 
 Everything is plain HTML, CSS and JavaScript modules served as they are: no build step.
 """
@@ -17,9 +19,10 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Re
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from omnid.daemon.web import api_status
+from omnid.daemon.web import api_documents, api_meetings, api_screen, api_status
 from omnid.daemon.web.api_status import StatusSource
 from omnid.daemon.web.auth import Logins, session_cookie
+from omnid.daemon.web.rpc_call import Rpcs
 
 STATIC = Path(__file__).resolve().parent / "static"
 #: Served without a session or token: the login itself.
@@ -51,8 +54,8 @@ def refusal_page(status: int, message: str) -> HTMLResponse:
                                                            "default-src 'none'; style-src 'unsafe-inline'"})
 
 
-def routes(logins: Logins, status: StatusSource) -> list[BaseRoute]:
-    """Every route of the shell and its /api/status."""
+def routes(logins: Logins, status: StatusSource, rpcs: Rpcs) -> list[BaseRoute]:
+    """Every route of the shell and its /api/."""
     async def index(request: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
 
@@ -69,4 +72,5 @@ def routes(logins: Logins, status: StatusSource) -> list[BaseRoute]:
         Route("/login", login, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
         *api_status.routes(status),
+        *api_documents.routes(rpcs), *api_meetings.routes(rpcs), *api_screen.routes(rpcs),
     ]
