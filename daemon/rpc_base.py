@@ -176,7 +176,7 @@ class RpcBase:
     def _waiting(self, handle: JobHandle) -> Waiting:
         running, waiting = self.scheduler.jobs()
         ahead = waiting.index(handle) if handle in waiting else len(waiting)
-        return Waiting(ahead + (running is not None), handle.queue_ms / 1000)
+        return Waiting(ahead + len(running), handle.queue_ms / 1000)
 
     def unary_job(self, job: Job, context: grpc.ServicerContext, name: str) -> Any:
         """Run a job for a unary call and return its result."""

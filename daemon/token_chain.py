@@ -13,6 +13,7 @@ the longest prefix with a new prompt is found without hashing every prefix.
 """
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -131,8 +132,9 @@ class TokenizerCache:
 
 
 class LiveSequence:
-    """What the backend's sequence holds between jobs, as a chain: the scheduler owns it so it outlives a job,
-    and the next job can continue from it or cut it back instead of restoring anything."""
+    """What one backend sequence holds between jobs, as a chain: the scheduler owns one per sequence so it
+    outlives a job, and the next job on that sequence can continue from it or cut it back instead of restoring
+    anything. Not locked: only the job holding the sequence uses it (the scheduler hands sequences out)."""
 
     def __init__(self) -> None:
         self._chain = TokenChain.empty()
