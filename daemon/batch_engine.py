@@ -39,6 +39,8 @@ T = TypeVar("T")
 #: How long a step waits for the sequences decoded in the step before (bench/concurrency.py measured the job
 #: threads' turnaround at well under a millisecond on the tiny model; a missing sequence costs at most this).
 GATHER_SECONDS = 0.001
+#: Rounds of calls a step answers before it decodes (see BatchEngine.step).
+CALL_ROUNDS = 16
 #: A background prefill passed over this many steps by interactive prefills gets the next chunk.
 STARVATION_STEPS = 32
 #: Step records kept (Status and the tests read the recent ones).
@@ -182,23 +184,39 @@ class BatchEngine:
         with self._cond:
             return bool(self._calls or self._appends)
 
+    def expect(self, seq: int) -> None:
+        """A job was just started on `seq`: the next step waits a moment for its first request."""
+        with self._cond:
+            self._recent.add(seq)
+
     def step(self, timeout: float | None) -> None:
-        """Wait (up to `timeout`) for work or a `wake`, then run the waiting calls and one decode step."""
+        """Wait (up to `timeout`) for work or a `wake`, then run the waiting calls and one decode step.
+
+        Calls are answered in rounds: after each, the sequences that made them (and those decoded last step)
+        get GATHER_SECONDS to come back, with another call or with their append, before the step is made up.
+        So a question that tokenizes its prompt, looks it up and begins its prefill does it between two steps,
+        not one round trip per step behind a background chunk (at most CALL_ROUNDS rounds a step)."""
         with self._cond:
             if not self._calls and not self._appends and not self._woken:
                 self._cond.wait(timeout)
             self._woken = False
-            calls = list(self._calls)
-            self._calls.clear()
-        for request in calls:
-            self._run_call(request)
-        with self._cond:
-            deadline = time.perf_counter() + self.gather_seconds
-            while self._recent - self._appends.keys() and not self._calls:
-                left = deadline - time.perf_counter()
-                if left <= 0:
+        for _ in range(CALL_ROUNDS):
+            with self._cond:
+                calls = list(self._calls)
+                self._calls.clear()
+            for request in calls:
+                self._run_call(request)
+            with self._cond:
+                self._recent.update(r.seq for r in calls)
+                deadline = time.perf_counter() + self.gather_seconds
+                while self._recent - self._appends.keys() and not self._calls:
+                    left = deadline - time.perf_counter()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+                if not self._calls:
                     break
-                self._cond.wait(left)
+        with self._cond:
             appends = list(self._appends.values())
         if appends:
             self._decode(appends)

@@ -492,6 +492,7 @@ class Scheduler:
                                   daemon=True)
         with self._lock:
             self._job_threads.add(thread)
+        self.engine.expect(seq)
         thread.start()
         return handle
 

@@ -105,29 +105,35 @@ class TokenizerCache:
     Why: a prompt is compared token by token, so every text segment is tokenized on every request; the long
     ones (a document's pages, a system prompt, a history) come back again and again, and tokenizing 16k
     tokens of text would cost a 16k-token cache hit several milliseconds.
+
+    Thread-safe: with parallel sequences every job thread lays its prompts out through the one cache (the
+    tokenizing itself runs outside the lock, so no thread waits for another's tokenizer).
     """
 
     def __init__(self, max_tokens: int = 1 << 20) -> None:
         self.max_tokens = max_tokens
         self._ids: OrderedDict[str, np.ndarray] = OrderedDict()
         self._total = 0
+        self._lock = threading.Lock()
 
     def get(self, digest: str, tokenize: Callable[[], Sequence[int]]) -> np.ndarray:
-        ids = self._ids.get(digest)
-        if ids is not None:
-            self._ids.move_to_end(digest)
-            return ids
+        with self._lock:
+            ids = self._ids.get(digest)
+            if ids is not None:
+                self._ids.move_to_end(digest)
+                return ids
         return self.put(digest, tokenize())
 
     def put(self, digest: str, tokens: Sequence[int]) -> np.ndarray:
         """Store the token ids of a segment (replacing what was there)."""
         ids = np.asarray(tokens, np.int64)
         ids.setflags(write=False)
-        old = self._ids.pop(digest, None)
-        self._total += len(ids) - (0 if old is None else len(old))
-        self._ids[digest] = ids
-        while self._total > self.max_tokens and len(self._ids) > 1:
-            self._total -= len(self._ids.popitem(last=False)[1])
+        with self._lock:
+            old = self._ids.pop(digest, None)
+            self._total += len(ids) - (0 if old is None else len(old))
+            self._ids[digest] = ids
+            while self._total > self.max_tokens and len(self._ids) > 1:
+                self._total -= len(self._ids.popitem(last=False)[1])
         return ids
 
 
