@@ -4,8 +4,9 @@ It is not a model: a prompt's tokens are its UTF-8 bytes, and after each appende
 scripted reply (`reply`, byte by byte, then end of generation), so a test knows exactly which text the real
 DecoderSession.generate loop will see and can check stop strings, stop reasons and delta streaming
 without loading anything. With `n_sequences` > 1 it holds that many such sequences (select, decode_batch,
-copy_sequence as in models/base.py) and records every decode_batch (`batches`), for the batching engine's tests. Everything about models is tested
-on the real backends (test_backend_conformance.py, test_llama_backend.py, test_mlx_backend.py).
+copy_sequence as in models/base.py) and records every decode_batch (`batches`), for the batching engine's
+tests. Everything about models is tested on the real backends (test_backend_conformance.py,
+test_llama_backend.py, test_mlx_backend.py).
 """
 from __future__ import annotations
 
