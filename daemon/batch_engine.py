@@ -39,6 +39,8 @@ T = TypeVar("T")
 #: How long a step waits for the sequences decoded in the step before (bench/concurrency.py measured the job
 #: threads' turnaround at well under a millisecond on the tiny model; a missing sequence costs at most this).
 GATHER_SECONDS = 0.001
+#: How long a starting interactive job holds background prefill chunks back, at most (see BatchEngine.expect).
+PREPARE_SECONDS = 0.1
 #: Rounds of calls a step answers before it decodes (see BatchEngine.step).
 CALL_ROUNDS = 16
 #: A background prefill passed over this many steps by interactive prefills gets the next chunk.
@@ -107,6 +109,9 @@ class BatchEngine:
         self._appends: dict[int, _Append] = {}
         #: Sequences decoded in the last step whose jobs still run: the next step waits a moment for them.
         self._recent: set[int] = set()
+        #: Interactive jobs just started, by sequence, until their first append (or the deadline): no background
+        #: prefill chunk begins meanwhile (see `expect`).
+        self._preparing: dict[int, float] = {}
         self._closed: BaseException | None = None
         self._woken = False
         self._orders = itertools.count()
@@ -134,6 +139,7 @@ class BatchEngine:
 
         def put() -> None:
             assert seq not in self._appends, f"sequence {seq} already waits for an append"
+            self._preparing.pop(seq, None)
             request.order = next(self._orders)
             self._appends[seq] = request
         self._enqueue(put)
@@ -161,6 +167,7 @@ class BatchEngine:
         """The job on `seq` ended: the next step does not wait for it."""
         with self._cond:
             self._recent.discard(seq)
+            self._preparing.pop(seq, None)
             self._cond.notify_all()
 
     def close(self, error: BaseException) -> None:
@@ -177,17 +184,23 @@ class BatchEngine:
     def reopen(self, backend: Backend) -> None:
         """Serve a newly loaded backend."""
         with self._cond:
-            self.backend, self._closed, self._recent = backend, None, set()
+            self.backend, self._closed, self._recent, self._preparing = backend, None, set(), {}
 
     @property
     def busy(self) -> bool:
         with self._cond:
             return bool(self._calls or self._appends)
 
-    def expect(self, seq: int) -> None:
-        """A job was just started on `seq`: the next step waits a moment for its first request."""
+    def expect(self, seq: int, priority: Priority) -> None:
+        """A job was just started on `seq`: the next step waits a moment for its first request, and an
+        interactive one holds background prefill chunks back until its own prefill is waiting (at most
+        PREPARE_SECONDS). Why: a question lays its prompt out (tokenizing, a cache lookup, maybe a restore)
+        in several calls; without the hold each could let another background chunk begin, where the promise
+        is that a question's first token waits for at most the one chunk already under way."""
         with self._cond:
             self._recent.add(seq)
+            if priority == Priority.INTERACTIVE:
+                self._preparing[seq] = time.perf_counter() + PREPARE_SECONDS
 
     def step(self, timeout: float | None) -> None:
         """Wait (up to `timeout`) for work or a `wake`, then run the waiting calls and one decode step.
@@ -218,8 +231,13 @@ class BatchEngine:
                     break
         with self._cond:
             appends = list(self._appends.values())
-        if appends:
-            self._decode(appends)
+            now = time.perf_counter()
+            self._preparing = {seq: t for seq, t in self._preparing.items() if t > now}
+            hold = min(self._preparing.values(), default=0.0)
+        if appends and not self._decode(appends, hold_background=bool(hold)):
+            with self._cond:  # only held background prefills wait: until the question's append, or the deadline
+                if not self._calls:
+                    self._cond.wait(max(0.0, hold - time.perf_counter()))
 
     def _run_call(self, request: _Call) -> None:
         try:
@@ -229,8 +247,8 @@ class BatchEngine:
             request.error = exc
         request.done.set()
 
-    def _decode(self, appends: list[_Append]) -> None:
-        """One decode_batch over the waiting appends (see the module docstring)."""
+    def _decode(self, appends: list[_Append], hold_background: bool = False) -> bool:
+        """One decode_batch over the waiting appends (see the module docstring); False when nothing could run."""
         live: list[_Append] = []
         for request in appends:
             if request.should_stop is not None and request.should_stop():
@@ -243,9 +261,10 @@ class BatchEngine:
                 live.append(request)
         decodes = [r for r in live if not r.is_prefill]
         prefills = [r for r in live if r.is_prefill]
+        candidates = [r for r in prefills if not hold_background or r.priority == Priority.INTERACTIVE]
         room = max(1, self.backend.batch_capacity - len(decodes))
         decodes = decodes[:self.backend.batch_capacity]
-        chosen = min(prefills, key=self._prefill_rank, default=None)
+        chosen = min(candidates, key=self._prefill_rank, default=None)
         work: dict[int, Sequence[int]] = {r.seq: r.tokens for r in decodes}
         if chosen is not None and not self._check_room(chosen):
             chosen = None
@@ -258,7 +277,7 @@ class BatchEngine:
                     other.passed_over += 1
             chosen.passed_over = 0
         if not work:
-            return
+            return False
         logits = self._evaluate(work, decodes + ([chosen] if chosen is not None else []))
         record = StepRecord(self.steps_total, tuple(r.seq for r in decodes),
                             (chosen.seq, chunk, chosen.priority) if chosen is not None else None,
@@ -279,6 +298,7 @@ class BatchEngine:
                 self._answer(chosen)
         with self._cond:
             self._recent = recent
+        return True
 
     def _evaluate(self, work: dict[int, Sequence[int]], requests: list[_Append]) -> dict[int, np.ndarray]:
         """decode_batch; when it fails, each sequence alone, so only the one at fault gets the error (a failed

@@ -114,6 +114,8 @@ class JobHandle(Generic[T]):
         self.priority = Priority.INTERACTIVE
         self.client = ""
         self.sequence = -1
+        #: The batching engine's step count when it was started (its step records tell what it waited for).
+        self.admitted_step = 0
 
     @property
     def queue_ms(self) -> float:
@@ -492,7 +494,8 @@ class Scheduler:
                                   daemon=True)
         with self._lock:
             self._job_threads.add(thread)
-        self.engine.expect(seq)
+        handle.admitted_step = self.engine.steps_total
+        self.engine.expect(seq, handle.priority)
         thread.start()
         return handle
 
