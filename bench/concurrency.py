@@ -149,7 +149,7 @@ def main() -> None:
             time.sleep(0.5)
             loaded = [ttft(scheduler, 200 + i) for i in range(args.questions)]
             background.stop()
-            steps = list(scheduler.engine.steps) if scheduler.engine is not None else []
+            steps = scheduler.engine.records() if scheduler.engine is not None else []
             print(f"question TTFT idle        {statistics.median(idle):8.1f} ms (median of {len(idle)})")
             print(f"question TTFT under load  {statistics.median(loaded):8.1f} ms "
                   f"({background.clips} clips of {args.clip_tokens} words, {background.frames} screen frames)")

@@ -186,6 +186,11 @@ class BatchEngine:
         with self._cond:
             self.backend, self._closed, self._recent, self._preparing = backend, None, set(), {}
 
+    def records(self) -> list[StepRecord]:
+        """The recent steps, the oldest first (a copy: the engine goes on appending)."""
+        with self._cond:
+            return list(self.steps)
+
     @property
     def busy(self) -> bool:
         with self._cond:
@@ -282,9 +287,10 @@ class BatchEngine:
         record = StepRecord(self.steps_total, tuple(r.seq for r in decodes),
                             (chosen.seq, chunk, chosen.priority) if chosen is not None else None,
                             tuple(r.seq for r in prefills))
-        self.steps.append(record)
-        self.steps_total += 1
-        self.tokens_total += record.tokens
+        with self._cond:
+            self.steps.append(record)
+            self.steps_total += 1
+            self.tokens_total += record.tokens
         recent = set()
         for request in decodes:
             if request.error is None:

@@ -404,7 +404,7 @@ class Scheduler:
         engine = self.engine
         if engine is None:
             return 0.0, 0.0, 0
-        steps = list(engine.steps)[-recent:]
+        steps = engine.records()[-recent:]
         if not steps:
             return 0.0, 0.0, engine.steps_total
         sequences = sum(len(s.decoded) + (s.prefill is not None) for s in steps) / len(steps)

@@ -99,9 +99,9 @@ def test_a_long_prefill_is_cut_into_chunks_between_the_other_streams_decode_step
         assert long.result(WAIT) == REPLY[:1].decode()
         assert stream.result(WAIT) == REPLY.decode()
         assert s.engine is not None
-        chunks = [r for r in s.engine.steps if r.prefill is not None and r.prefill[0] == long.sequence]
+        chunks = [r for r in s.engine.records() if r.prefill is not None and r.prefill[0] == long.sequence]
         assert len(chunks) >= 600 // 32
-        assert all(r.tokens <= 32 for r in s.engine.steps)
+        assert all(r.tokens <= 32 for r in s.engine.records())
         # While the long prompt was evaluated, the stream went on decoding in the same steps.
         assert sum(stream.sequence in r.decoded for r in chunks) >= len(chunks) - 2
     finally:
@@ -127,7 +127,7 @@ def test_an_interactive_prefill_waits_for_at_most_one_background_chunk_and_backg
             """In the middle of the background prefill, the question comes: this chunk is the one it waits for."""
             engine = s.engine
             assert engine is not None and clip is not None
-            if clip.sequence in work and len(engine.steps) > 3 and not ask.is_set():
+            if clip.sequence in work and len(engine.records()) > 3 and not ask.is_set():
                 ask.set()  # the question's first request (a tokenization) waits for this chunk
                 while not waits(question.sequence):
                     pass
@@ -136,7 +136,7 @@ def test_an_interactive_prefill_waits_for_at_most_one_background_chunk_and_backg
         assert question.result(WAIT) == REPLY[:4].decode()
         assert clip.result(WAIT) == REPLY[:1].decode()
         assert s.engine is not None
-        steps = list(s.engine.steps)
+        steps = s.engine.records()
         waited = next(i for i, r in enumerate(steps) if question.sequence in r.waiting_prefills)
         mine = [i for i, r in enumerate(steps) if r.prefill and r.prefill[0] == question.sequence]
         assert steps[waited - 1].prefill is not None and steps[waited - 1].prefill[0] == clip.sequence
@@ -166,7 +166,7 @@ def test_a_cancelled_stream_frees_its_sequence_within_one_step(four) -> None:
     stream.cancel()
     with pytest.raises(Cancelled):
         stream.result(WAIT)
-    later = [r for r in s.engine.steps if r.index >= at and (stream.sequence in r.decoded or
+    later = [r for r in s.engine.records() if r.index >= at and (stream.sequence in r.decoded or
                                                                (r.prefill and r.prefill[0] == stream.sequence))]
     assert len(later) <= 1
     assert other.result(WAIT) == REPLY.decode()
