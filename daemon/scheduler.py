@@ -500,6 +500,7 @@ class Scheduler:
         return handle
 
     def _job_thread(self, handle: JobHandle, seq: int) -> None:
+        """A job on a sequence of the batching engine, in its own thread."""
         engine = self.engine
         assert engine is not None
         try:
@@ -508,12 +509,13 @@ class Scheduler:
             with self._lock:
                 self._free_sequence(seq)
             handle.finish(error=exc)
-            return
-        self._run_one(handle, seq, proxy)
-        engine.release(seq)
-        with self._lock:
-            self._job_threads.discard(threading.current_thread())
-        self._notify()
+        else:
+            self._run_one(handle, seq, proxy)
+        finally:
+            engine.release(seq)
+            with self._lock:
+                self._job_threads.discard(threading.current_thread())
+            self._notify()
 
     def _free_sequence(self, seq: int) -> None:
         """The job on `seq` is over (caller holds the lock)."""
