@@ -331,7 +331,11 @@ def test_cli_ask_json_and_status(daemon, tmp_path) -> None:
     reply = json.loads(result.stdout)
     assert reply["usage"]["generated_tokens"] == 8 and reply["usage"]["prompt_tokens"] > 20
     status = omni(daemon.socket, "status", "--json")
-    assert json.loads(status.stdout)["capabilities"] == ["audio", "image", "text"]
+    fields = json.loads(status.stdout)
+    assert fields["capabilities"] == ["audio", "image", "text"]
+    assert (fields["sequences_total"], fields["sequences_in_use"], fields["queue_interactive"],
+            fields["queue_background"], fields["active"]) == (1, 0, 0, 0, [])
+    assert "0 interactive, 0 background" in omni(daemon.socket, "status").stdout
 
 
 def test_cli_without_daemon_says_how_to_start_one(tmp_path) -> None:
