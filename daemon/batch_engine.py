@@ -282,7 +282,7 @@ class BatchEngine:
                 live.append(request)
         decodes = [r for r in live if not r.is_prefill]
         prefills = [r for r in live if r.is_prefill]
-        candidates = [r for r in prefills if not hold_background or r.priority == Priority.INTERACTIVE]
+        candidates = [r for r in prefills if not hold_background or self._prefill_rank(r)[0] <= Priority.INTERACTIVE]
         room = max(1, self.backend.batch_capacity - len(decodes))
         decodes = decodes[:self.backend.batch_capacity]
         chosen = min(candidates, key=self._prefill_rank, default=None)
@@ -290,12 +290,12 @@ class BatchEngine:
         if chosen is not None and not self._check_room(chosen):
             chosen = None
         chunk = 0
+        for other in prefills:  # passed over (by another prefill, or held back): the age bound counts it
+            if other is not chosen and other.priority == Priority.BACKGROUND:
+                other.passed_over += 1
         if chosen is not None:
             chunk = min(room, len(chosen.tokens) - chosen.offset)
             work[chosen.seq] = list(chosen.tokens[chosen.offset:chosen.offset + chunk])
-            for other in prefills:
-                if other is not chosen and other.priority == Priority.BACKGROUND:
-                    other.passed_over += 1
             chosen.passed_over = 0
         if not work:
             return False
@@ -354,8 +354,10 @@ class BatchEngine:
 
     @staticmethod
     def _prefill_rank(request: _Append) -> tuple[int, int]:
+        """Lower goes first: a starved background prefill (its one chunk, then it waits again), interactive ones,
+        background ones; each in arrival order."""
         starved = request.priority == Priority.BACKGROUND and request.passed_over >= STARVATION_STEPS
-        return (Priority.INTERACTIVE if starved else request.priority), request.order
+        return (-1 if starved else int(request.priority)), request.order
 
     def _answer(self, request: _Append) -> None:
         with self._cond:

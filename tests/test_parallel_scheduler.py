@@ -12,6 +12,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import pytest
 
 from fake_backend import FakeBackendForSchedulerTests
+from omnid.daemon.batch_engine import STARVATION_STEPS
 from omnid.daemon.priorities import PASS_LIMIT, Priority, QueueFull
 from omnid.daemon.prompt_cache import PromptCache
 from omnid.daemon.sampling import SamplingParams
@@ -144,6 +145,35 @@ def test_an_interactive_prefill_waits_for_at_most_one_background_chunk_and_backg
         assert mine == list(range(mine[0], mine[-1] + 1))  # and none in between its chunks
         after = [r for r in steps[mine[-1] + 1:] if r.prefill and r.prefill[0] == clip.sequence]
         assert after and after[0].prefill is not None and after[0].prefill[2] == Priority.BACKGROUND
+    finally:
+        s.stop()
+
+
+def test_a_background_prefill_passed_over_long_enough_gets_a_chunk_between_interactive_ones() -> None:
+    s, backend = make(3, batch_capacity=8)
+    try:
+        both = threading.Barrier(2)
+
+        def prefill_at_once(text: str) -> Any:
+            def job(session, emit):
+                both.wait(WAIT)
+                return answer(text, max_tokens=1)(session, emit)
+            return job
+        clip = s.submit(prefill_at_once("y" * 200), "meeting-clip")
+        question = s.submit(prefill_at_once("x" * 600))
+        question.result(WAIT)
+        clip.result(WAIT)
+        assert s.engine is not None
+        steps = [r for r in s.engine.records() if r.prefill is not None]
+        mine = [i for i, r in enumerate(steps) if r.prefill is not None and r.prefill[0] == question.sequence]
+        between = [r for r in steps[mine[0]:mine[-1]] if r.prefill is not None and r.prefill[0] == clip.sequence]
+        assert between  # the background prefill got chunks while the long interactive one went on
+        runs, run = [], 0
+        for r in steps[mine[0]:mine[-1] + 1]:
+            waiting = clip.sequence in r.waiting_prefills
+            run = run + 1 if waiting and r.prefill is not None and r.prefill[0] == question.sequence else 0
+            runs.append(run)
+        assert max(runs) <= STARVATION_STEPS + 1
     finally:
         s.stop()
 
