@@ -38,7 +38,7 @@ from omnid.daemon.prompt_cache import PromptCache
 from omnid.daemon.sampling import SamplingParams
 from omnid.daemon.seq_proxy import SequenceBackend, VocabularyTable
 from omnid.daemon.session import DEFAULT_CHECKPOINT_INTERVAL, Cancelled, DecoderSession
-from omnid.daemon.token_chain import ANCHOR, LiveSequence, TokenizerCache
+from omnid.daemon.token_chain import ANCHOR, LiveSequence, TokenChain, TokenizerCache
 from omnid.models.base import Backend, ChatFrame, InputError, ModelInfo, RemoteGeneration, TextSegment
 
 log = logging.getLogger(__name__)
@@ -510,12 +510,43 @@ class Scheduler:
                 self._free_sequence(seq)
             handle.finish(error=exc)
         else:
-            self._run_one(handle, seq, proxy)
+            self._run_one(handle, seq, proxy, lambda target: self._choose_sequence(handle, proxy, target))
         finally:
-            engine.release(seq)
+            engine.release(handle.sequence)
             with self._lock:
                 self._job_threads.discard(threading.current_thread())
             self._notify()
+
+    def _choose_sequence(self, handle: JobHandle, proxy: SequenceBackend, target: TokenChain) -> LiveSequence:
+        """At a job's first prefill: move it to the free sequence whose live chain it can reuse most of, if that
+        is more than its own gives (what a client left in a sequence serves whoever continues it, not only
+        that client). Only before the job changed its sequence; the sequence it leaves is free again."""
+        assert self.engine is not None and self.backend is not None
+        can_cut = self.backend.can_truncate
+
+        def reusable(seq: int) -> int:
+            chain = self._lives[seq].chain
+            shared = chain.common_prefix(target)
+            return shared if can_cut or shared == len(chain) else 0
+        with self._lock:
+            here = handle.sequence
+            if proxy.touched or not self._free:
+                return self._lives[here]
+            best = max(self._free, key=reusable)
+            if reusable(best) <= reusable(here):
+                return self._lives[here]
+            self._free.remove(best)
+            self._free.append(here)
+            del self._running[here]
+            self._running[best] = handle
+            self._last_seq[handle.client] = best
+            handle.sequence = best
+        self._local.seq = best
+        proxy.retarget(best)
+        self.engine.release(here)
+        self.engine.expect(best, handle.priority)
+        self._notify()
+        return self._lives[best]
 
     def _free_sequence(self, seq: int) -> None:
         """The job on `seq` is over (caller holds the lock)."""
@@ -635,8 +666,10 @@ class Scheduler:
         self.checkpoint_interval = checkpoint_interval(self.state_base_bytes, self.state_bytes_per_token,
                                                        self.backend.info.context_length, self.cache.ram_budget_bytes)
 
-    def _run_one(self, handle: JobHandle, seq: int, backend: Backend) -> None:
-        """Run a job on sequence `seq` through `backend` (the backend itself, or its proxy in a job thread)."""
+    def _run_one(self, handle: JobHandle, seq: int, backend: Backend,
+                 choose: Callable[[TokenChain], LiveSequence] | None = None) -> None:
+        """Run a job on sequence `seq` through `backend` (the backend itself, or its proxy in a job thread, with
+        `choose` to move it to a better sequence at its first prefill)."""
         assert self.cache is not None
         self._local.seq, self._local.backend = seq, backend
         live = self._lives[seq]
@@ -645,7 +678,8 @@ class Scheduler:
         try:
             session = DecoderSession(backend, self.cache, handle.is_cancelled, queue_ms=handle.queue_ms,
                                      frame=self._frame, live=live, tokens=self._tokens,
-                                     checkpoint_interval=self.checkpoint_interval, rate=self.prefill_rate)
+                                     checkpoint_interval=self.checkpoint_interval, rate=self.prefill_rate,
+                                     choose_sequence=choose)
             result = handle.job(session, handle.emit)
         except Cancelled as exc:
             error = ShuttingDown("the daemon is shutting down") if self._stopping else exc
@@ -656,6 +690,8 @@ class Scheduler:
                 log.exception("job %s failed", handle.name)
             error = exc
         finally:
+            seq = handle.sequence if handle.sequence >= 0 else seq  # `choose` may have moved it
+            live = self._lives[seq]
             if error is not None:
                 live.clear()
                 try:

@@ -45,13 +45,23 @@ class SequenceBackend(Backend):
         self._cancelled = cancelled
         self._vocabulary = vocabulary
         self.info = engine.backend.info
+        #: Whether this job changed its sequence yet (until then the scheduler may give it another: `retarget`).
+        self.touched = False
         self._n = self._call(lambda b: b.n_tokens, keeps_logits=True)
         self._logits: np.ndarray | None = None
+
+    def retarget(self, seq: int) -> None:
+        """Drive sequence `seq` from now on (the scheduler moved this job before it changed anything)."""
+        assert not self.touched
+        self.seq = seq
+        self._logits = None
+        self._n = self._call(lambda b: b.n_tokens, keeps_logits=True)
 
     def _call(self, fn: Callable[[Backend], T], keeps_logits: bool = False) -> T:
         """fn on this sequence, on the engine's thread; the token count refreshed on the way."""
         if not keeps_logits:
             self._logits = None
+            self.touched = True
         result, self._n = self._engine.call(self.seq, lambda b: (fn(b), b.n_tokens))
         return result
 
@@ -78,7 +88,7 @@ class SequenceBackend(Backend):
         tokens = list(tokens)
         if not tokens:
             return
-        self._logits = None
+        self._logits, self.touched = None, True
         logits = self._engine.append(self.seq, tokens, self.priority, should_stop)
         if logits is None:  # stopped part-way: how far it got is the backend's to say
             self._n = self._call(lambda b: b.n_tokens)
@@ -108,7 +118,7 @@ class SequenceBackend(Backend):
         return self._call(lambda b: b.logits(), keeps_logits=True)
 
     def append_token(self, token: int) -> None:
-        self._logits = None
+        self._logits, self.touched = None, True
         logits = self._engine.append(self.seq, [token], self.priority, self._cancelled)
         if logits is None:
             raise Cancelled()

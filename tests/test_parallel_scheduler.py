@@ -366,3 +366,23 @@ def test_empty_sequence_empties_the_callers_and_every_idle_sequence(four) -> Non
         backend.select(seq)
         assert backend.n_tokens == 0
     assert all(len(live.chain) == 0 for live in s._lives)
+
+
+def test_a_job_moves_to_the_free_sequence_whose_live_chain_it_continues() -> None:
+    s, _ = make(2, reply=b"an answer")
+
+    def first(session, emit):
+        session.prefill(session.text_prompt("a long shared beginning"))
+        return session.generate(100, SamplingParams()).text
+
+    def follow_up(session, emit):
+        return session.prefill(session.text_prompt("a long shared beginning" + said + ", and then?"))
+    try:
+        one = s.submit(first, client="a")
+        said = one.result(WAIT)
+        other = s.submit(follow_up, client="b")  # another client: its first pick is the other sequence
+        stats = other.result(WAIT)
+        assert other.sequence == one.sequence
+        assert stats.reused_from == "live" and stats.cached_tokens == len("a long shared beginning" + said)
+    finally:
+        s.stop()
