@@ -386,3 +386,22 @@ def test_a_job_moves_to_the_free_sequence_whose_live_chain_it_continues() -> Non
         assert stats.reused_from == "live" and stats.cached_tokens == len("a long shared beginning" + said)
     finally:
         s.stop()
+
+
+def test_idle_unload_frees_a_multi_sequence_model_and_the_next_job_loads_it_again() -> None:
+    loads: list[FakeBackendForSchedulerTests] = []
+
+    def load() -> FakeBackendForSchedulerTests:
+        loads.append(FakeBackendForSchedulerTests(reply=b"ok", n_sequences=3))
+        return loads[-1]
+    s = Scheduler(load, lambda b: PromptCache(b.info.fingerprint, 1 << 20), idle_unload_seconds=0.05)
+    s.start()
+    try:
+        assert s.submit(answer("one")).result(WAIT) == "ok"
+        unloaded = threading.Event()
+        while s.loaded:
+            unloaded.wait(0.01)
+        assert loads[0].closed and s.engine is None
+        assert s.submit(answer("two")).result(WAIT) == "ok" and len(loads) == 2 and s.engine is not None
+    finally:
+        s.stop()
