@@ -283,9 +283,9 @@ class BatchEngine:
         decodes = [r for r in live if not r.is_prefill]
         prefills = [r for r in live if r.is_prefill]
         candidates = [r for r in prefills if not hold_background or self._prefill_rank(r)[0] <= Priority.INTERACTIVE]
-        room = max(1, self.backend.batch_capacity - len(decodes))
-        decodes = decodes[:self.backend.batch_capacity]
-        chosen = min(candidates, key=self._prefill_rank, default=None)
+        decodes = decodes[:self.backend.batch_capacity]  # the rest wait for the next step (never with N <= n_batch)
+        room = self.backend.batch_capacity - len(decodes)
+        chosen = min(candidates, key=self._prefill_rank, default=None) if room > 0 else None
         work: dict[int, Sequence[int]] = {r.seq: r.tokens for r in decodes}
         if chosen is not None and not self._check_room(chosen):
             chosen = None
