@@ -6,10 +6,11 @@ through a proxy (daemon/seq_proxy.py) that hands every backend call to this engi
 gathers the token appends that wait and evaluates them together:
 
   * every waiting one-token append (a generating sequence's next token) goes into the step;
-  * plus at most ONE prefill chunk: the highest-priority waiting prefill (interactive before background, a
-    background prefill passed over STARVATION_STEPS times counts as interactive), cut to what is left of
+  * plus at most ONE prefill chunk: the highest-priority waiting prefill (interactive before background; a
+    background prefill passed over STARVATION_STEPS steps gets one chunk first), cut to what is left of
     `batch_capacity`. A 16k-token prefill thus never freezes the other streams for its whole length, and an
-    interactive question's prefill waits for at most the one background chunk already in flight.
+    interactive question's prefill waits for at most the one background chunk already in flight (a starting
+    interactive job holds new background chunks back while it lays its prompt out: see `expect`).
 
 Every other call (media, snapshot, restore, reset, tokenize) runs between steps, in arrival order. Before a
 step, the engine waits up to GATHER_SECONDS for the sequences it decoded in the step before (their job threads
@@ -17,7 +18,10 @@ are sampling their next token) so they land in the same batch instead of each ge
 
 Cancellation: a waiting append whose `should_stop` turns True is answered at the next step (prefill: stopped,
 decode: Cancelled), so a cancelled request frees its sequence within one step. Every step is recorded
-(`steps`): tests and Status read what the engine really did, never wall time.
+(`records()`): tests and Status read what the engine really did, never wall time.
+
+What it cannot cut: a media segment (an image, an audio clip) is one `append` call, its encoder and its
+evaluation included, so it runs whole between two steps.
 """
 from __future__ import annotations
 
