@@ -11,6 +11,7 @@ from pathlib import Path
 
 from omnid.daemon.config import (DaemonConfig, cache_dir, data_dir, default_ram_budget, default_socket_path,
                                  default_token_path)
+from omnid.models.context_size import MAX_SEQUENCES
 from omnid.models.registry import backend_names
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
@@ -37,6 +38,13 @@ def parse_duration(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90s, 30m, 2h)")
     number, unit = match.groups()
     return float(number) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[(unit or "s").lower()]
+
+
+def sequences(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= MAX_SEQUENCES:
+        raise argparse.ArgumentTypeError(f"--parallel takes 1..{MAX_SEQUENCES} sequences, not {value}")
+    return value
 
 
 def context_tokens(text: str) -> int:
@@ -69,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ctx", type=context_tokens, default=0,
                        help=f"context length in tokens, at least {MIN_CONTEXT}; more than memory holds is refused "
                             "with the number that fits (default: the model's trained context, capped by memory)")
+    serve.add_argument("--parallel", type=sequences, default=0, metavar="N",
+                       help="decoder sequences held at once: requests decoded together, each with the whole --ctx; "
+                            "more than memory holds is refused with the number that fits (default: 4 where "
+                            "memory holds them, fewer where not)")
     serve.add_argument("--threads", type=int, default=None,
                        help="CPU threads for the decoder (default: the number of physical cores)")
     serve.add_argument("--flash-attn", action="store_true",
@@ -139,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from(args: argparse.Namespace) -> DaemonConfig:
     config = DaemonConfig(model=args.model, mmproj=args.mmproj, backend=args.backend, context_length=args.ctx,
+                          parallel=args.parallel,
                           threads=args.threads, flash_attn=args.flash_attn, tcp=args.tcp, http=args.http,
                           token_file=args.token_file, max_queue=args.max_queue, max_streams=args.max_streams,
                           allow_read=list(args.allow_read),

@@ -54,6 +54,8 @@ class DaemonConfig:
     context_length: int = 0
     #: How the context was chosen (set at start-up, when the model's shapes are read).
     context_plan: ContextPlan | None = None
+    #: Decoder sequences held at once (--parallel); 0 = as many as memory holds, up to 4 (context_size.py).
+    parallel: int = 0
     threads: int | None = None
     flash_attn: bool = False
     socket_path: Path = field(default_factory=default_socket_path)

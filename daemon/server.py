@@ -47,7 +47,8 @@ from omnid.daemon.rpc_documents import DocumentRpcs
 from omnid.daemon.rpc_meetings import MeetingRpcs
 from omnid.daemon.scheduler import Scheduler
 from omnid.models.base import Backend, EngineUnavailable, ModelLoadError
-from omnid.models.context_size import StateSize, available_memory, gguf_state_size, mlx_state_size, plan_context
+from omnid.models.context_size import (StateSize, available_memory, gguf_state_size, mlx_state_size, plan_context,
+                                       plan_sequences)
 from omnid.models.loader import DEFAULT_MODEL_NOTE, choose_backend, default_model_path, load_backend
 from omnid.proto import omnid_pb2, omnid_pb2_grpc
 
@@ -135,7 +136,9 @@ class Daemon:
             size = gguf_state_size(path, mmproj if mmproj and mmproj.is_file() else None)
         elif path.is_dir():
             size = mlx_state_size(path)
-        plan = plan_context(self.config.context_length, size, available_memory(), self.config.cache_ram_bytes)
+        available, reserved = available_memory(), self.config.cache_ram_bytes
+        sequences = plan_sequences(self.config.parallel, self.config.context_length, size, available, reserved)
+        plan = plan_context(self.config.context_length, size, available, reserved, sequences)
         self.config.context_length = plan.tokens
         self.config.context_plan = plan
 
@@ -145,7 +148,8 @@ class Daemon:
         model, note = self._model, self._note
         backend = load_backend(model, self.config.mmproj, self.config.backend,
                                context_length=self.config.context_length, threads=self.config.threads,
-                               flash_attn=self.config.flash_attn, verbose=self.config.verbose)
+                               flash_attn=self.config.flash_attn, verbose=self.config.verbose,
+                               sequences=self.config.context_plan.sequences if self.config.context_plan else 1)
         if backend.info.context_length != self.config.context_length:
             log.warning("context: %d tokens asked for, the model runs with %d", self.config.context_length,
                         backend.info.context_length)

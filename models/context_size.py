@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,13 @@ CONTEXT_STEP = 256
 FALLBACK_CONTEXT = 32768
 #: The default context is not cut below this by the memory estimate (only an explicit --ctx is refused).
 SMALLEST_DEFAULT = 4096
+#: Sequences held at once by default (--parallel), where memory has room for them.
+DEFAULT_SEQUENCES = 4
+#: A default extra sequence must leave every sequence this much context (or the trained context, if shorter):
+#: a 20-minute meeting is ~16k tokens, so one long context is worth more than a second short one.
+SEQUENCE_CONTEXT_FLOOR = 32768
+#: The most sequences asked for where the model's state size is unknown or free (llama.cpp allows 256).
+MAX_SEQUENCES = 64
 
 
 @dataclass(frozen=True)
@@ -44,24 +51,66 @@ class ContextPlan:
     tokens: int
     source: str              # "model" (the trained context), "memory" (capped by it), "--ctx"
     trained: int             # 0 = unknown
-    memory_limit: int        # the most tokens memory holds (0 = unknown)
+    memory_limit: int        # the most tokens memory holds per sequence (0 = unknown)
+    sequences: int = 1       # decoder sequences held at once, each with `tokens` of context
 
 
-def plan_context(requested: int, size: StateSize | None, available: int, reserved: int) -> ContextPlan:
-    """The context for `requested` tokens (0 = choose): the model's trained context unless memory holds less
-    (then what it holds, SMALLEST_DEFAULT at least); a request memory cannot hold is refused (ModelLoadError)
-    with the number that fits. `reserved`: bytes other parts of the daemon may use (the prompt cache's RAM
-    budget)."""
+def plan_sequences(requested: int, context: int, size: StateSize | None, available: int, reserved: int) -> int:
+    """How many sequences to hold (`requested`, 0 = choose): DEFAULT_SEQUENCES where that many fit in memory
+    with `context` tokens each (0 = not asked: SEQUENCE_CONTEXT_FLOOR, or the trained context if shorter),
+    fewer where not, one at least. More than fit is refused (ModelLoadError) with the number that fits.
+
+    Why N x the whole state: every sequence has its own KV cells for the full context and its own recurrent
+    state (llama.cpp's non-unified cache; one cache list per sequence on mlx). The weights are there once."""
+    if size is None:  # shapes unknown: what was asked, else one
+        return min(requested, MAX_SEQUENCES) if requested else 1
+    tokens = context or min(size.trained_context or FALLBACK_CONTEXT, SEQUENCE_CONTEXT_FLOOR)
+    fits = _sequences_that_fit(size, tokens, available, reserved)
+    if requested > max(1, fits):
+        one = size.bytes_per_token * tokens + size.fixed_bytes
+        raise ModelLoadError(
+            f"--parallel {requested} needs {_gib(one * requested)} for {requested} sequences of {tokens} tokens, "
+            f"but this machine has {_gib(available)} available ({_gib(size.weights_bytes)} for the model's "
+            f"weights, {_gib(reserved)} for the prompt cache): at most {max(1, fits)} fit (pass a smaller "
+            "--parallel or --ctx)")
+    return requested or max(1, min(DEFAULT_SEQUENCES, fits))
+
+
+def _sequences_that_fit(size: StateSize, tokens: int, available: int, reserved: int) -> int:
+    one = size.bytes_per_token * tokens + size.fixed_bytes
+    room = available - size.weights_bytes - reserved - OVERHEAD_BYTES
+    return MAX_SEQUENCES if one <= 0 else max(0, min(MAX_SEQUENCES, room // one))
+
+
+def for_sequences(size: StateSize, sequences: int) -> StateSize:
+    """The state of `sequences` sequences, as plan_context sizes one: the KV and the recurrent state n times."""
+    return replace(size, bytes_per_token=size.bytes_per_token * sequences, fixed_bytes=size.fixed_bytes * sequences)
+
+
+def plan_context(requested: int, size: StateSize | None, available: int, reserved: int,
+                 sequences: int = 1) -> ContextPlan:
+    """The context for `requested` tokens (0 = choose) in each of `sequences` sequences: the model's trained
+    context unless memory holds less (then what it holds, SMALLEST_DEFAULT at least); a request memory cannot
+    hold is refused (ModelLoadError) with the number that fits. `reserved`: bytes other parts of the daemon may
+    use (the prompt cache's RAM budget)."""
     if size is None:  # a model whose shapes are unknown: what was asked, or the fallback
-        return ContextPlan(requested or FALLBACK_CONTEXT, "--ctx" if requested else "model", 0, 0)
+        return ContextPlan(requested or FALLBACK_CONTEXT, "--ctx" if requested else "model", 0, 0, sequences)
+    plan = _plan_one_context(requested, for_sequences(size, sequences), available, reserved, sequences)
+    return replace(plan, sequences=sequences)
+
+
+def _plan_one_context(requested: int, size: StateSize, available: int, reserved: int,
+                      sequences: int) -> ContextPlan:
     limit = tokens_that_fit(size, available, reserved)
     if requested:
         if size.bytes_per_token and requested > limit:
             need = size.bytes_per_token * requested
+            each = f" in each of --parallel {sequences} sequences" if sequences > 1 else ""
             raise ModelLoadError(
-                f"--ctx {requested} needs {_gib(need)} for its KV cache, but this machine has {_gib(available)} "
-                f"available ({_gib(size.weights_bytes)} for the model's weights, {_gib(reserved)} for the prompt "
-                f"cache): at most {limit} tokens fit (pass --ctx {limit} or less, or a smaller --cache-ram)")
+                f"--ctx {requested}{each} needs {_gib(need)} for its KV cache, but this machine has "
+                f"{_gib(available)} available ({_gib(size.weights_bytes)} for the model's weights, "
+                f"{_gib(reserved)} for the prompt cache): at most {limit} tokens fit (pass --ctx {limit} or less, "
+                "or a smaller --cache-ram" + (" or --parallel)" if sequences > 1 else ")"))
         return ContextPlan(requested, "--ctx", size.trained_context, limit)
     trained = size.trained_context or FALLBACK_CONTEXT
     if size.bytes_per_token and limit < trained:  # never below SMALLEST_DEFAULT unasked: the weights are

@@ -4,7 +4,16 @@ Why the low-level API: llama-cpp-python's chat handlers take images only and cle
 and `Llama.save_state` copies the whole n_batch x n_vocab scores array. The daemon needs audio, a prompt cache
 keyed on segment hashes and cheap per-sequence snapshots, so this module uses `Llama` only to load the model,
 the context and the tokenizer, and drives everything else itself: its own llama_batch + llama_decode for text,
-libmtmd (`llama_cpp.mtmd_cpp`) for images and audio, and llama_state_seq_* for snapshots of sequence 0.
+libmtmd (`llama_cpp.mtmd_cpp`) for images and audio, and llama_state_seq_* for per-sequence snapshots.
+
+Several sequences (issue 16): one context with n_seq_max = n_sequences and a KV cache that is NOT unified, so each
+sequence owns a stream of the full n_ctx cells (total n_ctx = n_sequences x n_ctx) and its attention reads only
+its own cells: a long prompt in one sequence does not slow the others' decode steps, and no sequence can crowd
+another out of the cache. The recurrent layers of a hybrid decoder keep one state per sequence anyway.
+Measured against a unified cache (bench/kv_streams.py, 4 sequences of 3k tokens on the tiny models): a batched
+step 1.9x, one sequence's step 3.5-3.9x and a restore 1.2-2.5x slower unified.
+`select` picks the sequence the single-sequence methods act on; `decode_batch` evaluates several in one
+llama_decode.
 
 Rule: anything that could GGML_ABORT (SIGABRT, the whole daemon gone) is validated in Python first: file kinds
 before loading, media sizes before tokenizing, context room before evaluating, snapshot payloads before
@@ -18,8 +27,9 @@ import ctypes
 import mmap
 import os
 import struct
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -229,8 +239,24 @@ class _MediaChunks:
             self.handle = None
 
 
+@dataclass
+class _Sequence:
+    """What the backend tracks of one llama.cpp sequence beside its cells (llama.cpp keeps no such record)."""
+
+    n_tokens: int = 0
+    #: The position after the last token: M-RoPE models advance fewer positions than tokens over media.
+    n_pos: int = 0
+    #: (first token, end token, position after it) of every image or sound in the sequence: where a cut may not
+    #: fall, and how positions run on after media.
+    media_spans: list[tuple[int, int, int]] = field(default_factory=list)
+    logits: np.ndarray | None = None
+
+
 class LlamaCppBackend(Backend):
-    """A GGUF model (+ mmproj) through llama.cpp, with one decoder sequence (seq 0)."""
+    """A GGUF model (+ mmproj) through llama.cpp, with `n_sequences` decoder sequences in one context."""
+
+    #: One KV stream per sequence (see the module docstring); bench/kv_streams.py measures the other way.
+    _KV_UNIFIED = False
 
     def __init__(
         self,
@@ -242,6 +268,7 @@ class LlamaCppBackend(Backend):
         n_batch: int = 512,
         flash_attn: bool = False,
         verbose: bool = False,
+        n_sequences: int = 1,
     ) -> None:
         model_path = Path(model_path)
         mmproj = Path(mmproj_path) if mmproj_path else None
@@ -255,8 +282,11 @@ class LlamaCppBackend(Backend):
         threads = n_threads or _physical_cores()
         gpu = bool(self._lc.llama_supports_gpu_offload())
         self._llm = self._load_llama(model_path, n_ctx, threads, n_batch, flash_attn, gpu, verbose)
+        if n_sequences != 1:
+            self._widen_context(n_sequences, verbose)
         self._ctx = self._llm._ctx.ctx
-        self._n_ctx = int(self._lc.llama_n_ctx(self._ctx))
+        self._memory = self._lc.llama_get_memory(self._ctx)
+        self._n_ctx = int(self._lc.llama_n_ctx_seq(self._ctx))
         # llama.cpp lowers n_batch to a small n_ctx; a batch larger than the one it kept aborts the process.
         self._n_batch = min(n_batch, int(self._lc.llama_n_batch(self._ctx)),
                             int(self._lc.llama_n_ubatch(self._ctx)))
@@ -264,15 +294,11 @@ class LlamaCppBackend(Backend):
         self._n_vocab = int(self._lc.llama_vocab_n_tokens(self._vocab))
         self._mtmd = self._load_mtmd(mmproj, threads, flash_attn, gpu) if mmproj else None
         self._batch = self._lc.llama_batch_init(n_batch, 0, 1)
-        self._n_tokens = 0
-        self._n_pos = 0
-        #: (first token, end token, position after it) of every image or sound in the sequence: where a cut may
-        #: not fall, and how positions run on after media (M-RoPE models advance fewer positions than tokens).
-        self._media_spans: list[tuple[int, int, int]] = []
+        self._seqs = [_Sequence() for _ in range(n_sequences)]
+        self._seq = 0  # the selected sequence
         model = self._llm._model.model
         self._can_truncate = not (self._lc.llama_model_is_recurrent(model) or self._lc.llama_model_is_hybrid(model)
                                   or self._lc.llama_model_n_swa(model) > 0)
-        self._logits: np.ndarray | None = None
         self._media_cache: tuple[str, _MediaChunks] | None = None
         self._arch = str(text_fields["general.architecture"])
         self._frame: ChatFrame | None = None
@@ -297,6 +323,27 @@ class LlamaCppBackend(Backend):
             )
         except (ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"llama.cpp could not load {path}: {exc}") from exc
+
+    def _widen_context(self, n_sequences: int, verbose: bool) -> None:
+        """Replace the one-sequence context `Llama` made by one holding `n_sequences` streams of its size.
+
+        Why this way: `Llama()` takes no n_seq_max. Its own context is freed first, so the two never coexist in
+        memory; `Llama` keeps using the new one (it only tokenizes here, through the model)."""
+        limit = int(self._lc.llama_max_parallel_sequences())
+        if not 1 <= n_sequences <= limit:
+            self._llm.close()
+            raise ModelLoadError(f"n_sequences must be 1..{limit}, not {n_sequences}")
+        params = self._llm.context_params
+        n_ctx = int(self._lc.llama_n_ctx(self._llm._ctx.ctx))
+        self._llm._ctx.close()
+        params.n_ctx = n_ctx * n_sequences
+        params.n_seq_max = n_sequences
+        params.kv_unified = self._KV_UNIFIED
+        try:
+            self._llm._ctx = self._lc._internals.LlamaContext(model=self._llm._model, params=params, verbose=verbose)
+        except ValueError as exc:
+            self._llm.close()
+            raise ModelLoadError(f"llama.cpp could not make a context of {n_sequences} x {n_ctx} tokens") from exc
 
     def _load_mtmd(self, mmproj: Path, threads: int, flash_attn: bool, gpu: bool) -> Any:
         api = self._mtmd_api
@@ -332,6 +379,8 @@ class LlamaCppBackend(Backend):
         image_size = int(proj_fields.get("clip.vision.image_size", 0))
         max_side = image_size if vision and v_type in _FIXED_SIZE_VISION and image_size > 0 else 1024
         settings = f"flash_attn={flash_attn};gpu={gpu};n_batch={self._n_batch}"
+        if len(self._seqs) > 1:  # llama.cpp writes its stream count into a sequence's state and refuses another
+            settings += f";n_sequences={len(self._seqs)}"
         note = (f"llama.cpp {self._arch}" + (f"; vision {v_type}" if vision else "")
                 + (f"; audio {a_type}" if audio else ""))
         return ModelInfo(
@@ -394,14 +443,11 @@ class LlamaCppBackend(Backend):
 
     @property
     def n_tokens(self) -> int:
-        return self._n_tokens
+        return self._s.n_tokens
 
     def reset(self) -> None:
-        self._lc.llama_memory_clear(self._lc.llama_get_memory(self._ctx), True)
-        self._n_tokens = 0
-        self._n_pos = 0
-        self._media_spans = []
-        self._logits = None
+        self._lc.llama_memory_seq_rm(self._memory, self._seq, -1, -1)
+        self._seqs[self._seq] = _Sequence()
 
     @property
     def can_truncate(self) -> bool:
@@ -411,20 +457,20 @@ class LlamaCppBackend(Backend):
         n_pos = self._position_at(n_tokens)
         if not self._can_truncate or n_pos is None:
             return False
-        if n_tokens == self._n_tokens:
+        if n_tokens == self._s.n_tokens:
             return True
-        if not self._lc.llama_memory_seq_rm(self._lc.llama_get_memory(self._ctx), 0, n_pos, -1):
+        if not self._lc.llama_memory_seq_rm(self._memory, self._seq, n_pos, -1):
             return False
-        self._n_tokens, self._n_pos, self._logits = n_tokens, n_pos, None
-        self._media_spans = [span for span in self._media_spans if span[1] <= n_tokens]
+        self._s.n_tokens, self._s.n_pos, self._s.logits = n_tokens, n_pos, None
+        self._s.media_spans = [span for span in self._s.media_spans if span[1] <= n_tokens]
         return True
 
     def _position_at(self, n_tokens: int) -> int | None:
         """The position after the first n_tokens, or None where that is no place to cut (inside media)."""
-        if not 0 <= n_tokens <= self._n_tokens:
+        if not 0 <= n_tokens <= self._s.n_tokens:
             return None
         end_tokens = end_pos = 0
-        for start, end, pos in self._media_spans:
+        for start, end, pos in self._s.media_spans:
             if start < n_tokens < end:
                 return None
             if end <= n_tokens:
@@ -448,12 +494,12 @@ class LlamaCppBackend(Backend):
         chunks = self._media_chunks(segment)
         self._check_room(chunks.n_tokens)
         self._media_cache = None  # evaluated once: the cache entry now belongs to this call
-        start = self._n_tokens
+        start = self._s.n_tokens
         try:
             self._eval_media(chunks, stop)
         finally:
             chunks.free()
-        self._media_spans.append((start, self._n_tokens, self._n_pos))
+        self._s.media_spans.append((start, self._s.n_tokens, self._s.n_pos))
         return chunks.n_tokens
 
     def append_tokens(self, tokens: Sequence[int], should_stop: Callable[[], bool] | None = None) -> None:
@@ -463,9 +509,9 @@ class LlamaCppBackend(Backend):
         self._decode_tokens(list(tokens), should_stop or (lambda: False))
 
     def logits(self) -> np.ndarray:
-        if self._logits is None:
+        if self._s.logits is None:
             raise RuntimeError("no next-token logits: the sequence is empty or ends with an image/audio segment")
-        return self._logits.copy()
+        return self._s.logits.copy()
 
     def append_token(self, token: int) -> None:
         self.append_tokens([token])
@@ -479,25 +525,25 @@ class LlamaCppBackend(Backend):
         return bool(self._lc.llama_vocab_is_eog(self._vocab, token))
 
     def snapshot(self) -> Snapshot:
-        """header + last logits + seq-0 state + checksum, with the state written in place (one copy in all:
-        snapshots are taken on the request path, and the state of a long prompt is many megabytes)."""
-        size = int(self._lc.llama_state_seq_get_size(self._ctx, 0))
-        logits = b"" if self._logits is None else self._logits.astype(np.float32).tobytes()
-        spans = np.array(self._media_spans, np.int64).tobytes()
+        """header + last logits + the selected sequence's state + checksum, the state written in place (one
+        copy in all: snapshots are taken on the request path, and the state of a long prompt is many megabytes)."""
+        size = int(self._lc.llama_state_seq_get_size(self._ctx, self._seq))
+        logits = b"" if self._s.logits is None else self._s.logits.astype(np.float32).tobytes()
+        spans = np.array(self._s.media_spans, np.int64).tobytes()
         header = _SNAPSHOT_HEADER.pack(
-            _SNAPSHOT_MAGIC, self.info.fingerprint.encode(), self._n_tokens, self._n_pos, self._n_vocab,
-            1 if logits else 0, len(self._media_spans), size,
+            _SNAPSHOT_MAGIC, self.info.fingerprint.encode(), self._s.n_tokens, self._s.n_pos, self._n_vocab,
+            1 if logits else 0, len(self._s.media_spans), size,
         )
         start = len(header) + len(logits) + len(spans)
         out = bytearray(start + size + CHECKSUM_SIZE)
         out[:start] = header + logits + spans
         state = (ctypes.c_uint8 * size).from_buffer(out, start)
-        written = int(self._lc.llama_state_seq_get_data(self._ctx, state, size, 0))
+        written = int(self._lc.llama_state_seq_get_data(self._ctx, state, size, self._seq))
         del state  # release the export of `out` before resizing views of it
         if written != size:
             raise RuntimeError(f"llama_state_seq_get_data wrote {written} of {size} bytes")
         out[-CHECKSUM_SIZE:] = payload_checksum(memoryview(out)[:-CHECKSUM_SIZE])
-        return Snapshot(n_tokens=self._n_tokens, payload=bytes(out), checked=True)
+        return Snapshot(n_tokens=self._s.n_tokens, payload=bytes(out), checked=True)
 
     def restore(self, snapshot: Snapshot) -> None:
         n_tokens, n_pos, logits, spans, offset, size = self._parse_snapshot(snapshot.payload,
@@ -505,17 +551,24 @@ class LlamaCppBackend(Backend):
         # llama.cpp only reads the state: point it into the immutable payload instead of copying megabytes.
         payload = np.frombuffer(snapshot.payload, np.uint8)
         state = ctypes.cast(payload.ctypes.data + offset, ctypes.POINTER(ctypes.c_uint8))
-        # Empty the cache first, without zeroing the KV buffers as reset() does. Clearing it whole drops llama.cpp's
-        # per-cell bookkeeping at once; removing seq 0 cell by cell rebalances its trees: at 16k tokens on two
-        # cores, 0.7 ms against 1.9 ms (set_data itself: ~3 ms with scripts/llama-cpp-patches, ~5 ms without).
-        # Letting set_data empty it is slower still.
-        self._lc.llama_memory_clear(self._lc.llama_get_memory(self._ctx), False)
-        read = int(self._lc.llama_state_seq_set_data(self._ctx, state, size, 0))
+        self._empty_selected()
+        read = int(self._lc.llama_state_seq_set_data(self._ctx, state, size, self._seq))
         if read != size:
             self.reset()
             raise InputError("llama.cpp rejected the snapshot's sequence state")
-        self._n_tokens, self._n_pos, self._logits = n_tokens, n_pos, logits
-        self._media_spans = spans
+        self._seqs[self._seq] = _Sequence(n_tokens, n_pos, spans, logits)
+
+    def _empty_selected(self) -> None:
+        """Drop the selected sequence's cells before a restore, without zeroing buffers as reset() does.
+
+        With one sequence, clearing the whole memory drops llama.cpp's per-cell bookkeeping at once, where
+        removing seq 0 cell by cell rebalances its trees: at 16k tokens on two cores, 0.7 ms against 1.9 ms
+        (set_data itself: ~3 ms with scripts/llama-cpp-patches, ~5 ms without). With several, only the selected
+        sequence's stream may go; letting set_data empty it is slower still."""
+        if len(self._seqs) == 1:
+            self._lc.llama_memory_clear(self._memory, False)
+        else:
+            self._lc.llama_memory_seq_rm(self._memory, self._seq, -1, -1)
 
     def close(self) -> None:
         if self._media_cache is not None:
@@ -529,10 +582,95 @@ class LlamaCppBackend(Backend):
             self._batch = None
         self._llm.close()
 
+    # ---- several sequences
+
+    @property
+    def n_sequences(self) -> int:
+        return len(self._seqs)
+
+    def select(self, seq: int) -> None:
+        self._check_seq(seq)
+        self._seq = seq
+
+    @property
+    def _s(self) -> _Sequence:
+        """The selected sequence's record."""
+        return self._seqs[self._seq]
+
+    @property
+    def batch_capacity(self) -> int:
+        return self._n_batch
+
+    def decode_batch(self, work: Mapping[int, Sequence[int]]) -> dict[int, np.ndarray]:
+        """One llama_decode per n_batch tokens over every sequence's tokens (a sequence with none is left out).
+
+        Everything is checked before the first token reaches llama.cpp, so a bad token or a full sequence
+        anywhere raises with every sequence as it was."""
+        parts = [(seq, list(tokens)) for seq, tokens in work.items() if len(tokens)]
+        for seq, tokens in parts:
+            self._check_seq(seq)
+            if not (0 <= min(tokens) and max(tokens) < self._n_vocab):
+                raise InputError(f"sequence {seq}: a token is outside the vocabulary (0..{self._n_vocab - 1})")
+            check_room(self._seqs[seq].n_tokens, len(tokens), self._n_ctx)
+        out: dict[int, np.ndarray] = {}
+        for piece in self._cut_into_pieces(parts):
+            wanted = self._decode_piece(piece)
+            ends = [seq for seq, _, last in piece if last >= 0]
+            for seq, index in zip(ends, wanted):
+                out[seq] = self._read_logits(index)
+        for seq, logits in out.items():
+            self._seqs[seq].logits = logits
+        return {seq: logits.copy() for seq, logits in out.items()}
+
+    def _cut_into_pieces(self, parts: list[tuple[int, list[int]]]) -> list[list[tuple[int, list[int], int]]]:
+        """Cut (seq, tokens) parts into llama_decode calls of at most n_batch tokens; each part marks its very
+        last token (index, else -1) for logits."""
+        pieces: list[list[tuple[int, list[int], int]]] = [[]]
+        room = self._n_batch
+        for seq, tokens in parts:
+            start = 0
+            while start < len(tokens):
+                if room == 0:
+                    pieces.append([])
+                    room = self._n_batch
+                chunk = tokens[start : start + room]
+                start += len(chunk)
+                pieces[-1].append((seq, chunk, len(chunk) - 1 if start == len(tokens) else -1))
+                room -= len(chunk)
+        return [piece for piece in pieces if piece]
+
+    def copy_sequence(self, src: int, dst: int) -> None:
+        """The state of `src` written into `dst` through one host buffer (llama_state_seq_get/set_data).
+
+        Why not llama_memory_seq_cp: between the streams of a non-unified cache it only schedules the buffer
+        copy for the next llama_decode, so a snapshot of dst taken before that reads dst's old cells, and a
+        restore into dst is overwritten by the pending copy (measured on both test decoders: logits off by 13).
+        The state copy costs what a snapshot and a restore cost without the payload's header and checksum."""
+        self._check_seq(src)
+        self._check_seq(dst)
+        if src == dst:
+            return
+        size = int(self._lc.llama_state_seq_get_size(self._ctx, src))
+        state = (ctypes.c_uint8 * size)()
+        if int(self._lc.llama_state_seq_get_data(self._ctx, state, size, src)) != size:
+            raise RuntimeError(f"llama_state_seq_get_data could not read sequence {src}")
+        self._lc.llama_memory_seq_rm(self._memory, dst, -1, -1)
+        if int(self._lc.llama_state_seq_set_data(self._ctx, state, size, dst)) != size:
+            self._lc.llama_memory_seq_rm(self._memory, dst, -1, -1)
+            self._seqs[dst] = _Sequence()
+            raise RuntimeError(f"llama.cpp could not write sequence {src}'s state into sequence {dst}")
+        copied = self._seqs[src]
+        self._seqs[dst] = _Sequence(copied.n_tokens, copied.n_pos, list(copied.media_spans),
+                                    None if copied.logits is None else copied.logits.copy())
+
+    def _check_seq(self, seq: int) -> None:
+        if not 0 <= seq < len(self._seqs):
+            raise InputError(f"no sequence {seq}: this backend holds {len(self._seqs)} (0..{len(self._seqs) - 1})")
+
     # ---- text
 
     def _check_room(self, n_new: int) -> None:
-        check_room(self._n_tokens, n_new, self._n_ctx)
+        check_room(self._s.n_tokens, n_new, self._n_ctx)
 
     def _check_token(self, token: int) -> None:
         if not 0 <= token < self._n_vocab:
@@ -540,30 +678,41 @@ class LlamaCppBackend(Backend):
 
     def _decode_tokens(self, tokens: list[int], stop: Callable[[], bool]) -> None:
         """Decode in n_batch pieces, logits only for the very last token; poll `stop` between pieces."""
-        batch = self._batch
         for start in range(0, len(tokens), self._n_batch):
             if start and stop():
-                self._logits = None
+                self._s.logits = None
                 return
             piece = tokens[start : start + self._n_batch]
-            last_piece = start + len(piece) == len(tokens)
-            batch.n_tokens = len(piece)
-            for i, token in enumerate(piece):
-                batch.token[i] = token
-                batch.pos[i] = self._n_pos + i
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = 0
-                batch.logits[i] = last_piece and i == len(piece) - 1
-            rc = self._lc.llama_decode(self._ctx, batch)
-            if rc != 0:
-                raise RuntimeError(f"llama_decode failed with status {rc}")
-            self._n_tokens += len(piece)
-            self._n_pos += len(piece)
+            last = len(piece) - 1 if start + len(piece) == len(tokens) else -1
+            self._decode_piece([(self._seq, piece, last)])
         if tokens:
-            self._logits = self._read_logits()
+            self._s.logits = self._read_logits()
 
-    def _read_logits(self) -> np.ndarray:
-        ptr = self._lc.llama_get_logits_ith(self._ctx, -1)
+    def _decode_piece(self, parts: list[tuple[int, list[int], int]]) -> list[int]:
+        """One llama_decode over (seq, tokens, index of the token that wants logits or -1) parts, each at its
+        sequence's end (at most n_batch tokens in all); advances those sequences and returns the batch indices
+        of the logits asked for, in order."""
+        batch, i, wanted = self._batch, 0, []
+        for seq, tokens, last in parts:
+            n_pos = self._seqs[seq].n_pos
+            for j, token in enumerate(tokens):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, n_pos + j, 1
+                batch.seq_id[i][0] = seq
+                batch.logits[i] = j == last
+                if j == last:
+                    wanted.append(i)
+                i += 1
+        batch.n_tokens = i
+        rc = self._lc.llama_decode(self._ctx, batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode failed with status {rc}")
+        for seq, tokens, _ in parts:
+            self._seqs[seq].n_tokens += len(tokens)
+            self._seqs[seq].n_pos += len(tokens)
+        return wanted
+
+    def _read_logits(self, index: int = -1) -> np.ndarray:
+        ptr = self._lc.llama_get_logits_ith(self._ctx, index)
         if not ptr:
             raise RuntimeError("llama.cpp returned no logits for the last position")
         return np.ctypeslib.as_array(ptr, shape=(self._n_vocab,)).copy()
@@ -633,20 +782,20 @@ class LlamaCppBackend(Backend):
         api = self._mtmd_api
         for i, chunk in enumerate(chunks.chunks):
             if i and stop():
-                self._logits = None
+                self._s.logits = None
                 return
             is_last = i == len(chunks.chunks) - 1
             is_text = api.mtmd_input_chunk_get_type(chunk) == api.MTMD_INPUT_CHUNK_TYPE_TEXT
             new_pos = self._lc.llama_pos(0)
             rc = api.mtmd_helper_eval_chunk_single(
-                self._mtmd, self._ctx, chunk, self._n_pos, 0, self._n_batch, is_last, ctypes.byref(new_pos)
+                self._mtmd, self._ctx, chunk, self._s.n_pos, self._seq, self._n_batch, is_last, ctypes.byref(new_pos)
             )
             if rc != 0:
                 raise RuntimeError(f"libmtmd failed to evaluate a media chunk (status {rc})")
-            self._n_tokens += api.mtmd_input_chunk_get_n_tokens(chunk)
-            self._n_pos = int(new_pos.value)
+            self._s.n_tokens += api.mtmd_input_chunk_get_n_tokens(chunk)
+            self._s.n_pos = int(new_pos.value)
             # Media embeddings are decoded without logits; only a trailing text chunk (e.g. an end marker) has them.
-            self._logits = self._read_logits() if is_last and is_text else None
+            self._s.logits = self._read_logits() if is_last and is_text else None
 
     # ---- snapshots
 

@@ -37,10 +37,11 @@ def choose_backend(model: str, requested: str = "auto") -> str:
 
 
 def load_backend(model: str, mmproj: str = "", backend: str = "auto", *, context_length: int = 32768,
-                 threads: int | None = None, flash_attn: bool = False, verbose: bool = False,
+                 threads: int | None = None, flash_attn: bool = False, verbose: bool = False, sequences: int = 1,
                  **options: object) -> Backend:
-    """Load the named model on the backend that fits it (verbose: the backend's own logs on stderr; options:
-    what one backend alone takes, e.g. remote=RemoteSettings).
+    """Load the named model on the backend that fits it (verbose: the backend's own logs on stderr; sequences:
+    how many decoder sequences it holds, each with context_length; options: what one backend alone takes,
+    e.g. remote=RemoteSettings).
 
     Errors name the command-line flags (--model, --mmproj), since that is where people give these paths.
     """
@@ -48,7 +49,7 @@ def load_backend(model: str, mmproj: str = "", backend: str = "auto", *, context
         raise ModelLoadError(f"projector file not found (--mmproj): {Path(mmproj).expanduser()}")
     spec = backend_spec(choose_backend(model, backend))
     return spec.load(model, mmproj, context_length=context_length, threads=threads, flash_attn=flash_attn,
-                     verbose=verbose, **options)
+                     verbose=verbose, sequences=sequences, **options)
 
 
 def default_model_path(cache_dir: Path) -> Path:

@@ -1,4 +1,4 @@
-"""The mlx-vlm backend: one omni model (Nemotron-H Nano Omni style) and ONE decoder sequence on MLX.
+"""The mlx-vlm backend: one omni model (Nemotron-H Nano Omni style) and its decoder sequences on MLX.
 
 Why not mlx-vlm's generate / PromptCacheState: its prompt cache matches token ids only, so a different image
 behind the same placeholder ids silently reuses the WRONG state. Here the sequence is a list of the language
@@ -7,6 +7,11 @@ embeddings by mlx-vlm's processor and encoders and run through the language mode
 daemon can snapshot the whole sequence at a segment boundary and key the snapshot on content hashes. Whole-state
 snapshots are also the only correct reuse for the hybrid Mamba + attention decoder, whose recurrent state cannot
 be trimmed back.
+
+Several sequences (issue 16): each is its own cache list, token count and last logits; `select` parks the
+selected one's and brings another's in, so every single-sequence method works on whichever is selected.
+`decode_batch` runs the sequences one after another: mlx-vlm's batched generation takes whole prompts at once
+and has no per-sequence caches a daemon could step, snapshot and restore one by one.
 
 mlx and mlx-vlm are imported lazily so the rest of omnid works without the [mlx] extra.
 """
@@ -19,7 +24,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -111,10 +116,21 @@ class _Prepared:
         return int(self.input_ids.shape[1])
 
 
-class MlxBackend(Backend):
-    """A loaded mlx-vlm omni model with one decoder sequence (see module docstring). Single-threaded."""
+@dataclass
+class _Parked:
+    """A sequence that is not selected: what the backend's _cache, _n and _last_logits hold while it is."""
 
-    def __init__(self, model: str | Path, *, n_ctx: int = 8192, verbose: bool = False) -> None:
+    cache: list[Any]
+    n: int = 0
+    last_logits: Any = None
+
+
+class MlxBackend(Backend):
+    """A loaded mlx-vlm omni model with n_sequences decoder sequences (see module docstring). Single-threaded."""
+
+    def __init__(self, model: str | Path, *, n_ctx: int = 8192, verbose: bool = False, n_sequences: int = 1) -> None:
+        if n_sequences < 1:
+            raise ModelLoadError(f"n_sequences must be 1 or more, not {n_sequences}")
         self._mx, mlx_vlm = _import_mlx()
         from mlx_vlm.models.cache import make_prompt_cache
         from mlx_vlm.utils import get_model_path
@@ -143,6 +159,10 @@ class MlxBackend(Backend):
         self._n = 0
         self._last_logits: Any = None
         self.reset()
+        #: Every sequence but the selected one (whose slot is None: its state is in _cache, _n, _last_logits).
+        self._parked: list[_Parked | None] = [None] + [_Parked(make_prompt_cache(self._lm))
+                                                       for _ in range(n_sequences - 1)]
+        self._seq = 0
         _log.log(self._log_level, "loaded %s in %.2f s: %s", folder, time.perf_counter() - started,
                  sorted(self.info.capabilities))
 
@@ -395,7 +415,47 @@ class MlxBackend(Backend):
         except (KeyError, ValueError, RuntimeError) as exc:
             raise InputError(f"the snapshot payload is unusable: {exc}") from exc
 
+    # ----- several sequences -----------------------------------------------------------------------------
+
+    @property
+    def n_sequences(self) -> int:
+        return len(self._parked)
+
+    def select(self, seq: int) -> None:
+        self._check_seq(seq)
+        if seq == self._seq:
+            return
+        self._parked[self._seq] = _Parked(self._cache, self._n, self._last_logits)
+        chosen = self._parked[seq]
+        assert chosen is not None
+        self._cache, self._n, self._last_logits = chosen.cache, chosen.n, chosen.last_logits
+        self._parked[seq], self._seq = None, seq
+
+    def decode_batch(self, work: Mapping[int, Sequence[int]]) -> dict[int, np.ndarray]:
+        """One sequence after another (see the module docstring), every one checked before any is evaluated."""
+        for seq, tokens in work.items():
+            self._check_seq(seq)
+            if len(tokens) and not (0 <= min(tokens) and max(tokens) < self._vocab_size):
+                raise InputError(f"sequence {seq}: a token is outside the vocabulary")
+            check_room(self._n_of(seq), len(tokens), self.info.context_length)
+        out: dict[int, np.ndarray] = {}
+        for seq, tokens in work.items():
+            if len(tokens):
+                self.select(seq)
+                self.append_tokens(tokens)
+                out[seq] = self.logits()
+        return out
+
+    def _n_of(self, seq: int) -> int:
+        parked = self._parked[seq]
+        return self._n if parked is None else parked.n
+
+    def _check_seq(self, seq: int) -> None:
+        if not 0 <= seq < len(self._parked):
+            raise InputError(f"no sequence {seq}: this backend holds {len(self._parked)} (0..{len(self._parked) - 1})")
+
     def close(self) -> None:
+        self._parked = [None]
         self._cache = []
         self._last_logits = None
         del self._model, self._lm

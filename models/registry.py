@@ -29,9 +29,10 @@ class BackendSpec:
     name: str
     #: Whether a model path (or hub id) is this backend's (for --backend auto).
     claims: Callable[[Path, str], bool]
-    #: load(model, mmproj, context_length=, threads=, flash_attn=, verbose=) -> Backend; ModelLoadError when it
-    #: cannot. verbose: the backend's own logs on stderr (`omnid serve -v`). The remote backend also takes
-    #: remote= (models/remote_backend.RemoteSettings).
+    #: load(model, mmproj, context_length=, threads=, flash_attn=, verbose=, sequences=) -> Backend;
+    #: ModelLoadError when it cannot. sequences: decoder sequences held at once (--parallel); verbose: the
+    #: backend's own logs on stderr (`omnid serve -v`). The remote backend also takes remote=
+    #: (models/remote_backend.RemoteSettings).
     load: Callable[..., Backend]
     aliases: tuple[str, ...] = ()
 
@@ -44,7 +45,7 @@ def _is_gguf(path: Path, model: str) -> bool:
 
 
 def _load_llama_cpp(model: str, mmproj: str = "", *, context_length: int, threads: int | None = None,
-                    flash_attn: bool = False, verbose: bool = False) -> Backend:
+                    flash_attn: bool = False, verbose: bool = False, sequences: int = 1) -> Backend:
     try:
         from omnid.models.llama_cpp_backend import LlamaCppBackend, _read_gguf_fields
     except ImportError as exc:
@@ -58,7 +59,7 @@ def _load_llama_cpp(model: str, mmproj: str = "", *, context_length: int, thread
         raise ModelLoadError(f"{model} is a multimodal projector (mmproj) file: pass it with --mmproj, and the "
                              "language model with --model")
     return LlamaCppBackend(model, mmproj or None, n_ctx=context_length, n_threads=threads, flash_attn=flash_attn,
-                           verbose=verbose)
+                           verbose=verbose, n_sequences=sequences)
 
 
 def _is_mlx(path: Path, model: str) -> bool:
@@ -69,11 +70,11 @@ def _is_mlx(path: Path, model: str) -> bool:
 
 
 def _load_mlx(model: str, mmproj: str = "", *, context_length: int, threads: int | None = None,
-              flash_attn: bool = False, verbose: bool = False) -> Backend:
+              flash_attn: bool = False, verbose: bool = False, sequences: int = 1) -> Backend:
     if mmproj:
         raise ModelLoadError("--mmproj is for GGUF models; an MLX model folder carries its own encoders")
     from omnid.models.mlx_backend import MlxBackend
-    return MlxBackend(model, n_ctx=context_length, verbose=verbose)
+    return MlxBackend(model, n_ctx=context_length, verbose=verbose, n_sequences=sequences)
 
 
 def _never(path: Path, model: str) -> bool:
@@ -81,7 +82,9 @@ def _never(path: Path, model: str) -> bool:
 
 
 def _load_remote(model: str, mmproj: str = "", *, context_length: int, threads: int | None = None,
-                 flash_attn: bool = False, verbose: bool = False, remote: object = None) -> Backend:
+                 flash_attn: bool = False, verbose: bool = False, remote: object = None,
+                 sequences: int = 1) -> Backend:
+    """`sequences` is taken and left: a remote engine batches concurrent requests itself."""
     from omnid.models.remote_backend import RemoteSettings, connect
     if model or mmproj:
         raise ModelLoadError("--backend remote runs the engine's model: pass --remote-model NAME, not --model or "

@@ -598,3 +598,47 @@ def test_gemma3_270m_real_model(tmp_path_factory: pytest.TempPathFactory) -> Non
         assert isinstance(b"".join(b.token_bytes(t) for t in tokens), bytes)
     finally:
         b.close()
+
+
+# ------------------------------------------------------------------------------------------ several sequences
+# The contract itself (batched decode, per-sequence restore/reset/truncate, copy, bad batches) is held against
+# every backend in tests/test_backend_conformance.py; here what is particular to llama.cpp.
+
+
+def test_snapshots_move_between_sequences_and_backends_of_one_width(fresh: LlamaCppBackend,
+                                                                   paths: TestModelPaths) -> None:
+    """A sequence's snapshot restores into another sequence and into another backend of the same n_sequences;
+    llama.cpp writes its stream count into the state, so another width is refused by the fingerprint, cleanly.
+    Media are evaluated into the selected sequence."""
+    for segment in (USER, _image(1), _tone(440), ASK):
+        fresh.append(segment)
+    expected, narrow = fresh.logits(), fresh.snapshot()
+    wide, twin = (LlamaCppBackend(paths.text, paths.mmproj, n_ctx=1024, n_threads=1, n_sequences=3)
+                  for _ in range(2))
+    try:
+        assert wide.n_sequences == 3 and wide.info.context_length == 1024
+        wide.select(1)
+        for segment in (USER, _image(1), _tone(440), ASK):
+            wide.append(segment)
+        assert np.array_equal(wide.logits(), expected)
+        snap = wide.snapshot()
+        wide.select(2)
+        wide.restore(snap)
+        assert np.array_equal(wide.logits(), expected)
+        twin.select(0)
+        twin.restore(snap)
+        assert np.array_equal(twin.logits(), expected)
+        with pytest.raises(InputError, match="other settings"):
+            wide.restore(narrow)
+        with pytest.raises(InputError, match="other settings"):
+            fresh.restore(snap)
+        assert np.array_equal(wide.logits(), expected) and np.array_equal(fresh.logits(), expected)
+    finally:
+        wide.close()
+        twin.close()
+
+
+def test_n_sequences_out_of_range_is_a_load_error(paths: TestModelPaths) -> None:
+    for n in (0, 100_000):
+        with pytest.raises(ModelLoadError, match="n_sequences"):
+            LlamaCppBackend(paths.text, None, n_ctx=256, n_threads=1, n_sequences=n)
