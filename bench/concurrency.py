@@ -132,18 +132,8 @@ def main() -> None:
         model = test_model_args(Path(tmp), args.model, args.mmproj, args.backend, args.decoder)
 
         def load() -> Backend:
-            try:
-                return LlamaCppBackend(model["model"], None, n_ctx=args.ctx, n_threads=args.threads,
-                                       n_sequences=args.parallel)  # type: ignore[call-arg]
-            except TypeError:  # no multi-sequence llama.cpp backend in this tree yet
-                print("NOTE: no multi-sequence llama.cpp backend here: the stand-in of tests/test_concurrency.py "
-                      "(N contexts, decode_batch one sequence after another) measures the scheduler's own cost, "
-                      "not batching")
-                sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-                from contexts_as_sequences import ContextsAsSequences
-                return ContextsAsSequences([LlamaCppBackend(model["model"], None, n_ctx=args.ctx,
-                                                            n_threads=args.threads)
-                                            for _ in range(args.parallel)], 512)
+            return LlamaCppBackend(model["model"], None, n_ctx=args.ctx, n_threads=args.threads,
+                                   n_sequences=args.parallel)
         print(stolen.describe())
         direct = Scheduler(lambda: LlamaCppBackend(model["model"], None, n_ctx=args.ctx, n_threads=args.threads),
                            lambda b: PromptCache(b.info.fingerprint, 64 << 20))

@@ -3,9 +3,7 @@ priorities): N greedy streams at once give the tokens each gives alone; a cancel
 a background transcription delays a question's first token by at most one prefill chunk. What the engine did
 is read from its own step records, never from wall time.
 
-The backend is the multi-sequence llama.cpp backend where it exists (LlamaCppBackend(n_sequences=N)); until
-then, N contexts of the same model held as N sequences (tests/contexts_as_sequences.py): real evaluation, the
-same scheduler path.
+The backend is the multi-sequence llama.cpp backend: one context, N sequences, decode_batch one llama_decode.
 """
 from __future__ import annotations
 
@@ -15,7 +13,6 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
-from contexts_as_sequences import ContextsAsSequences
 from omnid.daemon.priorities import Priority
 from omnid.daemon.prompt_cache import PromptCache
 from omnid.daemon.scheduler import Scheduler
@@ -29,12 +26,7 @@ N = 4
 
 
 def multi_sequence(paths: TestModelPaths, n: int, n_batch: int = 512) -> Backend:
-    try:
-        return LlamaCppBackend(paths.text, None, n_ctx=2048, n_threads=1, n_batch=n_batch,
-                               n_sequences=n)  # type: ignore[call-arg]
-    except TypeError:  # no multi-sequence llama.cpp backend yet (see the module docstring)
-        return ContextsAsSequences([LlamaCppBackend(paths.text, None, n_ctx=2048, n_threads=1, n_batch=n_batch)
-                                    for _ in range(n)], n_batch)
+    return LlamaCppBackend(paths.text, None, n_ctx=2048, n_threads=1, n_batch=n_batch, n_sequences=n)
 
 
 def scheduler_on(backend: Backend) -> Scheduler:
