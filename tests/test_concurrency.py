@@ -23,6 +23,8 @@ from omnid.models.llama_cpp_backend import LlamaCppBackend
 
 WAIT = 120.0
 N = 4
+#: Logits of a sequence decoded in a batch vs alone, at most (seqs-backend measured <= 1.7e-2 on the hybrid).
+LOGIT_TOLERANCE = 0.05
 
 
 def multi_sequence(paths: TestModelPaths, n: int, n_batch: int = 512) -> Backend:
@@ -74,6 +76,37 @@ def test_streams_at_once_give_the_tokens_each_gives_alone(parallel: Scheduler) -
     decoded = [r for r in engine.records() if r.index >= min(h.admitted_step for h in handles)]
     assert max(len(r.decoded) for r in decoded) >= 2  # streams shared decode steps
     assert parallel.batch_stats()[2] == engine.steps_total
+
+
+def forced(prompt: str, tokens: list[int], gate: threading.Barrier | None = None) -> Any:
+    """A job: prefill, (wait at the gate,) then append the given tokens one by one; the logits before each."""
+    def job(session: DecoderSession, emit: Any) -> list[np.ndarray]:
+        session.prefill(session.build_prompt([TextSegment(prompt)]), save=False)
+        if gate is not None:
+            gate.wait(WAIT)
+        seen = []
+        for token in tokens:
+            seen.append(session.backend.logits())
+            session.append_generated(token)
+        return seen
+    return job
+
+
+def test_batched_streams_see_the_logits_they_see_alone_within_the_batch_tolerance(parallel: Scheduler) -> None:
+    """Token by token on the same path as alone (teacher forcing), so a near-tie that goes the other way in a
+    batch cannot hide a mixed-up sequence: each stream's logits stay within LOGIT_TOLERANCE of its own solo run,
+    and far from every other stream's."""
+    prompts = [f"Forced {i}: the colour of {i * 13} apples." for i in range(N)]
+    paths = [parallel.submit(greedy(p, 40)).result(WAIT) for p in prompts]
+    alone = [parallel.submit(forced(p, t)).result(WAIT) for p, t in zip(prompts, paths)]
+    gate = threading.Barrier(N)
+    handles = [parallel.submit(forced(p, t, gate)) for p, t in zip(prompts, paths)]
+    together = [h.result(WAIT) for h in handles]
+    for i in range(N):
+        diff = max(float(np.abs(a - b).max()) for a, b in zip(alone[i], together[i]))
+        assert diff <= LOGIT_TOLERANCE, (i, diff)
+        others = [float(np.abs(alone[j][0] - together[i][0]).max()) for j in range(N) if j != i]
+        assert min(others) > 10 * LOGIT_TOLERANCE
 
 
 def test_a_cancelled_stream_frees_its_sequence_within_one_step(parallel: Scheduler) -> None:

@@ -580,7 +580,7 @@ def test_metrics_count_requests_tokens_cache_and_timings(omni: HttpDaemon) -> No
                  "omnid_sequences", "omnid_sequences_in_use", "omnid_batch_sequences", "omnid_decode_steps_total"):
         assert f"\n{name} " in after
     assert metric(after, "omnid_queue_depth_by_class", **{"class": "background"}) == 0
-    assert metric(after, "omnid_sequences") == 1
+    assert metric(after, "omnid_sequences") >= 1 and metric(after, "omnid_sequences_in_use") == 0
     assert "# TYPE omnid_time_to_first_token_seconds histogram" in after
 
 
