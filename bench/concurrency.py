@@ -7,7 +7,7 @@ One run, side by side, through the daemon's own Scheduler (batching engine, prox
   * aggregate decode tokens/s of C concurrent clients (C = 1, 2, 4, 8), each decoding --tokens tokens after a
     short prompt of its own, and the ratio to one client (goals on the tiny hybrid model: 4 >= 3x, 8 >= 5x);
   * a question's time to first token idle, and while a long transcription (a background "meeting-clip" job:
-    --clip-tokens of transcript-like text prefilled, then a short answer, clip after clip) and the screen watcher
+    --clip-words of transcript-like text prefilled, then a short answer, clip after clip) and the screen watcher
     (a background "screen-frame" job, frame after frame) run; the ratio (goal: <= 2x idle).
 
 The transcription is text of a clip's size, not audio: the tiny test model's audio encoder turns noise into a
@@ -93,11 +93,11 @@ def ttft(scheduler: Scheduler, seed: int) -> float:
 class Background:
     """A long transcription and the screen watcher, submitted clip after clip and frame after frame."""
 
-    def __init__(self, scheduler: Scheduler, clip_tokens: int) -> None:
+    def __init__(self, scheduler: Scheduler, clip_words: int) -> None:
         self._stop = threading.Event()
         self.clips = self.frames = 0
         self._threads = [
-            threading.Thread(target=self._loop, args=(scheduler, "meeting-clip", clip_tokens, "clips"), daemon=True),
+            threading.Thread(target=self._loop, args=(scheduler, "meeting-clip", clip_words, "clips"), daemon=True),
             threading.Thread(target=self._loop, args=(scheduler, "screen-frame", 96, "frames"), daemon=True)]
         for t in self._threads:
             t.start()
@@ -123,7 +123,7 @@ def main() -> None:
     add_model_flags(parser)
     parser.add_argument("--parallel", type=int, default=8, help="sequences the backend holds")
     parser.add_argument("--tokens", type=int, default=128, help="tokens each client decodes")
-    parser.add_argument("--clip-tokens", type=int, default=1500, help="words of transcript text per clip")
+    parser.add_argument("--clip-words", type=int, default=900, help="words of transcript text per clip (~3.4k tokens)")
     parser.add_argument("--questions", type=int, default=5, help="questions timed idle and under load")
     parser.add_argument("--ctx", type=int, default=4096)
     args = parser.parse_args()
@@ -157,14 +157,14 @@ def main() -> None:
             print(f"(one client on a one-sequence backend, no engine: {one_sequence:.1f} tokens/s; through the engine "
                   f"{rates[1] / one_sequence:.2f}x that)")
             idle = [ttft(scheduler, 100 + i) for i in range(args.questions)]
-            background = Background(scheduler, args.clip_tokens)
+            background = Background(scheduler, args.clip_words)
             time.sleep(0.5)
             loaded = [ttft(scheduler, 200 + i) for i in range(args.questions)]
             background.stop()
             steps = scheduler.engine.records() if scheduler.engine is not None else []
             print(f"question TTFT idle        {statistics.median(idle):8.1f} ms (median of {len(idle)})")
             print(f"question TTFT under load  {statistics.median(loaded):8.1f} ms "
-                  f"({background.clips} clips of {args.clip_tokens} words, {background.frames} screen frames)")
+                  f"({background.clips} clips of {args.clip_words} words, {background.frames} screen frames)")
             print(f"ratio                     {statistics.median(loaded) / statistics.median(idle):8.2f}x")
             if steps:
                 biggest = max(r.tokens for r in steps)
