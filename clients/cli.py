@@ -6,6 +6,7 @@
     omni chat -v
     git diff | omni ask - --system "Review this change"
     omni status
+    omni web
 
 Area commands (documents, meetings, screen) are added by `register(commands)` functions in
 clients/cli_<area>.py; every handler is called as `handler(args, client_factory)` and returns the exit code.
@@ -20,7 +21,7 @@ from importlib import metadata
 
 import grpc
 
-from omnid.clients import cli_chat, cli_documents, cli_meetings, cli_screen
+from omnid.clients import cli_chat, cli_documents, cli_meetings, cli_screen, cli_web
 from omnid.clients.cli_common import (EXIT_DAEMON_ERROR, EXIT_INTERRUPTED, EXIT_NO_DAEMON, EXIT_OK,
                                       EXIT_PIPE_CLOSED, EXIT_USAGE, PROMPT_HELP, ClientFactory,
                                       add_sampling_flags, print_json, print_stream, print_usage, progress_note,
@@ -73,6 +74,8 @@ def cmd_status(args: argparse.Namespace, client_factory: ClientFactory) -> int:
     print(f"can        {', '.join(status.capabilities)}; "
           f"context {status.context_length} tokens ({_context_why(status)})")
     print(f"endpoint   {status.endpoint}")
+    if status.http_url:
+        print(f"web page   {status.http_url} (`omni web` opens it, logged in)")
     idle = f"; unloads after {status.idle_unload_seconds:g} s idle" if status.idle_unload_seconds else ""
     loaded = "loaded" if status.model_loaded else "not loaded (the next request loads it)"
     print(f"state      model {loaded}{idle}")
@@ -174,6 +177,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]
     cli_documents.register(commands)
     cli_meetings.register(commands)
     cli_screen.register(commands)
+    cli_web.register(commands)
     return parser, commands
 
 

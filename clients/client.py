@@ -208,6 +208,10 @@ class CoreClient:
     def unpin(self, prefix_id: str) -> bool:
         return self.stub.Unpin(pb.UnpinRequest(prefix_id=prefix_id), metadata=self.metadata).was_pinned
 
+    def login_link(self) -> str:
+        """A one-time link that logs a browser into the daemon's web page (FAILED_PRECONDITION without --http)."""
+        return self.stub.CreateLoginLink(pb.LoginLinkRequest(), metadata=self.metadata).url
+
     def unload(self) -> bool:
         """Free the model's memory now (the next request loads it again); True if it was loaded."""
         return self.stub.Unload(pb.UnloadRequest(), metadata=self.metadata).was_loaded

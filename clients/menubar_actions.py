@@ -250,7 +250,7 @@ class Controller:
         log.info("%s: done", what)
 
     def _ask(self, _: str) -> None:
-        url = self.view.http_url
+        url = st.ask_url(self._connected(), self.view) if self.view.http_url else ""
         if url:
             webbrowser.open(url)
             return

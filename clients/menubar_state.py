@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import grpc
+
 from omnid.clients.client import OmniClient, OmniError
 
 #: Menu actions (what a click asks the controller to do); an entry's `arg` says which device, meeting, document.
@@ -120,6 +122,20 @@ def http_url(status: Any) -> str:
     field has none). The seam with the HTTP front end: /work/coord/MENUBAR_HTTP.md."""
     fields = status.DESCRIPTOR.fields_by_name
     return str(getattr(status, "http_url")) if "http_url" in fields else ""
+
+
+def ask_url(client: OmniClient, view: DaemonView) -> str:
+    """What "Ask…" opens: a one-time login link into the web page (CreateLoginLink), so the browser gets the
+    page's session cookie without the token in a URL; "" without a web page. A daemon from before that RPC:
+    the page itself (it says how to log in)."""
+    if not view.http_url:
+        return ""
+    try:
+        return client.login_link()
+    except OmniError as exc:
+        if exc.code() in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.FAILED_PRECONDITION):
+            return view.http_url
+        raise
 
 
 @dataclass(frozen=True)

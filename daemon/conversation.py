@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from omnid.daemon import chat_layout, grammar, tool_calls
+from omnid.daemon import chat_layout, grammar, remote_chat, tool_calls
 from omnid.daemon.chat_decode import Decoded, Steering, decode
 from omnid.daemon.events import ChatDone, ToolCall, Usage
 from omnid.daemon.sampling import SamplingParams
@@ -174,9 +174,9 @@ def check_schema(schema: Any, what: str) -> None:
 def chat(conversation: Conversation) -> Callable[[DecoderSession, Emit], ChatDone]:
     """The job answering the conversation's last message (submit with scheduler.submit(job, "chat"))."""
     def job(session: DecoderSession, emit: Emit) -> ChatDone:
-        if isinstance(session.backend, RemoteGeneration):
-            raise ConversationError("conversations through --backend remote are not supported yet (the engine "
-                                    "would need the whole message list); use Generate", unsupported=True)
+        if isinstance(session.backend, RemoteGeneration):  # the engine's own template and decoding
+            return remote_chat.answer(session, session.backend, conversation,
+                                      conversation.max_tokens or DEFAULT_MAX_TOKENS, emit)
         render = session.backend.chat_renderer()
         if render is None:
             raise ConversationError("the model has no chat template, so it cannot hold a conversation",

@@ -7,6 +7,9 @@ follows the job from the event loop (http_jobs) and writes JSON or server-sent e
 
     POST /v1/chat/completions   POST /v1/completions   POST /v1/audio/transcriptions
     GET  /v1/models[/{id}]      GET  /health (no token) GET  /metrics
+    and the local web page (daemon/web): GET /, /static/..., /login?once=CODE, /api/...
+
+The token, or the web page's session cookie, is checked in front of everything (_Guard).
 """
 from __future__ import annotations
 
@@ -21,12 +24,12 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from omnid.common import transcript_formats
 from omnid.daemon import http_openai as oa
-from omnid.daemon import conversation, inputs, jobs
+from omnid.daemon import conversation, inputs, jobs, web
 from omnid.daemon.clip_runner import ClipRunner, transcribe_file
 from omnid.daemon.config import DaemonConfig
 from omnid.daemon.errors import NotFound
@@ -36,20 +39,24 @@ from omnid.daemon.http_jobs import ClientGone, FollowedJob, in_thread, unless_go
 from omnid.daemon.http_metrics import CONTENT_TYPE, Meters
 from omnid.daemon.sampling import SamplingParams
 from omnid.daemon.scheduler import Job, Scheduler, ShuttingDown
+from omnid.daemon.web.auth import COOKIE, Logins, cookie_session
 from omnid.modalities import meetings
 from omnid.models.base import InputError, ModelInfo, require
+from omnid.proto import omnid_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 #: The largest request body: gRPC's largest message (a 20-minute WAV, base64 included, fits).
 MAX_BODY_BYTES = 256 * 1024 * 1024
 #: Served without the token: a probe learns only whether the model is loaded (like grpc.health.v1 on --tcp).
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health"}) | web.OPEN_PATHS
 #: The endpoint label of /metrics for each path (anything else is "other": no label per unknown path).
 ENDPOINTS = frozenset({"/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions",
                        "/v1/audio/transcriptions"})
 #: OpenAI's response_format of a transcription -> the name in common/transcript_formats.py.
 TRANSCRIPT_FORMATS = {"json": "json", "verbose_json": "json", "text": "txt", "srt": "srt", "vtt": "vtt"}
+#: Methods that change nothing: a cookie alone may send them (the others also need this page's own Origin).
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: The events a stream sends on (the others, progress, have no OpenAI chunk).
 _OUTPUT = (TextDelta, ReasoningDelta, ToolCallEvent)
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -67,7 +74,11 @@ class HttpApi:
         self.started = int(time.time())
         #: Set as the daemon begins to stop: /health says so, new requests get 503.
         self.closing = False
-        routes = [
+        #: The web page's one-time codes and sessions (CreateLoginLink mints the codes).
+        self.logins = Logins()
+        #: The Status RPC's reply, for the page's status view: set by the daemon once its servicer exists.
+        self.status: Callable[[], pb.StatusReply | None] = lambda: None
+        routes: list[BaseRoute] = [
             Route("/health", self._guarded(self.health), methods=["GET"]),
             Route("/metrics", self._guarded(self.metrics), methods=["GET"]),
             Route("/v1/models", self._guarded(self.models), methods=["GET"]),
@@ -75,9 +86,10 @@ class HttpApi:
             Route("/v1/chat/completions", self._guarded(self.chat_completions), methods=["POST"]),
             Route("/v1/completions", self._guarded(self.completions), methods=["POST"]),
             Route("/v1/audio/transcriptions", self._guarded(self.transcriptions), methods=["POST"]),
+            *web.routes(self.logins, lambda: self.status()),
         ]
         app = Starlette(routes=routes, exception_handlers={HTTPException: _routing_error})
-        self.asgi: ASGIApp = _Guard(app, token, self.meters)
+        self.asgi: ASGIApp = _Guard(app, token, self.meters, self.logins)
 
     # -- plumbing --------------------------------------------------------------------------------------------
 
@@ -320,13 +332,15 @@ async def _routing_error(request: Request, exc: Exception) -> Response:
 
 
 class _Guard:
-    """Every request first passes here: the token (except OPEN_PATHS), the body size limit (413), and the
-    request counter of /metrics by endpoint and status."""
+    """Every request first passes here: loopback Host and Origin, the token or the web page's session cookie
+    (except OPEN_PATHS), the body size limit (413), and the request counter of /metrics by endpoint and status.
+    """
 
-    def __init__(self, app: ASGIApp, token: str, meters: Meters) -> None:
+    def __init__(self, app: ASGIApp, token: str, meters: Meters, logins: Logins) -> None:
         self.app = app
         self._expected = token.encode()
         self.meters = meters
+        self.logins = logins
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -352,11 +366,9 @@ class _Guard:
                                     "[::1])", code="forbidden_host")
                 await error_response(refusal)(scope, receive, counted)
                 return
-            if path not in OPEN_PATHS and not self._authorized(headers.get(b"authorization", b"")):
-                refusal = HttpError(401, "missing or wrong token: send Authorization: Bearer TOKEN (the token is "
-                                    "in omnid's --token-file, ~/.config/omnid/token by default)",
-                                    code="invalid_api_key")
-                await error_response(refusal, {"WWW-Authenticate": "Bearer"})(scope, receive, counted)
+            refused = None if path in OPEN_PATHS else self._refusal(scope["method"], path, headers)
+            if refused is not None:
+                await refused(scope, receive, counted)
                 return
             length = headers.get(b"content-length", b"0")
             if length.isdigit() and int(length) > MAX_BODY_BYTES:
@@ -365,6 +377,26 @@ class _Guard:
             await self.app(scope, _limited(receive), counted)
         finally:
             self.meters.requests.labels(endpoint, str(status)).inc()
+
+    def _refusal(self, method: str, path: str, headers: dict[bytes, bytes]) -> Response | None:
+        """Why this request may not go on (None: it may): neither the token nor a session (401), or a session
+        cookie on a request that changes something without this page's own Origin (403). SameSite=Strict keeps
+        other sites' pages from sending the cookie; the Origin check also keeps out a page served on another
+        loopback port (the same "site" to a browser)."""
+        if self._authorized(headers.get(b"authorization", b"")):
+            return None
+        session = cookie_session(headers.get(b"cookie", b""))
+        if session and self.logins.valid(session):
+            if method in _SAFE_METHODS or _same_origin(headers.get(b"origin", b""), headers.get(b"host", b"")):
+                return None
+            return error_response(HttpError(403, "a request that changes something must come from the page "
+                                            "itself (its Origin)", "permission_error", "forbidden_origin"))
+        if web.is_page(path):
+            return web.refusal_page(401, "This page needs a login.")
+        refusal = HttpError(401, "missing or wrong token: send Authorization: Bearer TOKEN (the token is in "
+                            "omnid's --token-file, ~/.config/omnid/token by default), or log in with the "
+                            f"{COOKIE} cookie of `omni web`", code="invalid_api_key")
+        return error_response(refusal, {"WWW-Authenticate": "Bearer"})
 
     def _authorized(self, given: bytes) -> bool:
         # The scheme is case-insensitive (RFC 7235 section 2.1), as on the gRPC TCP endpoint.
@@ -388,6 +420,11 @@ def _loopback_origin(value: bytes) -> bool:
     """Whether an Origin header (scheme://host[:port]) is a page served from loopback."""
     scheme, sep, rest = value.decode("latin-1").strip().lower().partition("://")
     return bool(sep) and scheme in ("http", "https") and _loopback_host(rest.encode("latin-1"))
+
+
+def _same_origin(origin: bytes, host: bytes) -> bool:
+    """Whether an Origin header is this server itself (scheme http, the request's own Host, port included)."""
+    return bool(host) and origin.strip().lower() == b"http://" + host.strip().lower()
 
 
 def _too_large() -> HttpError:

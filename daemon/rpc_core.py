@@ -1,4 +1,4 @@
-"""The core RPCs: Generate, Status, Prefill, Unpin, Unload.
+"""The core RPCs: Generate, Status, Prefill, Unpin, Unload, CreateLoginLink.
 
 Client parts are decoded and checked here, in the gRPC handler's thread, before anything is queued: a bad
 image or a sound for a model without ears is refused at once, and the decoder only ever sees valid segments.
@@ -15,6 +15,7 @@ from omnid.daemon import inputs, jobs
 from omnid.daemon.priorities import Priority
 from omnid.daemon.rpc_base import RpcBase, progress_message, sampling_from
 from omnid.daemon.scheduler import JobHandle
+from omnid.daemon.web.auth import CODE_SECONDS, Logins
 from omnid.models.base import InputError, Segment, require
 from omnid.proto import omnid_pb2 as pb
 
@@ -25,6 +26,23 @@ class CoreRpcs(RpcBase):
     def setup(self) -> None:
         super().setup()
         self.started_at = time.monotonic()
+        #: The HTTP listener's base URL and its web page's logins, when the daemon has one (attach_web).
+        self.http_url = ""
+        self.logins: Logins | None = None
+
+    def attach_web(self, url: str, logins: Logins) -> None:
+        """The daemon serves the web page at `url`: Status says so and CreateLoginLink mints into `logins`."""
+        self.http_url, self.logins = url, logins
+
+    def CreateLoginLink(self, request: pb.LoginLinkRequest, context: grpc.ServicerContext) -> pb.LoginLinkReply:
+        # Whoever reaches this RPC already holds the socket (0600) or the token: the link hands that on to a
+        # browser once, without the token itself ever appearing in a URL.
+        if self.logins is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          "the daemon has no web page: start it with --http 127.0.0.1:PORT")
+            raise AssertionError("unreachable")  # context.abort raises
+        return pb.LoginLinkReply(url=f"{self.http_url}login?once={self.logins.mint()}",
+                                 expires_in_seconds=CODE_SECONDS)
 
     # -- parts -> segments -----------------------------------------------------------------------------------
 
@@ -97,6 +115,10 @@ class CoreRpcs(RpcBase):
         return pb.UnloadReply(was_loaded=self.call(context, self.scheduler.unload))
 
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusReply:
+        return self.status_reply()
+
+    def status_reply(self) -> pb.StatusReply:
+        """What Status answers (also the web page's GET /api/status)."""
         info = self.info
         assert self.scheduler.cache is not None
         return pb.StatusReply(
@@ -110,7 +132,7 @@ class CoreRpcs(RpcBase):
             max_audio_clip_seconds=info.max_audio_clip_seconds or 0.0, note=info.note,
             model_loaded=self.scheduler.loaded, idle_unload_seconds=self.scheduler.idle_unload_seconds,
             **self.jobs_status(), **self.context_status(), **self.sequences_status(),
-            prefill_tokens_per_second=self.scheduler.prefill_rate.tokens_per_second)
+            prefill_tokens_per_second=self.scheduler.prefill_rate.tokens_per_second, http_url=self.http_url)
 
     def jobs_status(self) -> dict:
         """What runs on the decoder now and what waits for it (Status: running, waiting)."""

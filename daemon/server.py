@@ -190,6 +190,9 @@ class Daemon:
         self.endpoints = [f"unix:{self.config.socket_path}"] + ([f"{tcp[0]}:{tcp[1]}"] if tcp else []) \
             + ([self.http.url] if self.http else [])
         self.servicer = OmniServicer(self.scheduler, self.config, ", ".join(self.endpoints))
+        if self.http:  # the web page: its login links and its status view come from this servicer
+            self.servicer.attach_web(self.http.url, self.http.api.logins)
+            self.http.api.status = self.servicer.status_reply
         self.servers.append(self._server([CallLimits(self.config.max_streams), UndecodableRequests()]))
         old_umask = os.umask(0o177)  # the socket file is created 0600
         try:

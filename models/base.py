@@ -460,6 +460,59 @@ class RemoteAnswer:
     cached_tokens: int | None = None
 
 
+@dataclass(frozen=True)
+class RemoteCall:
+    """A tool call the engine made, as it wrote it (the daemon checks the arguments and the name)."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
+class RemoteFeatures:
+    """What the engine was found to honour at start-up (probed: engines ignore what they do not know)."""
+
+    #: How a JSON Schema reaches it: "json_schema" (OpenAI's response_format), "json_object" (llama-cpp-python's
+    #: {"type": "json_object", "schema": ...}), or "" (it holds no answer to a schema).
+    schema_format: str = ""
+    #: It answers tool calls as structured tool_calls.
+    tools: bool = False
+    #: chat_template_kwargs.enable_thinking changes its answer (the template has the switch and the engine passes
+    #: it on).
+    thinking_switch: bool = False
+
+
+@dataclass(frozen=True)
+class RemoteChat:
+    """A conversation turn as an engine's /v1/chat/completions takes it: the messages are OpenAI's (media parts
+    from RemoteGeneration.encoded), the rest is put into the request by the backend in the form it takes."""
+
+    messages: tuple[dict, ...]
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 0.0
+    top_k: int = 0
+    seed: int = 0
+    #: OpenAI function tools: {"type": "function", "function": {"name", "description", "parameters"}}.
+    tools: tuple[dict, ...] = ()
+    tool_choice: str = "auto"  # "auto" | "none" | "required" | a tool's name
+    response_schema: dict | None = None
+    thinking: bool | None = None  # chat_template_kwargs.enable_thinking; None = the engine's default
+    #: The routing key (remote_router): conversations sharing it go to the same engine.
+    affinity: str = ""
+
+
+@dataclass(frozen=True)
+class RemoteListener:
+    """Where an engine's streamed answer goes: text (True back ends the answer), thinking, complete tool calls."""
+
+    text: Callable[[str], bool]
+    should_stop: Callable[[], bool]
+    reasoning: Callable[[str], None] = lambda _: None
+    call: Callable[[RemoteCall], None] = lambda _: None
+
+
 class RemoteGeneration(ABC):
     """A Backend whose engine generates (an OpenAI-compatible server): no logits, no snapshots, its own template.
 
@@ -486,3 +539,15 @@ class RemoteGeneration(ABC):
     @abstractmethod
     def warm(self) -> None:
         """Have the engine evaluate the held prompt (one token generated), so its prefix cache holds it."""
+
+    #: What the engine honours beyond text and media (set at start-up).
+    features: RemoteFeatures = RemoteFeatures()
+
+    @abstractmethod
+    def chat(self, request: RemoteChat, listener: RemoteListener) -> RemoteAnswer:
+        """Answer a conversation with the engine's own chat template, streamed to `listener` (errors as stream's)."""
+
+    @abstractmethod
+    def encoded(self, segment: ImageSegment | AudioSegment) -> dict:
+        """The OpenAI content part for a medium (image_url / input_audio data URI), checked against the
+        capabilities (InputError) and byte-identical for equal content."""

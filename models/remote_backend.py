@@ -11,8 +11,10 @@ sent byte-identical over that prefix (the same system text, the same JSON layout
 PNG and WAV are deterministic, and an encoding is reused by content digest), and it goes to the same engine
 (remote_router). The engine's cached tokens come back in Usage where it reports them.
 
-Not here (yet): logits, snapshots and truncation (the engine has them, the API does not give them), so
-grammar-constrained sampling, tools and reasoning parsing over a remote engine wait for a later change.
+Conversations (`chat`) go to the engine as its own message list (daemon/remote_chat.py builds it): thinking,
+tool calls and JSON-schema answers are the engine's, asked for in the forms it was found to honour at start-up
+(RemoteFeatures, probed in `connect`). Not here: logits, snapshots and truncation (the engine has them, the API
+does not give them).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import base64
 import hashlib
 import http.client
 import io
+import json
 import math
 import wave
 from collections import OrderedDict
@@ -29,8 +32,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from omnid.models.base import (AudioSegment, Backend, ChatFrame, EngineUnavailable, ImageSegment,
-                               InputError, ModelInfo, ModelLoadError, Modality, RemoteAnswer, RemoteGeneration,
-                               Segment, Snapshot, TextSegment, check_media, check_room)
+                               InputError, ModelInfo, ModelLoadError, Modality, RemoteAnswer, RemoteCall, RemoteChat,
+                               RemoteFeatures, RemoteGeneration, RemoteListener, Segment, Snapshot, TextSegment,
+                               check_media, check_room)
 from omnid.models.remote_http import Engine, HttpError, NotConnected, Timeouts, refused_request, unreachable
 from omnid.models.remote_router import Router
 
@@ -216,6 +220,10 @@ class RemoteBackend(RemoteGeneration, Backend):
         close()
         return out
 
+    def encoded(self, segment: ImageSegment | AudioSegment) -> dict:
+        check_media(self.info, segment)
+        return self._encoded(segment)
+
     def _encoded(self, segment: ImageSegment | AudioSegment) -> dict:
         digest = segment.digest()
         known = self._encodings.get(digest)
@@ -229,26 +237,47 @@ class RemoteBackend(RemoteGeneration, Backend):
 
     def request(self, max_tokens: int, *, temperature: float = 0.0, top_p: float = 0.0, top_k: int = 0,
                 seed: int = 0) -> dict:
-        """The chat completion request for the held prompt (messages first: the engine hashes the prompt it
-        renders from them, and equal prefixes render to equal tokens)."""
-        body: dict = {"model": self.info.name, "messages": self.messages(), "stream": True,
-                      "stream_options": {"include_usage": True}, "max_tokens": max_tokens,
-                      "temperature": temperature, "seed": seed}
-        if top_p:
-            body["top_p"] = top_p
-        if top_k:
-            body["top_k"] = top_k
+        """The chat completion request for the held prompt: without thinking where the engine has the switch,
+        as a single turn is answered on a local model (a conversation switches it per request)."""
+        return self.body(RemoteChat(tuple(self.messages()), max_tokens, temperature, top_p, top_k, seed,
+                                    thinking=False if self.features.thinking_switch else None))
+
+    def body(self, chat: RemoteChat) -> dict:
+        """The request body (messages first: the engine hashes the prompt it renders from them, and equal
+        prefixes render to equal tokens); tools, the schema and the thinking switch in the forms the engine
+        was found to take at start-up."""
+        body: dict = {"model": self.info.name, "messages": list(chat.messages), "stream": True,
+                      "stream_options": {"include_usage": True}, "max_tokens": chat.max_tokens,
+                      "temperature": chat.temperature, "seed": chat.seed}
+        if chat.top_p:
+            body["top_p"] = chat.top_p
+        if chat.top_k:
+            body["top_k"] = chat.top_k
+        if chat.tools:
+            body["tools"] = list(chat.tools)
+            body["tool_choice"] = chat.tool_choice if chat.tool_choice in ("auto", "none", "required") else \
+                {"type": "function", "function": {"name": chat.tool_choice}}
+        if chat.response_schema is not None:
+            body["response_format"] = response_format(self.features.schema_format, chat.response_schema)
+        if chat.thinking is not None:
+            body["chat_template_kwargs"] = {"enable_thinking": chat.thinking}
         return body
 
     def stream(self, max_tokens: int, *, temperature: float, top_p: float, top_k: int, seed: int,
                on_text: Callable[[str], bool], should_stop: Callable[[], bool]) -> RemoteAnswer:
         body = self.request(max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
-        key = self._key
+        return self._answer(body, self._key, RemoteListener(on_text, should_stop))
+
+    def chat(self, request: RemoteChat, listener: RemoteListener) -> RemoteAnswer:
+        return self._answer(self.body(request), request.affinity or None, listener)
+
+    def _answer(self, body: dict, key: str | None, listener: RemoteListener) -> RemoteAnswer:
+        """Stream the answer from the engine the router picks; on to the next only when nothing reached one."""
         last: BaseException | None = None
         for engine in self.router.order(key):
             with self.router.lease(engine):
                 try:
-                    answer = self._stream_on(engine, body, on_text, should_stop)
+                    answer = self._stream_on(engine, body, listener)
                 except NotConnected as exc:  # nothing reached this engine: the next one may take it
                     self.router.failed(engine)
                     last = exc
@@ -266,24 +295,34 @@ class RemoteBackend(RemoteGeneration, Backend):
         assert last is not None
         raise unreachable(", ".join(e.url for e in self.router.engines), last)
 
-    def _stream_on(self, engine: Engine, body: dict, on_text: Callable[[str], bool],
-                   should_stop: Callable[[], bool]) -> RemoteAnswer:
+    def _stream_on(self, engine: Engine, body: dict, listener: RemoteListener) -> RemoteAnswer:
+        """The answer's deltas to the listener: content, reasoning ("reasoning_content", or vLLM's newer
+        "reasoning"), and tool calls, whose fragments are joined and handed on once complete."""
         pieces, reason = 0, "eos"
         usage: dict = {}
-        events = engine.stream_chat(body, should_stop)
+        calls = _Calls(listener.call)
+        events = engine.stream_chat(body, listener.should_stop)
         try:
             for event in events:
                 usage = event.get("usage") or usage
                 for choice in event.get("choices") or ():
-                    text = (choice.get("delta") or {}).get("content")
-                    if text is not None:  # a token's piece, maybe "" (part of a character)
+                    delta = choice.get("delta") or {}
+                    thought = delta.get("reasoning_content") or delta.get("reasoning")
+                    if isinstance(thought, str) and thought:
                         pieces += 1
-                        if text and on_text(text):
+                        listener.reasoning(thought)
+                    for fragment in delta.get("tool_calls") or ():
+                        calls.add(fragment)
+                    text = delta.get("content")
+                    if isinstance(text, str):  # a token's piece, maybe "" (part of a character)
+                        pieces += 1
+                        if text and listener.text(text):
                             return RemoteAnswer("stop", pieces, *_usage_counts(usage))
                     if choice.get("finish_reason") == "length":
                         reason = "max_tokens"
         finally:
             events.close()
+        calls.finish()
         generated = usage.get("completion_tokens")
         return RemoteAnswer(reason, generated if isinstance(generated, int) else pieces, *_usage_counts(usage))
 
@@ -315,6 +354,42 @@ class RemoteBackend(RemoteGeneration, Backend):
     def restore(self, snapshot: Snapshot) -> None:
         raise InputError("a remote engine keeps its own prefix cache: omnid restores no snapshots into it",
                          unsupported=True)
+
+
+class _Calls:
+    """Streamed tool-call fragments joined into calls: a call is complete when the next index begins or the
+    stream ends. The first fragment has the id and the name; the arguments come in pieces (an engine that
+    repeats the name in every fragment, as llama-cpp-python's does, is read the same)."""
+
+    def __init__(self, out: Callable[[RemoteCall], None]) -> None:
+        self._out = out
+        self._index: object = None
+        self._id, self._name, self._arguments = "", "", ""
+
+    def add(self, fragment: Any) -> None:
+        if not isinstance(fragment, dict):
+            return
+        index = fragment.get("index", 0)
+        if index != self._index:
+            self.finish()
+            self._index = index
+        function = fragment.get("function") or {}
+        self._id = self._id or str(fragment.get("id") or "")
+        self._name = self._name or str(function.get("name") or "")
+        arguments = function.get("arguments")
+        self._arguments += arguments if isinstance(arguments, str) else json.dumps(arguments) if arguments else ""
+
+    def finish(self) -> None:
+        if self._name:
+            self._out(RemoteCall(self._id, self._name, self._arguments or "{}"))
+        self._index, self._id, self._name, self._arguments = None, "", "", ""
+
+
+def response_format(schema_format: str, schema: dict) -> dict:
+    """The response_format holding the answer to `schema`, in the engine's form (RemoteFeatures.schema_format)."""
+    if schema_format == "json_object":  # llama-cpp-python's own: json_object with a schema beside it
+        return {"type": "json_object", "schema": schema}
+    return {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}
 
 
 def _usage_counts(usage: dict) -> tuple[int | None, int | None]:
@@ -402,9 +477,11 @@ def connect(settings: RemoteSettings, context_length: int) -> RemoteBackend:
     probed = "" if modalities is not None else " (probed)"
     if modalities is None:
         modalities = {"text", *_probe_media(backend)}
+    backend.features = _probe_features(backend)
     note = (f"remote engine{'s' if len(engines) > 1 else ''} {info.path}: {'+'.join(sorted(modalities))}{probed}; "
             f"context {context} from {source}; tokens counted by "
-            f"{tokenizer.name + ' ' + tokenizer.path if tokenizer else 'an estimate (no tokenize endpoint)'}")
+            f"{tokenizer.name + ' ' + tokenizer.path if tokenizer else 'an estimate (no tokenize endpoint)'}; "
+            f"chat: {_describe(backend.features)}")
     backend.info = ModelInfo(**{**info.__dict__, "capabilities": frozenset(modalities), "note": note})
     return backend
 
@@ -511,14 +588,70 @@ def _probe_prompt_tokens(backend: RemoteBackend, media: ImageSegment | AudioSegm
     parts: list[dict] = [{"type": "text", "text": "probe"}]
     if media is not None:
         parts.append(backend._encoded(media))
-    body = {"model": backend.info.name, "messages": [{"role": "user", "content": parts}], "max_tokens": 1,
-            "temperature": 0.0}
-    for engine in backend.router.engines[:1]:
-        try:
-            answer = engine.call("POST", "/chat/completions", body)
-        except (HttpError, OSError, http.client.HTTPException, ValueError):
-            return None
-        tokens = (answer.get("usage") or {}).get("prompt_tokens") if isinstance(answer, dict) else None
-        return tokens if isinstance(tokens, int) else None
-    return None
+    answer = _probe_call(backend, {"messages": [{"role": "user", "content": parts}], "max_tokens": 1})
+    tokens = (answer.get("usage") or {}).get("prompt_tokens") if answer is not None else None
+    return tokens if isinstance(tokens, int) else None
+
+
+def _probe_call(backend: RemoteBackend, body: dict) -> dict | None:
+    """One short greedy request to the first engine; its answer, or None when it refused or failed."""
+    body = {"model": backend.info.name, "messages": [{"role": "user", "content": "probe"}], "temperature": 0.0,
+            "seed": 1, **body}
+    try:
+        answer = backend.router.engines[0].call("POST", "/chat/completions", body)
+    except (HttpError, OSError, http.client.HTTPException, ValueError):
+        return None
+    return answer if isinstance(answer, dict) else None
+
+
+#: What the probes ask for: an answer a grammar fixes to one value, and a call of a tool without arguments.
+_SCHEMA_PROBE = {"type": "string", "enum": ["omnid"]}
+_TOOL_PROBE = {"type": "function", "function": {"name": "omnid_probe", "description": "Says it was called.",
+                                                "parameters": {"type": "object", "properties": {},
+                                                               "additionalProperties": False}}}
+
+
+def _probe_features(backend: RemoteBackend) -> RemoteFeatures:
+    """What the engine honours, found by asking (an engine ignores a field it does not know, so its docs or its
+    version would not tell): a schema that allows one answer only, in OpenAI's form then llama-cpp-python's; a
+    call forced to a tool; the template's thinking switch, on and off (an engine that ignores it answers both
+    the same, greedy). Random weights pass these like real ones: the grammar, not the model, writes the answer."""
+    off = {"chat_template_kwargs": {"enable_thinking": False}}
+    schema_format = ""
+    for form in ("json_schema", "json_object"):
+        answer = _probe_call(backend, {**off, "max_tokens": 24,
+                                       "response_format": response_format(form, _SCHEMA_PROBE)})
+        if _json_or_none(_message(answer).get("content")) == "omnid":
+            schema_format = form
+            break
+    called = _message(_probe_call(backend, {**off, "max_tokens": 64, "tools": [_TOOL_PROBE], "tool_choice": {
+        "type": "function", "function": {"name": "omnid_probe"}}})).get("tool_calls")
+    tools = isinstance(called, list) and bool(called) and isinstance(called[0], dict) \
+        and (called[0].get("function") or {}).get("name") == "omnid_probe"
+    on, no = ({"chat_template_kwargs": {"enable_thinking": flag}, "max_tokens": 4} for flag in (True, False))
+    switched = [_message(_probe_call(backend, body)) for body in (on, no)]
+    return RemoteFeatures(schema_format=schema_format, tools=tools,
+                          thinking_switch=bool(switched[0] or switched[1]) and switched[0] != switched[1])
+
+
+def _message(answer: dict | None) -> dict:
+    choices = (answer or {}).get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        message = choices[0].get("message")
+        return message if isinstance(message, dict) else {}
+    return {}
+
+
+def _json_or_none(text: Any) -> Any:
+    try:
+        return json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+
+
+def _describe(features: RemoteFeatures) -> str:
+    said = [f"JSON schema ({features.schema_format})" if features.schema_format else "no JSON schema",
+            "tools" if features.tools else "no tools",
+            "thinking switch" if features.thinking_switch else "no thinking switch"]
+    return ", ".join(said)
 

@@ -268,6 +268,18 @@ class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class LoginLinkRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class LoginLinkReply(_message.Message):
+    __slots__ = ("url", "expires_in_seconds")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    expires_in_seconds: float
+    def __init__(self, url: _Optional[str] = ..., expires_in_seconds: _Optional[float] = ...) -> None: ...
+
 class CacheStats(_message.Message):
     __slots__ = ("hits", "misses", "tokens_reused", "ram_bytes", "ram_budget_bytes", "disk_bytes", "disk_budget_bytes", "entries", "evictions", "pinned", "disk_hits", "rejected", "live_hits", "snapshot_hits", "checkpoint_hits", "checkpoint_bytes", "checkpoint_interval", "state_base_bytes", "state_bytes_per_token")
     HITS_FIELD_NUMBER: _ClassVar[int]
@@ -311,7 +323,7 @@ class CacheStats(_message.Message):
     def __init__(self, hits: _Optional[int] = ..., misses: _Optional[int] = ..., tokens_reused: _Optional[int] = ..., ram_bytes: _Optional[int] = ..., ram_budget_bytes: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., disk_budget_bytes: _Optional[int] = ..., entries: _Optional[int] = ..., evictions: _Optional[int] = ..., pinned: _Optional[int] = ..., disk_hits: _Optional[int] = ..., rejected: _Optional[int] = ..., live_hits: _Optional[int] = ..., snapshot_hits: _Optional[int] = ..., checkpoint_hits: _Optional[int] = ..., checkpoint_bytes: _Optional[int] = ..., checkpoint_interval: _Optional[int] = ..., state_base_bytes: _Optional[int] = ..., state_bytes_per_token: _Optional[float] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("model_name", "model_path", "mmproj_path", "backend", "capabilities", "context_length", "memory_rss_bytes", "queue_depth", "queue_capacity", "busy", "uptime_seconds", "cache", "version", "endpoint", "audio_sample_rate", "max_audio_clip_seconds", "note", "model_loaded", "idle_unload_seconds", "running", "waiting", "trained_context_length", "memory_context_length", "context_source", "prefill_tokens_per_second", "sequences_total", "sequences_in_use", "queue_interactive", "queue_background", "active", "batch_sequences", "batch_tokens", "decode_steps")
+    __slots__ = ("model_name", "model_path", "mmproj_path", "backend", "capabilities", "context_length", "memory_rss_bytes", "queue_depth", "queue_capacity", "busy", "uptime_seconds", "cache", "version", "endpoint", "audio_sample_rate", "max_audio_clip_seconds", "note", "model_loaded", "idle_unload_seconds", "running", "waiting", "trained_context_length", "memory_context_length", "context_source", "prefill_tokens_per_second", "sequences_total", "sequences_in_use", "queue_interactive", "queue_background", "active", "batch_sequences", "batch_tokens", "decode_steps", "http_url")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
     MMPROJ_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -345,6 +357,7 @@ class StatusReply(_message.Message):
     BATCH_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     BATCH_TOKENS_FIELD_NUMBER: _ClassVar[int]
     DECODE_STEPS_FIELD_NUMBER: _ClassVar[int]
+    HTTP_URL_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_path: str
     mmproj_path: str
@@ -378,7 +391,8 @@ class StatusReply(_message.Message):
     batch_sequences: float
     batch_tokens: float
     decode_steps: int
-    def __init__(self, model_name: _Optional[str] = ..., model_path: _Optional[str] = ..., mmproj_path: _Optional[str] = ..., backend: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., context_length: _Optional[int] = ..., memory_rss_bytes: _Optional[int] = ..., queue_depth: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., busy: _Optional[bool] = ..., uptime_seconds: _Optional[float] = ..., cache: _Optional[_Union[CacheStats, _Mapping]] = ..., version: _Optional[str] = ..., endpoint: _Optional[str] = ..., audio_sample_rate: _Optional[int] = ..., max_audio_clip_seconds: _Optional[float] = ..., note: _Optional[str] = ..., model_loaded: _Optional[bool] = ..., idle_unload_seconds: _Optional[float] = ..., running: _Optional[_Union[JobState, _Mapping]] = ..., waiting: _Optional[_Iterable[_Union[JobState, _Mapping]]] = ..., trained_context_length: _Optional[int] = ..., memory_context_length: _Optional[int] = ..., context_source: _Optional[str] = ..., prefill_tokens_per_second: _Optional[float] = ..., sequences_total: _Optional[int] = ..., sequences_in_use: _Optional[int] = ..., queue_interactive: _Optional[int] = ..., queue_background: _Optional[int] = ..., active: _Optional[_Iterable[_Union[JobState, _Mapping]]] = ..., batch_sequences: _Optional[float] = ..., batch_tokens: _Optional[float] = ..., decode_steps: _Optional[int] = ...) -> None: ...
+    http_url: str
+    def __init__(self, model_name: _Optional[str] = ..., model_path: _Optional[str] = ..., mmproj_path: _Optional[str] = ..., backend: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., context_length: _Optional[int] = ..., memory_rss_bytes: _Optional[int] = ..., queue_depth: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., busy: _Optional[bool] = ..., uptime_seconds: _Optional[float] = ..., cache: _Optional[_Union[CacheStats, _Mapping]] = ..., version: _Optional[str] = ..., endpoint: _Optional[str] = ..., audio_sample_rate: _Optional[int] = ..., max_audio_clip_seconds: _Optional[float] = ..., note: _Optional[str] = ..., model_loaded: _Optional[bool] = ..., idle_unload_seconds: _Optional[float] = ..., running: _Optional[_Union[JobState, _Mapping]] = ..., waiting: _Optional[_Iterable[_Union[JobState, _Mapping]]] = ..., trained_context_length: _Optional[int] = ..., memory_context_length: _Optional[int] = ..., context_source: _Optional[str] = ..., prefill_tokens_per_second: _Optional[float] = ..., sequences_total: _Optional[int] = ..., sequences_in_use: _Optional[int] = ..., queue_interactive: _Optional[int] = ..., queue_background: _Optional[int] = ..., active: _Optional[_Iterable[_Union[JobState, _Mapping]]] = ..., batch_sequences: _Optional[float] = ..., batch_tokens: _Optional[float] = ..., decode_steps: _Optional[int] = ..., http_url: _Optional[str] = ...) -> None: ...
 
 class JobState(_message.Message):
     __slots__ = ("name", "queued_seconds", "running_seconds", "progress", "priority", "sequence")

@@ -163,6 +163,11 @@ class OmniStub:
                 request_serializer=omnid_dot_proto_dot_omnid__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=omnid_dot_proto_dot_omnid__pb2.DeleteReply.FromString,
                 _registered_method=True)
+        self.CreateLoginLink = channel.unary_unary(
+                '/omnid.v1.Omni/CreateLoginLink',
+                request_serializer=omnid_dot_proto_dot_omnid__pb2.LoginLinkRequest.SerializeToString,
+                response_deserializer=omnid_dot_proto_dot_omnid__pb2.LoginLinkReply.FromString,
+                _registered_method=True)
 
 
 class OmniServicer:
@@ -329,6 +334,13 @@ class OmniServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateLoginLink(self, request, context):
+        """A one-time login link for the web page (the menubar's "Ask…", `omni web`); FAILED_PRECONDITION without --http.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OmniServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -456,6 +468,11 @@ def add_OmniServicer_to_server(servicer, server):
                     servicer.DeleteScreenHistory,
                     request_deserializer=omnid_dot_proto_dot_omnid__pb2.DeleteRequest.FromString,
                     response_serializer=omnid_dot_proto_dot_omnid__pb2.DeleteReply.SerializeToString,
+            ),
+            'CreateLoginLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateLoginLink,
+                    request_deserializer=omnid_dot_proto_dot_omnid__pb2.LoginLinkRequest.FromString,
+                    response_serializer=omnid_dot_proto_dot_omnid__pb2.LoginLinkReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1137,6 +1154,33 @@ class Omni:
             '/omnid.v1.Omni/DeleteScreenHistory',
             omnid_dot_proto_dot_omnid__pb2.DeleteRequest.SerializeToString,
             omnid_dot_proto_dot_omnid__pb2.DeleteReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateLoginLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/omnid.v1.Omni/CreateLoginLink',
+            omnid_dot_proto_dot_omnid__pb2.LoginLinkRequest.SerializeToString,
+            omnid_dot_proto_dot_omnid__pb2.LoginLinkReply.FromString,
             options,
             channel_credentials,
             insecure,

