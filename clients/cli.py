@@ -80,8 +80,17 @@ def cmd_status(args: argparse.Namespace, client_factory: ClientFactory) -> int:
     loaded = "loaded" if status.model_loaded else "not loaded (the next request loads it)"
     print(f"state      model {loaded}{idle}")
     print(f"memory     {status.memory_rss_bytes / 2**20:.0f} MiB resident; up {status.uptime_seconds:.0f} s")
-    print(f"queue      {status.queue_depth}/{status.queue_capacity} waiting{'; busy' if status.busy else ''}")
-    print(f"running    {_job_line(status.running) if status.HasField('running') else 'nothing'}")
+    print(f"queue      {status.queue_depth}/{status.queue_capacity} waiting ({status.queue_interactive} interactive, "
+          f"{status.queue_background} background){'; busy' if status.busy else ''}")
+    if status.sequences_total > 1:
+        batch = (f"; {status.batch_sequences:.1f} sequences, {status.batch_tokens:.0f} tokens a step "
+                 f"({status.decode_steps} steps)" if status.decode_steps else "")
+        print(f"sequences  {status.sequences_in_use}/{status.sequences_total} in use{batch}")
+    running = list(status.active) or ([status.running] if status.HasField("running") else [])
+    parallel = status.sequences_total > 1
+    print(f"running    {_job_line(running[0], parallel) if running else 'nothing'}")
+    for job in running[1:]:
+        print(f"running    {_job_line(job, parallel)}")
     for job in status.waiting:
         print(f"waiting    {_job_line(job)}")
     if status.prefill_tokens_per_second:
@@ -109,11 +118,13 @@ def _context_why(status: pb.StatusReply) -> str:
     return "; ".join(p for p in ("--ctx", trained, memory) if p)
 
 
-def _job_line(job: pb.JobState) -> str:
+def _job_line(job: pb.JobState, parallel: bool = False) -> str:
     """'ask-document for 12.0 s (waited 0.1 s): prefilling 2048/31000 tokens, 41 tokens/s, about 12 min left'."""
+    kind = " (background)" if job.priority == "background" else ""
     if not job.running_seconds:
-        return f"{job.name}, waiting for {job.queued_seconds:.1f} s"
-    line = f"{job.name} for {job.running_seconds:.1f} s (waited {job.queued_seconds:.1f} s)"
+        return f"{job.name}{kind}, waiting for {job.queued_seconds:.1f} s"
+    where = f" on sequence {job.sequence}" if parallel and job.sequence >= 0 else ""
+    line = f"{job.name}{kind}{where} for {job.running_seconds:.1f} s (waited {job.queued_seconds:.1f} s)"
     if job.HasField("progress"):
         p = job.progress
         note = progress_note(p)

@@ -189,7 +189,8 @@ class HttpApi:
                       endpoint: str) -> Response:
         """Submit an answering job; the whole reply, or a stream whose headers wait for the first token (so an
         error before it, a prompt over the context, still gets its own status)."""
-        followed = FollowedJob(self.scheduler.submit(job, name))
+        peer = request.client
+        followed = FollowedJob(self.scheduler.submit(job, name, f"http:{peer.host}:{peer.port}" if peer else "http"))
         if not answering.stream:
             done: Done | ChatDone = await unless_gone(request, followed.finished(), followed)
             self.meters.answered(endpoint, done.usage)

@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from omnid.daemon.events import Usage
+from omnid.daemon.priorities import Priority
 from omnid.daemon.scheduler import Scheduler
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -67,6 +68,22 @@ class _SchedulerCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         s = self._scheduler
         yield GaugeMetricFamily("omnid_queue_depth", "Requests waiting for the decoder", value=s.queue_depth)
+        by_class = GaugeMetricFamily("omnid_queue_depth_by_class", "Requests waiting for the decoder, by class",
+                                     labels=["class"])
+        for priority in Priority:
+            by_class.add_metric([priority.name.lower()], s.queue_depth_of(priority))
+        yield by_class
+        yield GaugeMetricFamily("omnid_sequences", "Decoder sequences (requests that run at once)",
+                                value=s.n_sequences)
+        yield GaugeMetricFamily("omnid_sequences_in_use", "Decoder sequences running a request now",
+                                value=s.sequences_in_use)
+        batch_sequences, batch_tokens, steps = s.batch_stats()
+        yield GaugeMetricFamily("omnid_batch_sequences", "Sequences per decode step (mean of the recent steps)",
+                                value=batch_sequences)
+        yield GaugeMetricFamily("omnid_batch_tokens", "Tokens per decode step, prefill chunks included (mean of "
+                                "the recent steps)", value=batch_tokens)
+        yield CounterMetricFamily("omnid_decode_steps", "Batched decode steps since the model was loaded",
+                                  value=steps)
         yield GaugeMetricFamily("omnid_queue_capacity", "Requests that may wait for the decoder", value=s.max_queue)
         yield GaugeMetricFamily("omnid_decoder_busy", "1 while the decoder runs a job", value=int(s.busy))
         yield GaugeMetricFamily("omnid_model_loaded", "1 while the model is in memory", value=int(s.loaded))

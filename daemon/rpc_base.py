@@ -176,7 +176,7 @@ class RpcBase:
     def _waiting(self, handle: JobHandle) -> Waiting:
         running, waiting = self.scheduler.jobs()
         ahead = waiting.index(handle) if handle in waiting else len(waiting)
-        return Waiting(ahead + (running is not None), handle.queue_ms / 1000)
+        return Waiting(ahead + len(running), handle.queue_ms / 1000)
 
     def unary_job(self, job: Job, context: grpc.ServicerContext, name: str) -> Any:
         """Run a job for a unary call and return its result."""
@@ -189,7 +189,7 @@ class RpcBase:
         matching status, and the job is cancelled when the client goes away or the caller leaves early (a
         streaming generator closed by gRPC), so the decoder is freed at once."""
         try:
-            handle = self.scheduler.submit(job, name)
+            handle = self.scheduler.submit(job, name, client_of(context))
         except Exception as exc:
             abort(context, exc)
         context.add_callback(handle.cancel)
@@ -212,3 +212,16 @@ class RpcBase:
         Read it through the returned object only: opening the name again would undo the check
         (daemon/allowed_files.py)."""
         return open_allowed(path, self.config.allow_read)
+
+
+#: gRPC metadata a client may send to say who it is (its apps' requests then share one per-client cap).
+CLIENT_METADATA = "omnid-client"
+
+
+def client_of(context: grpc.ServicerContext) -> str:
+    """Who sent a call, for the scheduler's per-client cap: the `omnid-client` metadata if given, else the peer
+    (on a Unix socket every peer looks alike, so clients that want their own share name themselves)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == CLIENT_METADATA and isinstance(value, str) and value:
+            return "named:" + value[:200]
+    return "peer:" + (context.peer() or "")

@@ -12,6 +12,7 @@ from typing import Iterator
 import grpc
 
 from omnid.daemon import inputs, jobs
+from omnid.daemon.priorities import Priority
 from omnid.daemon.rpc_base import RpcBase, progress_message, sampling_from
 from omnid.daemon.scheduler import JobHandle
 from omnid.daemon.web.auth import CODE_SECONDS, Logins
@@ -130,16 +131,25 @@ class CoreRpcs(RpcBase):
             audio_sample_rate=info.audio_sample_rate if "audio" in info.capabilities else 0,
             max_audio_clip_seconds=info.max_audio_clip_seconds or 0.0, note=info.note,
             model_loaded=self.scheduler.loaded, idle_unload_seconds=self.scheduler.idle_unload_seconds,
-            **self.jobs_status(), **self.context_status(),
+            **self.jobs_status(), **self.context_status(), **self.sequences_status(),
             prefill_tokens_per_second=self.scheduler.prefill_rate.tokens_per_second, http_url=self.http_url)
 
     def jobs_status(self) -> dict:
         """What runs on the decoder now and what waits for it (Status: running, waiting)."""
         running, waiting = self.scheduler.jobs()
-        fields: dict = {"waiting": [job_state(h) for h in waiting]}
-        if running is not None:
-            fields["running"] = job_state(running)
+        fields: dict = {"waiting": [job_state(h) for h in waiting], "active": [job_state(h) for h in running]}
+        if running:
+            fields["running"] = job_state(running[0])
         return fields
+
+    def sequences_status(self) -> dict:
+        """The decoder's sequences and batches (Status: sequences_*, queue_* per class, batch_*, decode_steps)."""
+        s = self.scheduler
+        batch_sequences, batch_tokens, steps = s.batch_stats()
+        return {"sequences_total": s.n_sequences, "sequences_in_use": s.sequences_in_use,
+                "queue_interactive": s.queue_depth_of(Priority.INTERACTIVE),
+                "queue_background": s.queue_depth_of(Priority.BACKGROUND),
+                "batch_sequences": batch_sequences, "batch_tokens": batch_tokens, "decode_steps": steps}
 
     def context_status(self) -> dict:
         """How the context was chosen (Status: trained_context_length, memory_context_length, context_source)."""
@@ -162,7 +172,8 @@ class CoreRpcs(RpcBase):
 def job_state(handle: JobHandle) -> pb.JobState:
     """A queued or running job as Status shows it."""
     running = time.perf_counter() - handle.started_at if handle.started_at is not None else 0.0
-    state = pb.JobState(name=handle.name, queued_seconds=handle.queue_ms / 1000, running_seconds=running)
+    state = pb.JobState(name=handle.name, queued_seconds=handle.queue_ms / 1000, running_seconds=running,
+                        priority=handle.priority.name.lower(), sequence=handle.sequence)
     if handle.progress is not None:
         state.progress.CopyFrom(progress_message(handle.progress))
     return state

@@ -79,7 +79,8 @@ class DecoderSession:
     def __init__(self, backend: Backend, cache: PromptCache, cancelled: Callable[[], bool],
                  queue_ms: float = 0.0, frame: ChatFrame | None = None, live: LiveSequence | None = None,
                  min_snapshot_tokens: int = 32, tokens: TokenizerCache | None = None,
-                 checkpoint_interval: int = DEFAULT_CHECKPOINT_INTERVAL, rate: PrefillRate | None = None) -> None:
+                 checkpoint_interval: int = DEFAULT_CHECKPOINT_INTERVAL, rate: PrefillRate | None = None,
+                 choose_sequence: "Callable[[TokenChain], LiveSequence] | None" = None) -> None:
         self.backend = backend
         self.cache = cache
         self.cancelled = cancelled
@@ -98,6 +99,9 @@ class DecoderSession:
         self.rate = rate if rate is not None else PrefillRate()
         #: A remote engine's prefill (see _hold_remote): its counts are the engine's once the answer ends.
         self._remote_stats: PrefillStats | None = None
+        #: With several sequences, the scheduler may move this job, before it has evaluated anything, to a free
+        #: sequence whose live chain shares more of its first prompt (it returns that sequence's LiveSequence).
+        self._choose_sequence = choose_sequence
 
     # -- layout ----------------------------------------------------------------------------------------------
 
@@ -169,6 +173,9 @@ class DecoderSession:
         self.check_cancelled()
         layout = self._layout(prompt)
         target = TokenChain(layout.codes)
+        if self._choose_sequence is not None:  # the first prefill only: later ones continue this sequence
+            self._live = self._choose_sequence(target)
+            self._choose_sequence = None
         hasher = self.cache.hasher(target)
         t_reuse = time.perf_counter()
         held, source = self._reuse(target, hasher)

@@ -13,6 +13,7 @@ the longest prefix with a new prompt is found without hashing every prefix.
 """
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -104,35 +105,42 @@ class TokenizerCache:
     Why: a prompt is compared token by token, so every text segment is tokenized on every request; the long
     ones (a document's pages, a system prompt, a history) come back again and again, and tokenizing 16k
     tokens of text would cost a 16k-token cache hit several milliseconds.
+
+    Thread-safe: with parallel sequences every job thread lays its prompts out through the one cache (the
+    tokenizing itself runs outside the lock, so no thread waits for another's tokenizer).
     """
 
     def __init__(self, max_tokens: int = 1 << 20) -> None:
         self.max_tokens = max_tokens
         self._ids: OrderedDict[str, np.ndarray] = OrderedDict()
         self._total = 0
+        self._lock = threading.Lock()
 
     def get(self, digest: str, tokenize: Callable[[], Sequence[int]]) -> np.ndarray:
-        ids = self._ids.get(digest)
-        if ids is not None:
-            self._ids.move_to_end(digest)
-            return ids
+        with self._lock:
+            ids = self._ids.get(digest)
+            if ids is not None:
+                self._ids.move_to_end(digest)
+                return ids
         return self.put(digest, tokenize())
 
     def put(self, digest: str, tokens: Sequence[int]) -> np.ndarray:
         """Store the token ids of a segment (replacing what was there)."""
         ids = np.asarray(tokens, np.int64)
         ids.setflags(write=False)
-        old = self._ids.pop(digest, None)
-        self._total += len(ids) - (0 if old is None else len(old))
-        self._ids[digest] = ids
-        while self._total > self.max_tokens and len(self._ids) > 1:
-            self._total -= len(self._ids.popitem(last=False)[1])
+        with self._lock:
+            old = self._ids.pop(digest, None)
+            self._total += len(ids) - (0 if old is None else len(old))
+            self._ids[digest] = ids
+            while self._total > self.max_tokens and len(self._ids) > 1:
+                self._total -= len(self._ids.popitem(last=False)[1])
         return ids
 
 
 class LiveSequence:
-    """What the backend's sequence holds between jobs, as a chain: the scheduler owns it so it outlives a job,
-    and the next job can continue from it or cut it back instead of restoring anything."""
+    """What one backend sequence holds between jobs, as a chain: the scheduler owns one per sequence so it
+    outlives a job, and the next job on that sequence can continue from it or cut it back instead of restoring
+    anything. Not locked: only the job holding the sequence uses it (the scheduler hands sequences out)."""
 
     def __init__(self) -> None:
         self._chain = TokenChain.empty()

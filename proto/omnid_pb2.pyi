@@ -323,7 +323,7 @@ class CacheStats(_message.Message):
     def __init__(self, hits: _Optional[int] = ..., misses: _Optional[int] = ..., tokens_reused: _Optional[int] = ..., ram_bytes: _Optional[int] = ..., ram_budget_bytes: _Optional[int] = ..., disk_bytes: _Optional[int] = ..., disk_budget_bytes: _Optional[int] = ..., entries: _Optional[int] = ..., evictions: _Optional[int] = ..., pinned: _Optional[int] = ..., disk_hits: _Optional[int] = ..., rejected: _Optional[int] = ..., live_hits: _Optional[int] = ..., snapshot_hits: _Optional[int] = ..., checkpoint_hits: _Optional[int] = ..., checkpoint_bytes: _Optional[int] = ..., checkpoint_interval: _Optional[int] = ..., state_base_bytes: _Optional[int] = ..., state_bytes_per_token: _Optional[float] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("model_name", "model_path", "mmproj_path", "backend", "capabilities", "context_length", "memory_rss_bytes", "queue_depth", "queue_capacity", "busy", "uptime_seconds", "cache", "version", "endpoint", "audio_sample_rate", "max_audio_clip_seconds", "note", "model_loaded", "idle_unload_seconds", "running", "waiting", "trained_context_length", "memory_context_length", "context_source", "prefill_tokens_per_second", "http_url")
+    __slots__ = ("model_name", "model_path", "mmproj_path", "backend", "capabilities", "context_length", "memory_rss_bytes", "queue_depth", "queue_capacity", "busy", "uptime_seconds", "cache", "version", "endpoint", "audio_sample_rate", "max_audio_clip_seconds", "note", "model_loaded", "idle_unload_seconds", "running", "waiting", "trained_context_length", "memory_context_length", "context_source", "prefill_tokens_per_second", "sequences_total", "sequences_in_use", "queue_interactive", "queue_background", "active", "batch_sequences", "batch_tokens", "decode_steps", "http_url")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_PATH_FIELD_NUMBER: _ClassVar[int]
     MMPROJ_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -349,6 +349,14 @@ class StatusReply(_message.Message):
     MEMORY_CONTEXT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_SOURCE_FIELD_NUMBER: _ClassVar[int]
     PREFILL_TOKENS_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCES_IN_USE_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_INTERACTIVE_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_BACKGROUND_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    BATCH_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DECODE_STEPS_FIELD_NUMBER: _ClassVar[int]
     HTTP_URL_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_path: str
@@ -375,20 +383,32 @@ class StatusReply(_message.Message):
     memory_context_length: int
     context_source: str
     prefill_tokens_per_second: float
+    sequences_total: int
+    sequences_in_use: int
+    queue_interactive: int
+    queue_background: int
+    active: _containers.RepeatedCompositeFieldContainer[JobState]
+    batch_sequences: float
+    batch_tokens: float
+    decode_steps: int
     http_url: str
-    def __init__(self, model_name: _Optional[str] = ..., model_path: _Optional[str] = ..., mmproj_path: _Optional[str] = ..., backend: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., context_length: _Optional[int] = ..., memory_rss_bytes: _Optional[int] = ..., queue_depth: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., busy: _Optional[bool] = ..., uptime_seconds: _Optional[float] = ..., cache: _Optional[_Union[CacheStats, _Mapping]] = ..., version: _Optional[str] = ..., endpoint: _Optional[str] = ..., audio_sample_rate: _Optional[int] = ..., max_audio_clip_seconds: _Optional[float] = ..., note: _Optional[str] = ..., model_loaded: _Optional[bool] = ..., idle_unload_seconds: _Optional[float] = ..., running: _Optional[_Union[JobState, _Mapping]] = ..., waiting: _Optional[_Iterable[_Union[JobState, _Mapping]]] = ..., trained_context_length: _Optional[int] = ..., memory_context_length: _Optional[int] = ..., context_source: _Optional[str] = ..., prefill_tokens_per_second: _Optional[float] = ..., http_url: _Optional[str] = ...) -> None: ...
+    def __init__(self, model_name: _Optional[str] = ..., model_path: _Optional[str] = ..., mmproj_path: _Optional[str] = ..., backend: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., context_length: _Optional[int] = ..., memory_rss_bytes: _Optional[int] = ..., queue_depth: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., busy: _Optional[bool] = ..., uptime_seconds: _Optional[float] = ..., cache: _Optional[_Union[CacheStats, _Mapping]] = ..., version: _Optional[str] = ..., endpoint: _Optional[str] = ..., audio_sample_rate: _Optional[int] = ..., max_audio_clip_seconds: _Optional[float] = ..., note: _Optional[str] = ..., model_loaded: _Optional[bool] = ..., idle_unload_seconds: _Optional[float] = ..., running: _Optional[_Union[JobState, _Mapping]] = ..., waiting: _Optional[_Iterable[_Union[JobState, _Mapping]]] = ..., trained_context_length: _Optional[int] = ..., memory_context_length: _Optional[int] = ..., context_source: _Optional[str] = ..., prefill_tokens_per_second: _Optional[float] = ..., sequences_total: _Optional[int] = ..., sequences_in_use: _Optional[int] = ..., queue_interactive: _Optional[int] = ..., queue_background: _Optional[int] = ..., active: _Optional[_Iterable[_Union[JobState, _Mapping]]] = ..., batch_sequences: _Optional[float] = ..., batch_tokens: _Optional[float] = ..., decode_steps: _Optional[int] = ..., http_url: _Optional[str] = ...) -> None: ...
 
 class JobState(_message.Message):
-    __slots__ = ("name", "queued_seconds", "running_seconds", "progress")
+    __slots__ = ("name", "queued_seconds", "running_seconds", "progress", "priority", "sequence")
     NAME_FIELD_NUMBER: _ClassVar[int]
     QUEUED_SECONDS_FIELD_NUMBER: _ClassVar[int]
     RUNNING_SECONDS_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     queued_seconds: float
     running_seconds: float
     progress: Progress
-    def __init__(self, name: _Optional[str] = ..., queued_seconds: _Optional[float] = ..., running_seconds: _Optional[float] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ...) -> None: ...
+    priority: str
+    sequence: int
+    def __init__(self, name: _Optional[str] = ..., queued_seconds: _Optional[float] = ..., running_seconds: _Optional[float] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., priority: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class UnloadRequest(_message.Message):
     __slots__ = ()

@@ -44,10 +44,11 @@ def fresh(start_daemon):
 
 @pytest.fixture(scope="module")
 def roomy(tmp_path_factory: pytest.TempPathFactory, test_model) -> Iterator[SimpleNamespace]:
-    """A daemon started without --ctx: the model's trained context (32768 tokens for the tiny model)."""
+    """A daemon started without --ctx: the model's trained context (32768 tokens for the tiny model); with one
+    sequence, so a second request waits behind the first (tests/test_concurrency.py: several at once)."""
     tmp = tmp_path_factory.mktemp("roomy")
     process = start_plain_daemon(tmp, {"model": str(test_model.text), "mmproj": "", "backend": "llama.cpp"},
-                                 ["--threads", "1", "--cache-disk", "off"])
+                                 ["--threads", "1", "--cache-disk", "off", "--parallel", "1"])
     yield SimpleNamespace(endpoint=f"unix:{process.socket}", socket=process.socket)
     process.stop()
 

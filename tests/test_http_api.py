@@ -576,8 +576,11 @@ def test_metrics_count_requests_tokens_cache_and_timings(omni: HttpDaemon) -> No
     assert grew("omnid_generated_tokens_total", **chat) == reply.usage.completion_tokens
     assert grew("omnid_time_to_first_token_seconds_count", **chat) == 1
     assert grew("omnid_decode_tokens_per_second_count", **chat) == (1 if reply.usage.completion_tokens > 1 else 0)
-    for name in ("omnid_queue_depth", "omnid_prompt_cache_hits_total", "omnid_prompt_cache_reused_tokens_total"):
+    for name in ("omnid_queue_depth", "omnid_prompt_cache_hits_total", "omnid_prompt_cache_reused_tokens_total",
+                 "omnid_sequences", "omnid_sequences_in_use", "omnid_batch_sequences", "omnid_decode_steps_total"):
         assert f"\n{name} " in after
+    assert metric(after, "omnid_queue_depth_by_class", **{"class": "background"}) == 0
+    assert metric(after, "omnid_sequences") >= 1 and metric(after, "omnid_sequences_in_use") == 0
     assert "# TYPE omnid_time_to_first_token_seconds histogram" in after
 
 

@@ -188,13 +188,13 @@ def test_a_submit_racing_stop_never_lands_behind_the_shutdown_sentinel() -> None
     lock = _ContendedLock()
     s._lock = lock  # type: ignore[assignment]
     entered, release = threading.Event(), threading.Event()
-    real_put = s._queue.put_nowait
+    real_push = s._queue.push
 
-    def put_nowait(item: Any) -> None:  # submit() in the middle of its enqueue
+    def push(*args: Any) -> int:  # submit() in the middle of its enqueue
         entered.set()
         assert release.wait(WAIT)
-        real_put(item)
-    s._queue.put_nowait = put_nowait  # type: ignore[method-assign]
+        return real_push(*args)
+    s._queue.push = push  # type: ignore[method-assign]
     submitted: list[Any] = []
     submitter = threading.Thread(target=lambda: submitted.append(_submit_or_error(s)))
     submitter.start()
@@ -226,16 +226,18 @@ def _submit_or_error(s: Scheduler) -> Any:
         return exc
 
 
-def test_jobs_still_queued_behind_the_sentinel_are_finished_by_the_worker() -> None:
-    """Whatever reaches the queue after the shutdown sentinel is finished with ShuttingDown, never dropped."""
+def test_jobs_still_queued_when_the_worker_stops_are_finished_by_it() -> None:
+    """Whatever is in the queue once the worker sees the scheduler stopping is finished with ShuttingDown, never
+    dropped (here it got in past submit's check, as a lost race would leave it)."""
     s = make_scheduler()
     s.start()
     started, release, job = blocker()
     running = s.submit(job)
     assert started.wait(WAIT)
     late = JobHandle(lambda session, emit: "ran", "late")
-    s._queue.put_nowait(None)   # the sentinel, then a job behind it, as a lost race would leave them
-    s._queue.put_nowait(late)
+    with s._lock:
+        s._stopping = True
+        s._queue.push(late, late.priority, "")
     release.set()
     assert running.result(WAIT) == "released"
     with pytest.raises(ShuttingDown):

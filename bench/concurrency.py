@@ -1,0 +1,180 @@
+"""Parallel sequences: aggregate decode speed with 1, 2, 4, 8 clients, and a question's TTFT under background load.
+
+One run, side by side, through the daemon's own Scheduler (batching engine, proxies, priorities) in this process:
+
+  * the same one client on a one-sequence backend (the worker thread runs it directly: what the engine's
+    hand-offs cost);
+  * aggregate decode tokens/s of C concurrent clients (C = 1, 2, 4, 8), each decoding --tokens tokens after a
+    short prompt of its own, and the ratio to one client (goals on the tiny hybrid model: 4 >= 3x, 8 >= 5x);
+  * a question's time to first token idle, and while a long transcription (a background "meeting-clip" job:
+    --clip-words of transcript-like text prefilled, then a short answer, clip after clip) and the screen watcher
+    (a background "screen-frame" job, frame after frame) run; the ratio (goal: <= 2x idle).
+
+The transcription is text of a clip's size, not audio: the tiny test model's audio encoder turns noise into a
+few hundred tokens, and what loads the decoder is the same prefill either way.
+
+    python bench/concurrency.py                       # the tiny hybrid test model (written to a temp folder)
+    python bench/concurrency.py --model M.gguf [--parallel 8]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import StolenTime, add_model_flags, test_model_args  # noqa: E402
+
+from omnid.daemon.prompt_cache import PromptCache  # noqa: E402
+from omnid.daemon.sampling import SamplingParams  # noqa: E402
+from omnid.daemon.scheduler import Scheduler  # noqa: E402
+from omnid.daemon.session import DecoderSession  # noqa: E402
+from omnid.models.base import Backend, TextSegment  # noqa: E402
+from omnid.models.llama_cpp_backend import LlamaCppBackend  # noqa: E402
+
+WORDS = ("the meeting went on about the budget and the plan for the next quarter while someone took notes "
+         "and another asked about the schedule ").split()
+
+
+def words(n: int, seed: int) -> str:
+    rng = np.random.default_rng(seed)
+    return " ".join(WORDS[i] for i in rng.integers(0, len(WORDS), n))
+
+
+def decode_job(prompt: str, n_tokens: int, out: list[int]) -> Callable[[DecoderSession, Any], None]:
+    """Prefill a prompt, then decode exactly n_tokens greedy tokens (end of generation skipped: random weights
+    may end early, and this measures decode steps)."""
+    def job(session: DecoderSession, emit: Any) -> None:
+        session.prefill(session.build_prompt([TextSegment(prompt)]), save=False)
+        backend = session.backend
+        for _ in range(n_tokens):
+            session.check_cancelled()
+            logits = backend.logits()
+            token = int(np.argmax(logits))
+            if backend.is_end_of_generation(token):
+                logits[token] = -np.inf
+                token = int(np.argmax(logits))
+            session.append_generated(token)
+            out.append(token)
+    return job
+
+
+def aggregate(scheduler: Scheduler, clients: int, n_tokens: int, seed: int) -> float:
+    """Decode tokens/s of `clients` concurrent clients, all tokens over the wall time of the whole batch."""
+    outs: list[list[int]] = [[] for _ in range(clients)]
+    t0 = time.perf_counter()
+    handles = [scheduler.submit(decode_job(f"{i} {words(12, seed + i)}", n_tokens, outs[i]), "generate",
+                                client=f"client-{i}") for i in range(clients)]
+    for h in handles:
+        h.result(600)
+    return sum(len(o) for o in outs) / (time.perf_counter() - t0)
+
+
+def ttft(scheduler: Scheduler, seed: int) -> float:
+    """Milliseconds from submitting a question to its first token."""
+    first: list[float] = []
+
+    def question(session: DecoderSession, emit: Any) -> None:
+        session.prefill(session.build_prompt([TextSegment(f"Question {seed}: {words(24, seed)}?")]), save=False)
+        session.generate(2, SamplingParams(), lambda _: first or first.append(time.perf_counter()))
+        first or first.append(time.perf_counter())
+    t0 = time.perf_counter()
+    scheduler.submit(question, "generate", client="menubar").result(600)
+    return (first[0] - t0) * 1000
+
+
+class Background:
+    """A long transcription and the screen watcher, submitted clip after clip and frame after frame."""
+
+    def __init__(self, scheduler: Scheduler, clip_words: int) -> None:
+        self._stop = threading.Event()
+        self.clips = self.frames = 0
+        self._threads = [
+            threading.Thread(target=self._loop, args=(scheduler, "meeting-clip", clip_words, "clips"), daemon=True),
+            threading.Thread(target=self._loop, args=(scheduler, "screen-frame", 96, "frames"), daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def _loop(self, scheduler: Scheduler, name: str, n_words: int, counter: str) -> None:
+        i = 0
+        while not self._stop.is_set():
+            def work(session: DecoderSession, emit: Any, i: int = i) -> None:
+                session.prefill(session.build_prompt([TextSegment(words(n_words, 1000 + i))]), save=False)
+                session.generate(16, SamplingParams())
+            scheduler.submit(work, name, client=name).result(600)
+            setattr(self, counter, getattr(self, counter) + 1)
+            i += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(600)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_model_flags(parser)
+    parser.add_argument("--parallel", type=int, default=8, help="sequences the backend holds")
+    parser.add_argument("--tokens", type=int, default=128, help="tokens each client decodes")
+    parser.add_argument("--clip-words", type=int, default=900, help="words of transcript text per clip (~3.4k tokens)")
+    parser.add_argument("--questions", type=int, default=5, help="questions timed idle and under load")
+    parser.add_argument("--ctx", type=int, default=4096)
+    args = parser.parse_args()
+    stolen = StolenTime()
+    with tempfile.TemporaryDirectory() as tmp:
+        model = test_model_args(Path(tmp), args.model, args.mmproj, args.backend, args.decoder)
+
+        def load() -> Backend:
+            return LlamaCppBackend(model["model"], None, n_ctx=args.ctx, n_threads=args.threads,
+                                   n_sequences=args.parallel)
+        print(stolen.describe())
+        direct = Scheduler(lambda: LlamaCppBackend(model["model"], None, n_ctx=args.ctx, n_threads=args.threads),
+                           lambda b: PromptCache(b.info.fingerprint, 64 << 20))
+        direct.start()
+        try:
+            aggregate(direct, 1, 8, 0)  # warm
+            one_sequence = aggregate(direct, 1, args.tokens, 10)
+        finally:
+            direct.stop()
+        scheduler = Scheduler(load, lambda b: PromptCache(b.info.fingerprint, 64 << 20))
+        scheduler.start()
+        try:
+            print(f"model {Path(model['model']).name}: {scheduler.n_sequences} sequences, "
+                  f"{args.tokens} tokens a client, {args.threads} threads")
+            aggregate(scheduler, 1, 8, 0)  # warm
+            rates = {c: aggregate(scheduler, c, args.tokens, 10 * c) for c in (1, 2, 4, 8)
+                     if c <= scheduler.n_sequences}
+            print("clients   aggregate decode tokens/s   ratio to 1 client")
+            for c, rate in rates.items():
+                print(f"{c:7d}   {rate:27.1f}   {rate / rates[1]:17.2f}x")
+            print(f"(one client on a one-sequence backend, no engine: {one_sequence:.1f} tokens/s; through the engine "
+                  f"{rates[1] / one_sequence:.2f}x that)")
+            idle = [ttft(scheduler, 100 + i) for i in range(args.questions)]
+            background = Background(scheduler, args.clip_words)
+            time.sleep(0.5)
+            loaded = [ttft(scheduler, 200 + i) for i in range(args.questions)]
+            background.stop()
+            steps = scheduler.engine.records() if scheduler.engine is not None else []
+            print(f"question TTFT idle        {statistics.median(idle):8.1f} ms (median of {len(idle)})")
+            print(f"question TTFT under load  {statistics.median(loaded):8.1f} ms "
+                  f"({background.clips} clips of {args.clip_words} words, {background.frames} screen frames)")
+            print(f"ratio                     {statistics.median(loaded) / statistics.median(idle):8.2f}x")
+            if steps:
+                biggest = max(r.tokens for r in steps)
+                print(f"engine: {len(steps)} recent steps, {statistics.mean(r.tokens for r in steps):.1f} tokens and "
+                      f"{statistics.mean(len(r.decoded) for r in steps):.1f} decoding sequences a step, "
+                      f"largest {biggest} tokens")
+            print(stolen.describe())
+        finally:
+            scheduler.stop()
+
+
+if __name__ == "__main__":
+    main()
