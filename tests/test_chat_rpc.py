@@ -45,7 +45,7 @@ def test_a_conversation_over_grpc_reuses_each_turn(backend_daemon) -> None:
 def test_a_long_history_reports_its_prefill_progress_before_the_answer(backend_daemon) -> None:
     with backend_daemon.client() as client:
         talk = client.conversation(thinking=False, max_tokens=4)
-        events = list(talk.send(text(" ".join(f"w{i}" for i in range(700)))))
+        events = list(talk.send(text(" ".join(f"q{i}" for i in range(700)))))  # shares no prefix with others
         seen = kinds(events)
         progress = [e.progress for e in events if e.WhichOneof("event") == "progress"]
         assert len(progress) >= 2 and seen[:len(progress)] == ["progress"] * len(progress)  # before the answer
@@ -162,7 +162,7 @@ def test_omni_chat_keeps_the_history_and_takes_commands(daemon, tmp_path: Path) 
 
 
 def test_omni_chat_shows_a_long_prefill_as_omni_ask_does(daemon) -> None:
-    long_line = " ".join(f"word{i}" for i in range(600))
+    long_line = " ".join(f"said{i}" for i in range(600))  # shares no prefix with other tests
     result = omni(daemon, "chat", "--max-tokens", "2", "--think", "off", stdin=f"{long_line}\nshort\n")
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("prefilling:")]
