@@ -5,7 +5,9 @@ cache off so every run prefills cold), alternately over gRPC (the Chat RPC, on i
 (/v1/chat/completions with the official `openai` package, streaming, as an app would call it), so both see the
 same machine load. Both are the very same conversation job; only the front end differs (the prompt token counts
 are printed to show it, and the server's own time to first token, so what each front end adds is shown apart
-from the prefill). `--completions` compares /v1/completions with Generate instead (the same decode loop, but
+from the prefill). A third column sends the same HTTP request with the standard library's http.client on a
+kept-alive connection: what the daemon's HTTP front end costs without the openai package's own client work.
+`--completions` compares /v1/completions with Generate instead (the same decode loop, but
 Generate's prompt holds the chat template's tokens around the turn). A model without a chat template (the
 embedded default) has no Chat RPC: use --completions.
 
@@ -17,6 +19,8 @@ Goal: HTTP >= 0.95x gRPC's decode tokens/s and < +5 ms on time to first token.
 from __future__ import annotations
 
 import argparse
+import http.client
+import json
 import os
 import socket
 import statistics
@@ -93,6 +97,41 @@ def over_http(client: OpenAI, max_tokens: int, chat: bool) -> Run:
                timings.get("decode_tokens_per_second", 0.0))
 
 
+class RawHttp:
+    """The same streaming request with http.client (no SDK), on one kept-alive connection."""
+
+    def __init__(self, port: int, token: str) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+    def run(self, max_tokens: int, chat: bool) -> Run:
+        request: dict[str, Any] = {"model": "omnid", "max_tokens": max_tokens, "stream": True,
+                                   "stream_options": {"include_usage": True}}
+        if chat:
+            request.update(messages=[{"role": "user", "content": PROMPT}], reasoning_effort="none")
+        else:
+            request.update(prompt=PROMPT)
+        t0 = time.perf_counter()
+        first = 0.0
+        final: dict[str, Any] = {}
+        self.conn.request("POST", "/v1/chat/completions" if chat else "/v1/completions", json.dumps(request),
+                          self.headers)
+        response = self.conn.getresponse()
+        for line in response:
+            if line.startswith(b"data: {"):
+                chunk = json.loads(line[6:])
+                choice = chunk["choices"][0] if chunk["choices"] else {}
+                if not first and (choice.get("delta", {}).get("content") if chat else choice.get("text")):
+                    first = time.perf_counter()
+                if chunk.get("usage"):
+                    final = chunk
+        t_end = time.perf_counter()
+        usage, timings = final["usage"], final.get("timings", {})
+        return Run((first - t0) * 1000, (usage["completion_tokens"] - 1) / (t_end - first),
+                   timings.get("time_to_first_token_ms", 0.0), usage["prompt_tokens"], usage["completion_tokens"],
+                   timings.get("decode_tokens_per_second", 0.0))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -120,13 +159,15 @@ def main() -> int:
         try:
             http = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=token_file.read_text().strip(),
                           max_retries=0)
+            raw = RawHttp(port, token_file.read_text().strip())
             with OmniClient(f"unix:{daemon.socket}") as grpc_client:
                 chat = not args.completions
-                over_grpc(grpc_client, 8, chat), over_http(http, 8, chat)  # warm both up
-                g_runs, h_runs = [], []
+                over_grpc(grpc_client, 8, chat), over_http(http, 8, chat), raw.run(8, chat)  # warm them up
+                g_runs, h_runs, r_runs = [], [], []
                 for _ in range(args.runs):
                     g_runs.append(over_grpc(grpc_client, args.tokens, chat))
                     h_runs.append(over_http(http, args.tokens, chat))
+                    r_runs.append(raw.run(args.tokens, chat))
                 name = grpc_client.status().model_name
         finally:
             daemon.stop()
@@ -134,23 +175,29 @@ def main() -> int:
     def median(runs: list[Run], field: str) -> float:
         return statistics.median(getattr(r, field) for r in runs)
 
-    g_tps, h_tps = median(g_runs, "tokens_per_s"), median(h_runs, "tokens_per_s")
-    g_ttft, h_ttft = median(g_runs, "ttft_ms"), median(h_runs, "ttft_ms")
-    g_added = statistics.median(r.ttft_ms - r.server_ttft_ms for r in g_runs)
-    h_added = statistics.median(r.ttft_ms - r.server_ttft_ms for r in h_runs)
+    def added(runs: list[Run]) -> float:
+        return statistics.median(r.ttft_ms - r.server_ttft_ms for r in runs)
+
+    def row(label: str, values: list[float], fmt: str, vs: str) -> None:
+        print(f"{label:24}" + "".join(f"{v:12{fmt}}" for v in values) + vs)
+
+    runs = (g_runs, h_runs, r_runs)
     pair = "/v1/completions vs gRPC Generate" if args.completions else "/v1/chat/completions vs gRPC Chat"
     print(stolen.describe())
     print(f"model: {name}, {args.tokens} tokens asked, {args.runs} runs, threads {args.threads}, "
-          f"cpu count {os.cpu_count()}; HTTP {pair} (openai package, streaming)")
-    print(f"{'':24}{'gRPC':>12}{'HTTP':>12}{'HTTP vs gRPC':>16}")
-    print(f"{'decode tokens/s':24}{g_tps:12.1f}{h_tps:12.1f}{h_tps / g_tps:15.3f}x   (goal >= 0.95x)")
-    g_srv, h_srv = median(g_runs, "server_tokens_per_s"), median(h_runs, "server_tokens_per_s")
-    print(f"{'  as the server decoded':24}{g_srv:12.1f}{h_srv:12.1f}{h_srv / g_srv:15.3f}x")
-    print(f"{'time to first token ms':24}{g_ttft:12.2f}{h_ttft:12.2f}{h_ttft - g_ttft:+14.2f}ms   (goal < +5 ms)")
-    print(f"{'  added by the front end':24}{g_added:12.2f}{h_added:12.2f}{h_added - g_added:+14.2f}ms"
-          "   (client TTFT - the server's own)")
-    print(f"{'prompt tokens':24}{median(g_runs, 'prompt_tokens'):12.0f}{median(h_runs, 'prompt_tokens'):12.0f}")
-    print(f"{'generated tokens':24}{median(g_runs, 'tokens'):12.0f}{median(h_runs, 'tokens'):12.0f}")
+          f"cpu count {os.cpu_count()}; HTTP {pair} (openai package, streaming; and http.client)")
+    print(f"{'':24}{'gRPC':>12}{'HTTP':>12}{'http.client':>12}{'HTTP vs gRPC':>16}")
+    tps = [median(r, "tokens_per_s") for r in runs]
+    row("decode tokens/s", tps, ".1f", f"{tps[1] / tps[0]:15.3f}x   (goal >= 0.95x)")
+    served = [median(r, "server_tokens_per_s") for r in runs]
+    row("  as the server decoded", served, ".1f", f"{served[1] / served[0]:15.3f}x")
+    ttft = [median(r, "ttft_ms") for r in runs]
+    row("time to first token ms", ttft, ".2f", f"{ttft[1] - ttft[0]:+14.2f}ms   (goal < +5 ms)")
+    front = [added(r) for r in runs]
+    row("  added by the front end", front, ".2f",
+        f"{front[1] - front[0]:+14.2f}ms   (client TTFT - the server's own)")
+    row("prompt tokens", [median(r, "prompt_tokens") for r in runs], ".0f", "")
+    row("generated tokens", [median(r, "tokens") for r in runs], ".0f", "")
     return 0
 
 

@@ -4,7 +4,7 @@ and `Conversation`, which keeps a history on the client side:
     with OmniClient() as omni:
         talk = omni.conversation(system="Be brief.")
         for event in talk.send(image("photo.png"), text("What is this?")):
-            ...                                   # ChatEvents: reasoning_delta, delta, tool_call, done
+            ...                                   # ChatEvents: progress, reasoning_delta, delta, tool_call, done
         answer = talk.ask(text("And the colors?"))  # the final ChatFinal (the history grows by both turns)
 
 The whole history goes to the daemon every turn; its prompt cache holds the earlier turns, so only the new

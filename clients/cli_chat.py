@@ -8,7 +8,8 @@
 
 Lines starting with / are commands (/help lists them); attachments (/image, /audio, /doc, /screen) join the next
 message. The history lives in this process until you quit; the daemon's cache keeps each answered turn, so a
-turn costs only its new message. Thinking streams dimmed, apart from the answer.
+turn costs only its new message. Thinking streams dimmed, apart from the answer; a long history's prefill
+(or a wait for the decoder) shows its progress on stderr first, as `omni ask` does.
 """
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from pathlib import Path
 from typing import Callable, TextIO
 
 from omnid.clients.chat import Conversation
-from omnid.clients.cli_common import (EXIT_OK, ClientFactory, add_sampling_flags, print_json, print_usage,
-                                      read_prompt, sampling_from_args, to_dict)
+from omnid.clients.cli_common import (EXIT_OK, ClientFactory, Progress, add_sampling_flags, print_json, print_usage,
+                                      read_prompt, sampling_from_args, show_progress, to_dict)
 from omnid.clients.client import OmniError, audio, image, parts_for, text
 from omnid.proto import omnid_pb2 as pb
 
@@ -111,10 +112,15 @@ class Repl:
     def _send(self, line: str) -> None:
         parts, self.attached = [*self.attached, text(line)], []
         thinking = False
+        progress = Progress("tokens")  # a long history's prefill, or the wait for the decoder, as `omni ask` shows
         events = self.talk.send(*parts)
         try:
             for event in events:
                 kind = event.WhichOneof("event")
+                if kind == "progress":
+                    show_progress(progress, event.progress)
+                    continue
+                progress.close()
                 if kind == "reasoning_delta":
                     if not thinking:
                         self._write(DIM if self.tty else "[thinking] ")
@@ -138,6 +144,8 @@ class Repl:
         except KeyboardInterrupt:
             events.close()  # type: ignore[attr-defined]
             self._write((RESET if self.tty else "") + "\n[interrupted]\n")
+        finally:
+            progress.close()
 
     def _image(self, rest: list[str]) -> None:
         self.attached.append(image(_path(rest, "/image PATH")))

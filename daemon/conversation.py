@@ -183,7 +183,7 @@ def chat(conversation: Conversation) -> Callable[[DecoderSession, Emit], ChatDon
                                     unsupported=True)
         check_plain(session, conversation)
         layout = _layout(lambda: chat_layout.lay_out(render, conversation))
-        stats = prefill(session, layout.prompt)
+        stats = prefill(session, layout.prompt, emit)
         tools = conversation.tools if conversation.tool_choice != "none" else ()
         steering = Steering(thinking=layout.thinking_open, may_think=conversation.thinking is not False,
                             thinking_budget=conversation.thinking_budget,
@@ -231,10 +231,11 @@ def check_plain(session: DecoderSession, conversation: Conversation) -> None:
             raise ConversationError(f"{what} spells one of the model's control tokens")
 
 
-def prefill(session: DecoderSession, prompt: Prompt) -> PrefillStats:
-    """session.prefill, with a history over the context reported by how many tokens (counted only then)."""
+def prefill(session: DecoderSession, prompt: Prompt, progress: Emit | None = None) -> PrefillStats:
+    """session.prefill, with a history over the context reported by how many tokens (counted only then); a long
+    one reports PrefillProgress to `progress`."""
     try:
-        return session.prefill(prompt)
+        return session.prefill(prompt, progress=progress)
     except ContextOverflow:
         needed = sum(session.count_tokens(s) for s in prompt.segments)
         raise ConversationOverflow(needed, session.info.context_length) from None

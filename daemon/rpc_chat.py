@@ -1,5 +1,6 @@
 """The Chat RPC: a ChatRequest decoded into a Conversation (parts resolved as Generate's are), checked in the
-handler's thread, answered by the conversation job, its events streamed as ChatEvents."""
+handler's thread, answered by the conversation job, its events streamed as ChatEvents (a long history's
+prefill and a wait in the queue as progress, as Generate's)."""
 from __future__ import annotations
 
 import json
@@ -8,8 +9,9 @@ from typing import Any, Iterator
 import grpc
 
 from omnid.daemon import conversation as chat
-from omnid.daemon.events import ChatDone, ReasoningDelta, TextDelta, ToolCall, ToolCallEvent
-from omnid.daemon.rpc_base import sampling_from, usage_message
+from omnid.daemon.events import (ChatDone, PrefillProgress, ReasoningDelta, TextDelta, ToolCall, ToolCallEvent,
+                                 Waiting)
+from omnid.daemon.rpc_base import progress_message, sampling_from, usage_message
 from omnid.daemon.rpc_core import CoreRpcs
 from omnid.proto import omnid_pb2 as pb
 
@@ -17,7 +19,7 @@ from omnid.proto import omnid_pb2 as pb
 class ChatRpcs(CoreRpcs):
     def Chat(self, request: pb.ChatRequest, context: grpc.ServicerContext) -> Iterator[pb.ChatEvent]:
         conversation = self.call(context, lambda: self.conversation_from(request))
-        done = yield from self.stream_job(chat.chat(conversation), context, "chat", chat_event)
+        done = yield from self.stream_job(chat.chat(conversation), context, "chat", chat_event, tell_waiting=True)
         yield chat_event(done)
 
     def conversation_from(self, request: pb.ChatRequest) -> chat.Conversation:
@@ -53,6 +55,8 @@ def chat_event(event: Any) -> pb.ChatEvent:
         return pb.ChatEvent(reasoning_delta=event.text)
     if isinstance(event, ToolCallEvent):
         return pb.ChatEvent(tool_call=_call(event.call))
+    if isinstance(event, (PrefillProgress, Waiting)):
+        return pb.ChatEvent(progress=progress_message(event))
     if isinstance(event, ChatDone):
         return pb.ChatEvent(done=pb.ChatFinal(text=event.text, reasoning=event.reasoning,
                                               tool_calls=[_call(c) for c in event.tool_calls],

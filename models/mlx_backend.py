@@ -47,6 +47,7 @@ from .base import (
     payload_checksum,
     weights_fingerprint,
 )
+from . import mlx_blas
 from .registry import looks_like_hub_id
 
 _log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ _MIN_IMAGE_SIDE = 2
 
 def _import_mlx() -> tuple[Any, Any]:
     """mlx.core and mlx_vlm, or a ModelLoadError that tells the user which extra to install."""
+    mlx_blas.choose()
     try:
         import mlx.core as mx
         import mlx_vlm
@@ -198,7 +200,8 @@ class MlxBackend(Backend):
             # The encoder rejects more than max_position_embeddings subsampled frames; stay one frame under it.
             max_clip = (sound.max_position_embeddings * sound.subsampling_factor - 1) * sound.hop_length / sample_rate
             tokens_per_second = sample_rate / frames_per_token
-        versions = f"mlx={self._mx.__version__};mlx_vlm={getattr(mlx_vlm, '__version__', '?')}"
+        versions = (f"mlx={self._mx.__version__};mlx_vlm={getattr(mlx_vlm, '__version__', '?')};"
+                    f"blas={mlx_blas.choose()}")
         return ModelInfo(
             name=name, path=str(folder), backend="mlx", capabilities=frozenset(capabilities),
             context_length=n_ctx, fingerprint=_fingerprint(folder, versions),

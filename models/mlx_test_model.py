@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from . import mlx_blas
 from .gguf_test_model import reasoning_chat_template
 
 # Special tokens the Nemotron Omni processor looks up by name, then the chat-turn markers.
@@ -179,6 +180,7 @@ def _random_weights(config: dict, seed: int) -> dict:
     """
     import math
 
+    mlx_blas.choose()  # before mlx is loaded, as the backend does
     import mlx.core as mx
     import mlx.utils
     from mlx_vlm.models.nemotron_h_nano_omni import Model, ModelConfig
@@ -206,6 +208,7 @@ def write_mlx_test_model(directory: Path, *, seed: int = 0, with_audio: bool = T
     same weights and the same fingerprint. `with_audio=False` leaves out the sound encoder, for testing how a
     backend refuses a modality its model lacks.
     """
+    mlx_blas.choose()  # before mlx is loaded, as the backend does
     import mlx.core as mx
 
     directory = Path(directory)

@@ -203,16 +203,18 @@ class ChatRequest(_message.Message):
     def __init__(self, messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., tools: _Optional[_Iterable[_Union[ToolSpec, _Mapping]]] = ..., tool_choice: _Optional[str] = ..., response_schema_json: _Optional[str] = ..., thinking: _Optional[bool] = ..., thinking_budget: _Optional[int] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., max_tokens: _Optional[int] = ...) -> None: ...
 
 class ChatEvent(_message.Message):
-    __slots__ = ("delta", "reasoning_delta", "tool_call", "done")
+    __slots__ = ("delta", "reasoning_delta", "tool_call", "done", "progress")
     DELTA_FIELD_NUMBER: _ClassVar[int]
     REASONING_DELTA_FIELD_NUMBER: _ClassVar[int]
     TOOL_CALL_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
     delta: str
     reasoning_delta: str
     tool_call: ToolCall
     done: ChatFinal
-    def __init__(self, delta: _Optional[str] = ..., reasoning_delta: _Optional[str] = ..., tool_call: _Optional[_Union[ToolCall, _Mapping]] = ..., done: _Optional[_Union[ChatFinal, _Mapping]] = ...) -> None: ...
+    progress: Progress
+    def __init__(self, delta: _Optional[str] = ..., reasoning_delta: _Optional[str] = ..., tool_call: _Optional[_Union[ToolCall, _Mapping]] = ..., done: _Optional[_Union[ChatFinal, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ...) -> None: ...
 
 class ChatFinal(_message.Message):
     __slots__ = ("text", "reasoning", "tool_calls", "usage", "stop_reason")

@@ -14,9 +14,10 @@ LLAMA_VERSION=0.3.36
 WHEELS="${OMNID_WHEEL_CACHE:-$HOME/.cache/omnid/wheels}"
 PY="${PYTHON:-python3}"
 # python3-tk and libnotify-bin: the menubar's windows and notifications; trayer: an X tray for its tests;
-# chromium and chromium-driver: the web page's tests and its screenshot (headless).
+# chromium and chromium-driver: the web page's tests and its screenshot (headless); libopenblas0-pthread: the BLAS
+# the mlx backend binds mlx's CPU matrix products to (models/mlx_blas.py).
 APT_PACKAGES=(libportaudio2 libgomp1 pulseaudio pulseaudio-utils libasound2-plugins xvfb xauth xdotool x11-utils espeak-ng sox patch
-              python3-tk libnotify-bin trayer chromium chromium-driver)
+              python3-tk libnotify-bin trayer chromium chromium-driver libopenblas0-pthread)
 
 say() { printf 'omnid setup: %s\n' "$*" >&2; }
 

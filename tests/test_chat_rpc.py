@@ -42,6 +42,23 @@ def test_a_conversation_over_grpc_reuses_each_turn(backend_daemon) -> None:
         assert [m.role for m in talk.messages] == ["user", "assistant", "user", "assistant"]
 
 
+def test_a_long_history_reports_its_prefill_progress_before_the_answer(backend_daemon) -> None:
+    with backend_daemon.client() as client:
+        talk = client.conversation(thinking=False, max_tokens=4)
+        events = list(talk.send(text(" ".join(f"q{i}" for i in range(700)))))  # shares no prefix with others
+        seen = kinds(events)
+        progress = [e.progress for e in events if e.WhichOneof("event") == "progress"]
+        assert len(progress) >= 2 and seen[:len(progress)] == ["progress"] * len(progress)  # before the answer
+        assert all(p.stage == "prefilling" and p.unit == "tokens" for p in progress)
+        assert [p.done for p in progress] == sorted(p.done for p in progress)
+        assert progress[-1].done == progress[-1].total
+        done = events[-1].done
+        assert progress[0].cached == done.usage.cached_tokens
+        assert progress[-1].total == done.usage.prompt_tokens
+        again = list(talk.send(text("And now?")))  # the history is cached: nothing long left to evaluate
+        assert "progress" not in kinds(again) and again[-1].done.usage.cached_tokens > 700
+
+
 def test_reasoning_streams_apart_from_the_answer(backend_daemon) -> None:
     with backend_daemon.client() as client:
         talk = client.conversation(thinking=True, thinking_budget=4, max_tokens=10)
@@ -142,6 +159,17 @@ def test_omni_chat_keeps_the_history_and_takes_commands(daemon, tmp_path: Path) 
     cached = [int(re.search(r"(\d+) cached", line).group(1)) for line in usage]  # type: ignore[union-attr]
     assert cached[1] > 16, result.stderr
     assert "unknown command /bogus" in result.stderr
+
+
+def test_omni_chat_shows_a_long_prefill_as_omni_ask_does(daemon) -> None:
+    long_line = " ".join(f"said{i}" for i in range(600))  # shares no prefix with other tests
+    result = omni(daemon, "chat", "--max-tokens", "2", "--think", "off", stdin=f"{long_line}\nshort\n")
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("prefilling:")]
+    assert lines and "\r" not in result.stderr, result.stderr  # not a terminal: plain lines, no redraws
+    done, total = map(int, re.match(r"prefilling: (\d+)/(\d+) tokens", lines[-1]).groups())  # type: ignore[union-attr]
+    assert done == total > 512  # and the short second turn, from the cache, showed none
+    assert all(int(re.match(r"prefilling: \d+/(\d+)", line).group(1)) == total for line in lines)  # type: ignore
 
 
 def test_a_screen_grab_is_a_part_of_a_conversation_in_the_client_and_in_omni_chat(start_daemon) -> None:

@@ -6,6 +6,7 @@ Assertions are on logits (greedy text from random weights means nothing) and nev
 """
 from __future__ import annotations
 
+import ctypes.util
 import os
 import subprocess
 import sys
@@ -224,6 +225,18 @@ def test_missing_mlx_is_a_load_error_naming_the_extra(model_dir, monkeypatch: py
 def test_importing_the_backend_module_does_not_import_mlx() -> None:
     code = "import sys, omnid.models.mlx_backend; sys.exit('mlx' in sys.modules or 'mlx_vlm' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+@pytest.mark.skipif(ctypes.util.find_library("openblas") is None, reason="no system OpenBLAS (libopenblas0-pthread)")
+def test_mlx_matrix_products_run_on_openblas_unless_mlx_was_loaded_first() -> None:
+    """The fast BLAS binds only when chosen before mlx is first loaded; a product on it is still right."""
+    product = ("import numpy as np, mlx.core as mx; a = np.random.default_rng(0).normal(size=(50, 16)).astype('f4');"
+               "b = a.T @ a; assert np.allclose(np.array(mx.array(a.T) @ mx.array(a)), b, atol=1e-4)")
+    before = f"from omnid.models import mlx_blas; print(mlx_blas.choose()); {product}"
+    after = f"{product}; from omnid.models import mlx_blas; print(mlx_blas.choose())"
+    for code, chosen in ((before, "openblas"), (after, "bundled")):
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0 and run.stdout.split() == [chosen], run.stderr
 
 
 def test_should_stop_ends_a_long_prefill_between_batches(backend: MlxBackend) -> None:
