@@ -49,8 +49,8 @@ _ASSISTANT_CLOSE = "\x00omnid:/assistant\x00"
 BYTES_PER_TOKEN_ESTIMATE = 3
 IMAGE_TOKENS_ESTIMATE = 256
 AUDIO_TOKENS_PER_SECOND_ESTIMATE = 25.0
-#: Requests sent to the engines at once without --parallel: an engine batches more than one box's worth of
-#: apps sends it, and each costs omnid only a thread and a connection while it streams.
+#: Requests sent to the engines at once without --parallel: an engine batches more than one machine's apps
+#: send at once, and each costs omnid only a thread and a connection while it streams.
 DEFAULT_SEQUENCES = 8
 #: Token counts and media encodings remembered by content digest.
 COUNT_CACHE = 8192
