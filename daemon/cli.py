@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--parallel", type=sequences, default=0, metavar="N",
                        help="decoder sequences held at once: requests decoded together, each with the whole --ctx; "
                             "more than memory holds is refused with the number that fits (default: 4 where "
-                            "memory holds them, fewer where not)")
+                            "memory holds them, fewer where not; --backend remote: requests sent to the engine at "
+                            "once, default 8)")
     serve.add_argument("--threads", type=int, default=None,
                        help="CPU threads for the decoder (default: the number of physical cores)")
     serve.add_argument("--flash-attn", action="store_true",

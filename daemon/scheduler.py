@@ -15,7 +15,9 @@ One sequence (every backend but a multi-sequence llama.cpp or mlx one): the work
 time itself, on the backend, as it always did (nothing to batch; no hand-off costs per token). Several
 sequences (`omnid serve --parallel N`): each running job holds one sequence and runs in its own thread over a
 SequenceBackend proxy (daemon/seq_proxy.py); the worker thread is the BatchEngine (daemon/batch_engine.py),
-which decodes every waiting sequence's next token, and one prefill chunk, in one step.
+which decodes every waiting sequence's next token, and one prefill chunk, in one step. A remote engine
+(--backend remote) batches concurrent requests itself: there each running job streams from the engine in its
+own thread, through the backend bound to its sequence (RemoteBackend.on_sequence), with no engine between.
 
 Unloading (`omni unload`, `omnid serve --idle-unload`): the model can be freed when no job runs, on the
 worker thread like everything else that touches it; the next job loads it again first (its queue time includes
@@ -264,6 +266,8 @@ class Scheduler:
         self.backend: Backend | None = None
         #: The batching engine, with a multi-sequence backend (None with one sequence: jobs run on this thread).
         self.engine: BatchEngine | None = None
+        #: A remote engine with several sequences: jobs run in their own threads, streaming from it directly.
+        self._streams = False
         self._gather_seconds = gather_seconds
         self._vocabulary = VocabularyTable()
         self.cache: PromptCache | None = None
@@ -487,17 +491,30 @@ class Scheduler:
             self._last_seq[handle.client] = seq
         handle.sequence = seq
         handle.started_at = time.perf_counter()
-        if self.engine is None:
+        if self.engine is None and not self._streams:
             self._run_one(handle, seq, self.backend)  # type: ignore[arg-type]  # loaded just above
             return handle
-        thread = threading.Thread(target=self._job_thread, args=(handle, seq), name=f"omnid-seq{seq}",
-                                  daemon=True)
+        target = self._job_thread if self.engine is not None else self._stream_thread
+        thread = threading.Thread(target=target, args=(handle, seq), name=f"omnid-seq{seq}", daemon=True)
         with self._lock:
             self._job_threads.add(thread)
-        handle.admitted_step = self.engine.steps_total
-        self.engine.expect(seq, handle.priority)
+        if self.engine is not None:
+            handle.admitted_step = self.engine.steps_total
+            self.engine.expect(seq, handle.priority)
         thread.start()
         return handle
+
+    def _stream_thread(self, handle: JobHandle, seq: int) -> None:
+        """A job on a sequence of a remote engine, in its own thread: it streams its answer from the engine
+        while the other sequences' jobs stream theirs (the engine batches them)."""
+        backend = self.backend
+        assert isinstance(backend, RemoteGeneration)
+        try:
+            self._run_one(handle, seq, backend.on_sequence(seq))
+        finally:
+            with self._lock:
+                self._job_threads.discard(threading.current_thread())
+            self._notify()
 
     def _job_thread(self, handle: JobHandle, seq: int) -> None:
         """A job on a sequence of the batching engine, in its own thread."""
@@ -577,6 +594,9 @@ class Scheduler:
         while self._running and time.monotonic() < deadline:
             if self.engine is not None:
                 self.engine.step(0.05)
+            else:  # a remote engine's job threads see the cancellation within one poll and end
+                self._wake.wait(0.05)
+                self._wake.clear()
         if self.engine is not None:
             self.engine.close(ShuttingDown("the daemon is shutting down"))
         with self._lock:
@@ -595,14 +615,16 @@ class Scheduler:
             self._vocabulary = VocabularyTable()
         self._info = self.backend.info
         self._frame = self.backend.chat_frame()  # rendered once: every job lays prompts out with it
-        n = 1 if isinstance(self.backend, RemoteGeneration) else max(1, self.backend.n_sequences)
+        n = max(1, self.backend.n_sequences)
         if n != self._n_sequences or len(self._lives) != n:
             self._n_sequences = n
             self._lives = [LiveSequence() for _ in range(n)]
         with self._lock:
             self._free = [s for s in range(n) if s not in self._running]
         self._warm_up()
-        self.engine = BatchEngine(self.backend, self._gather_seconds) if n > 1 else None
+        remote = isinstance(self.backend, RemoteGeneration)
+        self._streams = remote and n > 1
+        self.engine = BatchEngine(self.backend, self._gather_seconds) if n > 1 and not remote else None
         self._last_active = time.monotonic()
 
     def _reload(self, handle: JobHandle) -> bool:

@@ -159,14 +159,15 @@ class Daemon:
 
     def _connect_remote(self) -> Backend:
         """The remote engines (--backend remote); their token read here, from a file only this user can read."""
-        from omnid.models.remote_backend import RemoteSettings
+        from omnid.models.remote_backend import DEFAULT_SEQUENCES, RemoteSettings
         c = self.config
         try:
             token = read_private_token(c.remote_token_file) if c.remote_token_file else ""
         except FileNotFoundError:
             raise ModelLoadError(f"--remote-token-file: no such file: {c.remote_token_file}") from None
         settings = RemoteSettings(tuple(c.remote_urls), c.remote_model, token, c.remote_insecure)
-        return load_backend(c.model, c.mmproj, "remote", context_length=c.context_length, remote=settings)
+        return load_backend(c.model, c.mmproj, "remote", context_length=c.context_length, remote=settings,
+                            sequences=c.parallel or DEFAULT_SEQUENCES)
 
     def _make_cache(self, backend: Backend) -> PromptCache:
         disk = self.config.cache_disk_dir

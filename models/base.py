@@ -540,6 +540,11 @@ class RemoteGeneration(ABC):
     def warm(self) -> None:
         """Have the engine evaluate the held prompt (one token generated), so its prefix cache holds it."""
 
+    @abstractmethod
+    def on_sequence(self, seq: int) -> "Backend":
+        """This backend bound to sequence `seq`: what one job thread streams through while others stream through
+        theirs (the engine batches concurrent requests; nothing here waits for another sequence's answer)."""
+
     #: What the engine honours beyond text and media (set at start-up).
     features: RemoteFeatures = RemoteFeatures()
 

@@ -84,14 +84,14 @@ def _never(path: Path, model: str) -> bool:
 def _load_remote(model: str, mmproj: str = "", *, context_length: int, threads: int | None = None,
                  flash_attn: bool = False, verbose: bool = False, remote: object = None,
                  sequences: int = 1) -> Backend:
-    """`sequences` is taken and left: a remote engine batches concurrent requests itself."""
+    """`sequences`: requests sent to the engine at once (it batches them itself)."""
     from omnid.models.remote_backend import RemoteSettings, connect
     if model or mmproj:
         raise ModelLoadError("--backend remote runs the engine's model: pass --remote-model NAME, not --model or "
                              "--mmproj")
     if not isinstance(remote, RemoteSettings):
         raise ModelLoadError("--backend remote needs --remote-url http(s)://HOST:PORT/v1")
-    return connect(remote, context_length)
+    return connect(remote, context_length, sequences)
 
 
 #: In the order --backend auto tries them.

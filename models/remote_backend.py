@@ -19,11 +19,13 @@ does not give them).
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import http.client
 import io
 import json
 import math
+import threading
 import wave
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -47,6 +49,9 @@ _ASSISTANT_CLOSE = "\x00omnid:/assistant\x00"
 BYTES_PER_TOKEN_ESTIMATE = 3
 IMAGE_TOKENS_ESTIMATE = 256
 AUDIO_TOKENS_PER_SECOND_ESTIMATE = 25.0
+#: Requests sent to the engines at once without --parallel: an engine batches more than one machine's apps
+#: send at once, and each costs omnid only a thread and a connection while it streams.
+DEFAULT_SEQUENCES = 8
 #: Token counts and media encodings remembered by content digest.
 COUNT_CACHE = 8192
 ENCODING_CACHE = 64
@@ -68,17 +73,39 @@ class RemoteSettings:
     retry_after: float = 5.0
 
 
-class _Lru(OrderedDict):
+class _Lru:
+    """A bounded map, the least recently put entry evicted first. Locked: the job threads of every sequence
+    share the backend's token counts and media encodings."""
+
     def __init__(self, size: int) -> None:
-        super().__init__()
         self.size = size
+        self._items: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            return self._items.get(key)
 
     def put(self, key: Any, value: Any) -> Any:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > self.size:
-            self.popitem(last=False)
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
         return value
+
+
+@dataclass
+class _Held:
+    """The prompt one sequence holds: what its next `stream` answers (its segments, their estimated tokens, the
+    routing key of their shared prefix)."""
+
+    segments: list[Segment] = field(default_factory=list)
+    n_tokens: int = 0
+    key: str | None = None
+
+    def clear(self) -> None:
+        self.segments, self.n_tokens, self.key = [], 0, None
 
 
 @dataclass(frozen=True)
@@ -99,9 +126,17 @@ _TOKENIZERS = (  # tried in order at start-up; the first that answers is kept
 
 
 class RemoteBackend(RemoteGeneration, Backend):
-    """One model served by one or more engines. Called by the scheduler's one thread, like every backend."""
+    """One model served by one or more engines, with `sequences` prompts held at once.
 
-    def __init__(self, settings: RemoteSettings, info: ModelInfo, router: Router, tokenizer: _Tokenizer | None):
+    Why sequences here: the engine batches concurrent requests itself (continuous batching), so omnid only has
+    to send several at once; which jobs get a sequence is still omnid's scheduler (its priorities, per-client
+    cap and queue limits). Each sequence holds one prompt; `on_sequence(seq)` is this backend bound to one of
+    them, which a job thread streams through directly (every HTTP call opens its own connection, and what the
+    sequences share, the router and the caches, is locked), so no stream waits for another's.
+    """
+
+    def __init__(self, settings: RemoteSettings, info: ModelInfo, router: Router, tokenizer: _Tokenizer | None,
+                 sequences: int = 1):
         self.settings = settings
         self.info = info
         self.router = router
@@ -109,9 +144,8 @@ class RemoteBackend(RemoteGeneration, Backend):
         self._frame = ChatFrame(head="", system_open=_SYSTEM_OPEN, system_close=_SYSTEM_CLOSE, user_open=_USER_OPEN,
                                 user_close=_USER_CLOSE, assistant_close=_ASSISTANT_CLOSE,
                                 template_digest=_digest(b"remote-template:" + info.name.encode()))
-        self._segments: list[Segment] = []
-        self._n_tokens = 0
-        self._key: str | None = None
+        self._sequences = [_Held() for _ in range(max(1, sequences))]
+        self._held = self._sequences[0]
         self._counts: _Lru = _Lru(COUNT_CACHE)
         self._encodings: _Lru = _Lru(ENCODING_CACHE)
 
@@ -122,10 +156,31 @@ class RemoteBackend(RemoteGeneration, Backend):
 
     @property
     def n_tokens(self) -> int:
-        return self._n_tokens
+        return self._held.n_tokens
 
     def reset(self) -> None:
-        self._segments, self._n_tokens, self._key = [], 0, None
+        self._held.clear()
+
+    # -- sequences -------------------------------------------------------------------------------------------
+
+    @property
+    def n_sequences(self) -> int:
+        return len(self._sequences)
+
+    def select(self, seq: int) -> None:
+        self._held = self._sequences[self._checked(seq)]
+
+    def on_sequence(self, seq: int) -> "RemoteBackend":
+        """This backend bound to sequence `seq` (its own selection; the engines, router and caches shared): what
+        one job thread uses while others stream through their own sequences."""
+        view = copy.copy(self)
+        view._held = self._sequences[self._checked(seq)]
+        return view
+
+    def _checked(self, seq: int) -> int:
+        if not 0 <= seq < len(self._sequences):
+            raise InputError(f"sequence {seq} is not one of this backend's {len(self._sequences)}")
+        return seq
 
     def count_tokens(self, segment: Segment) -> int:
         if isinstance(segment, TextSegment):
@@ -171,9 +226,9 @@ class RemoteBackend(RemoteGeneration, Backend):
 
     def append(self, segment: Segment, should_stop: Callable[[], bool] | None = None) -> int:
         count = self.count_tokens(segment)
-        check_room(self._n_tokens, count, self.info.context_length)
-        self._segments.append(segment)
-        self._n_tokens += count
+        check_room(self._held.n_tokens, count, self.info.context_length)
+        self._held.segments.append(segment)
+        self._held.n_tokens += count
         return count
 
     def hold(self, segments: Sequence[Segment], affinity: int) -> tuple[int, str]:
@@ -186,8 +241,8 @@ class RemoteBackend(RemoteGeneration, Backend):
                 total += len(known) if known is not None else _estimate(segment.text)
             else:
                 total += self.count_tokens(segment)
-        self._segments, self._n_tokens = list(segments), total
-        self._key = _digest(b"".join(s.digest().encode() for s in segments[:affinity])) if affinity else None
+        self._held.segments, self._held.n_tokens = list(segments), total
+        self._held.key = _digest(b"".join(s.digest().encode() for s in segments[:affinity])) if affinity else None
         return total, _digest(b"".join(s.digest().encode() for s in segments))
 
     # -- generation ------------------------------------------------------------------------------------------
@@ -203,7 +258,7 @@ class RemoteBackend(RemoteGeneration, Backend):
             if role is not None and (content or role != "assistant"):
                 out.append({"role": role, "content": _content(content)})
             content = []
-        for segment in self._segments:
+        for segment in self._held.segments:
             if isinstance(segment, TextSegment) and segment.template:
                 close()
                 role = {_SYSTEM_OPEN: "system", _USER_OPEN: "user", _USER_CLOSE: "assistant"}.get(segment.text)
@@ -266,7 +321,7 @@ class RemoteBackend(RemoteGeneration, Backend):
     def stream(self, max_tokens: int, *, temperature: float, top_p: float, top_k: int, seed: int,
                on_text: Callable[[str], bool], should_stop: Callable[[], bool]) -> RemoteAnswer:
         body = self.request(max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
-        return self._answer(body, self._key, RemoteListener(on_text, should_stop))
+        return self._answer(body, self._held.key, RemoteListener(on_text, should_stop))
 
     def chat(self, request: RemoteChat, listener: RemoteListener) -> RemoteAnswer:
         return self._answer(self.body(request), request.affinity or None, listener)
@@ -286,7 +341,7 @@ class RemoteBackend(RemoteGeneration, Backend):
                     if exc.status >= 500:
                         self.router.failed(engine)
                         raise unreachable(engine.url, exc) from None
-                    raise refused_request(exc, self.info.context_length, self._n_tokens) from None
+                    raise refused_request(exc, self.info.context_length, self._held.n_tokens) from None
                 except (EngineUnavailable, OSError, http.client.HTTPException) as exc:
                     self.router.failed(engine)
                     raise exc if isinstance(exc, EngineUnavailable) else unreachable(engine.url, exc) from None
@@ -434,8 +489,9 @@ def _wav(segment: AudioSegment) -> str:
 # -- start-up: what the engines serve, and what they can do -----------------------------------------------------
 
 
-def connect(settings: RemoteSettings, context_length: int) -> RemoteBackend:
-    """Reach every engine, agree on the model, read (or probe) its context length, modalities and tokenizer.
+def connect(settings: RemoteSettings, context_length: int, sequences: int = 1) -> RemoteBackend:
+    """Reach every engine, agree on the model, read (or probe) its context length, modalities and tokenizer;
+    `sequences` requests are sent at once (--parallel, see RemoteBackend).
 
     ModelLoadError, one line, for an engine that cannot be reached, refuses the token, does not serve the
     model, or does not speak the OpenAI API."""
@@ -473,7 +529,7 @@ def connect(settings: RemoteSettings, context_length: int) -> RemoteBackend:
     info = ModelInfo(name=name, path=", ".join(e.url for e in engines), backend="remote",
                      capabilities=frozenset({"text"}), context_length=context,
                      fingerprint=_digest(b"remote:" + name.encode()), max_image_side=1024)
-    backend = RemoteBackend(settings, info, router, tokenizer)
+    backend = RemoteBackend(settings, info, router, tokenizer, sequences)
     probed = "" if modalities is not None else " (probed)"
     if modalities is None:
         modalities = {"text", *_probe_media(backend)}

@@ -73,7 +73,8 @@ class LlamaServer:
 
     def start(self, timeout: float = 90.0) -> "LlamaServer":
         cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model), "--host", "127.0.0.1",
-               "--port", str(self.port), "--n_ctx", str(self.n_ctx), "--n_threads", "1", "--verbose", "false"]
+               "--port", str(self.port), "--n_ctx", str(self.n_ctx), "--n_threads", "1", "--verbose", "false",
+               "--interrupt_requests", "false"]  # its default cuts the answer under way short at the next request
         if self.api_key:
             cmd += ["--api_key", self.api_key]
         if self.mmproj:

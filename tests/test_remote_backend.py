@@ -238,6 +238,29 @@ def test_prompts_sharing_a_prefix_are_byte_identical_over_it(omni_layout: Remote
     assert first != second
 
 
+def test_each_sequence_holds_its_own_prompt(remote: RemoteBackend) -> None:
+    """One held prompt per sequence: a view bound to one (what a job thread streams through) leaves the others'
+    prompts alone, and the caches they share answer them all; threads stream through their views at once."""
+    from concurrent.futures import ThreadPoolExecutor
+    several = RemoteBackend(remote.settings, remote.info, remote.router, None, sequences=3)
+    assert several.n_sequences == 3
+    views = [held(several.on_sequence(seq), TextSegment(f"prompt {seq}")) for seq in range(3)]
+    assert [v.messages()[0]["content"] for v in views] == ["prompt 0", "prompt 1", "prompt 2"]
+    several.select(1)
+    assert several.messages()[0]["content"] == "prompt 1"
+    views[1].reset()
+    assert several.n_tokens == 0 and views[2].n_tokens > 0
+    with pytest.raises(InputError):
+        several.on_sequence(3)
+    with pytest.raises(InputError):
+        several.select(-1)
+    alone = run(held(several.on_sequence(0), TextSegment("Once upon a time")))
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(lambda seq: run(held(several.on_sequence(seq), TextSegment("Once upon a time"))),
+                                 range(3)))
+    assert together == [alone] * 3 and alone
+
+
 def test_a_conversations_next_turn_is_byte_identical_over_its_history(omni_layout: RemoteBackend) -> None:
     """What lets the engine's prefix cache serve a conversation: turn 2's request repeats turn 1's messages (an
     image in another array included) byte for byte before the new ones."""
