@@ -93,6 +93,13 @@ class CallContext:
     def is_active(self) -> bool:
         return self._active
 
+    def invocation_metadata(self) -> tuple[()]:
+        """No gRPC metadata: the scheduler's per-client cap then counts the page as its peer (below)."""
+        return ()
+
+    def peer(self) -> str:
+        return "web-page"
+
     def cancel(self) -> None:
         with self._lock:
             self._active = False
