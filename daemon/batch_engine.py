@@ -16,6 +16,12 @@ Every other call (media, snapshot, restore, reset, tokenize) runs between steps,
 step, the engine waits up to GATHER_SECONDS for the sequences it decoded in the step before (their job threads
 are sampling their next token) so they land in the same batch instead of each getting a step of its own.
 
+Who runs a step: where the backend may be called from any thread (`Backend.any_thread`: llama.cpp), a job
+thread that waits and finds no step under way runs the step itself, for everyone waiting (leader/follower), so
+a token costs no hand-off to another thread and back (measured: one stream through an engine thread ran at a
+third of the one-sequence speed on the tiny model). A thread-affine backend (mlx) is stepped by the owner
+thread only (`step`), as the one thread that ever touches it.
+
 Cancellation: a waiting append whose `should_stop` turns True is answered at the next step (prefill: stopped,
 decode: Cancelled), so a cancelled request frees its sequence within one step. Every step is recorded
 (`records()`): tests and Status read what the engine really did, never wall time.
@@ -80,7 +86,10 @@ class _Append:
     tokens: Sequence[int]
     priority: Priority
     should_stop: Callable[[], bool] | None
+    #: Set when answered, or (where job threads lead) when this request's thread is handed the next step.
     done: threading.Event = field(default_factory=threading.Event)
+    answered: bool = False
+    promoted: bool = False
     offset: int = 0
     passed_over: int = 0
     #: Arrival number: prefills of one class are served in arrival order.
@@ -100,13 +109,17 @@ class _Call:
 
     seq: int
     fn: Callable[[Backend], Any]
+    #: As _Append's.
     done: threading.Event = field(default_factory=threading.Event)
+    answered: bool = False
+    promoted: bool = False
     result: Any = None
     error: BaseException | None = None
 
 
 class BatchEngine:
-    """Owns the backend's calls: job threads call `call` and `append`; the owner thread calls `step`."""
+    """Owns the backend's calls: job threads call `call` and `append` (and, where they lead, run the steps); the
+    owner thread calls `step`."""
 
     def __init__(self, backend: Backend, gather_seconds: float = GATHER_SECONDS) -> None:
         self.backend = backend
@@ -121,6 +134,12 @@ class BatchEngine:
         self._preparing: dict[int, float] = {}
         self._closed: BaseException | None = None
         self._woken = False
+        #: Job threads run the steps themselves (see the module docstring); the owner thread only waits for wakes.
+        self._leads = backend.any_thread
+        #: A step is under way (on the owner thread, or on the job thread leading it).
+        self._stepping = False
+        #: The owner thread's wake where job threads lead (its own event: every token's notify would wake it).
+        self._owner_woken = threading.Event()
         self._orders = itertools.count()
         self.steps: deque[StepRecord] = deque(maxlen=HISTORY)
         self.steps_total = 0
@@ -132,7 +151,7 @@ class BatchEngine:
         """Run fn(backend) with `seq` selected, between steps; its result or its error."""
         request = _Call(seq, fn)
         self._enqueue(lambda: self._calls.append(request))
-        request.done.wait()
+        self._wait_for(request)
         if request.error is not None:
             raise request.error
         return request.result
@@ -150,10 +169,49 @@ class BatchEngine:
             request.order = next(self._orders)
             self._appends[seq] = request
         self._enqueue(put)
-        request.done.wait()
+        self._wait_for(request)
         if request.error is not None:
             raise request.error
         return None if request.stopped else request.logits
+
+    def _wait_for(self, request: _Call | _Append) -> None:
+        """Until `request` is answered. Where job threads lead: run the step here when none is under way, else
+        sleep on the request's own event until it is answered or this thread is handed the next step (by the
+        thread that ran the last one, when requests still wait). Why handed, not a free-for-all on the
+        condition: every waiter woken at every notify costs a GIL round each, N times a step."""
+        if not self._leads:
+            request.done.wait()
+            return
+        with self._cond:
+            leading = not self._stepping
+            self._stepping = True
+        while True:
+            if not leading:
+                request.done.wait()
+                with self._cond:
+                    if not request.promoted:
+                        return  # answered
+                    request.promoted, leading = False, True
+                    request.done.clear()
+            try:
+                if not request.answered:
+                    self._step(request)
+            except BaseException:
+                self._pass_on()
+                raise
+            if request.answered:
+                self._pass_on()
+                return
+
+    def _pass_on(self) -> None:
+        """The leading thread is done: hand the next step to a thread whose request still waits, or none."""
+        with self._cond:
+            waiting = next(iter(self._appends.values()), None) or next(iter(self._calls), None)
+            if waiting is None:
+                self._stepping = False
+            else:
+                waiting.promoted = True
+                waiting.done.set()
 
     def _enqueue(self, put: Callable[[], None]) -> None:
         with self._cond:
@@ -169,6 +227,7 @@ class BatchEngine:
         with self._cond:
             self._woken = True
             self._cond.notify_all()
+        self._owner_woken.set()
 
     def release(self, seq: int) -> None:
         """The job on `seq` ended: the next step does not wait for it."""
@@ -186,12 +245,14 @@ class BatchEngine:
             self._appends.clear()
         for request in waiting:
             request.error = error
+            request.answered = True
             request.done.set()
 
     def reopen(self, backend: Backend) -> None:
         """Serve a newly loaded backend."""
         with self._cond:
             self.backend, self._closed, self._recent, self._preparing = backend, None, set(), {}
+            self._leads, self._stepping = backend.any_thread, False
 
     def records(self) -> list[StepRecord]:
         """The recent steps, the oldest first (a copy: the engine goes on appending)."""
@@ -215,16 +276,27 @@ class BatchEngine:
                 self._preparing[seq] = time.perf_counter() + PREPARE_SECONDS
 
     def step(self, timeout: float | None) -> None:
-        """Wait (up to `timeout`) for work or a `wake`, then run the waiting calls and one decode step.
+        """The owner thread's turn: wait (up to `timeout`) for work or a `wake`, then run the waiting calls and one
+        decode step. Where job threads lead (see the module docstring) it only waits for a `wake`."""
+        if self._leads:
+            self._owner_woken.wait(timeout)
+            self._owner_woken.clear()
+            return
+        with self._cond:
+            if not self._calls and not self._appends and not self._woken:
+                self._cond.wait(timeout)
+            self._woken = False
+        self._step()
+
+    def _step(self, mine: _Call | _Append | None = None) -> None:
+        """Run the waiting calls and one decode step, on whichever thread runs steps: the owner thread, or the
+        job thread whose request is `mine` (it returns as soon as its own call is answered: it cannot come back
+        with another while it runs the step, and the step's decode is handed to a thread that waits for it).
 
         Calls are answered in rounds: after each, the sequences that made them (and those decoded last step)
         get GATHER_SECONDS to come back, with another call or with their append, before the step is made up.
         So a question that tokenizes its prompt, looks it up and begins its prefill does it between two steps,
         not one round trip per step behind a background chunk (at most CALL_ROUNDS rounds a step)."""
-        with self._cond:
-            if not self._calls and not self._appends and not self._woken:
-                self._cond.wait(timeout)
-            self._woken = False
         for _ in range(CALL_ROUNDS):
             with self._cond:
                 calls = list(self._calls)
@@ -233,8 +305,12 @@ class BatchEngine:
                 self._run_call(request)
             with self._cond:
                 self._recent.update(r.seq for r in calls)
+            if mine is not None and mine.answered:
+                return
+            with self._cond:
+                awaited = self._recent - {mine.seq} if mine is not None else self._recent
                 deadline = time.perf_counter() + self.gather_seconds
-                while self._recent - self._appends.keys() and not self._calls:
+                while awaited - self._appends.keys() and not self._calls:
                     left = deadline - time.perf_counter()
                     if left <= 0:
                         break
@@ -257,6 +333,7 @@ class BatchEngine:
             request.result = request.fn(self.backend)
         except BaseException as exc:  # the job thread gets it; the engine goes on
             request.error = exc
+        request.answered = True
         request.done.set()
 
     def _decode_safely(self, appends: list[_Append], hold_background: bool) -> bool:
@@ -267,7 +344,7 @@ class BatchEngine:
         except Exception as exc:
             log.exception("a decode step failed")
             for request in appends:
-                if not request.done.is_set():
+                if not request.answered:
                     request.error = exc
                     self._answer(request)
             return True
@@ -324,6 +401,7 @@ class BatchEngine:
                 self._answer(chosen)
         with self._cond:
             self._recent = recent
+            self._cond.notify_all()
         return True
 
     def _evaluate(self, work: dict[int, Sequence[int]], requests: list[_Append]) -> dict[int, np.ndarray]:
@@ -367,4 +445,5 @@ class BatchEngine:
         with self._cond:
             if self._appends.get(request.seq) is request:
                 del self._appends[request.seq]
+        request.answered = True
         request.done.set()

@@ -420,6 +420,13 @@ class Backend(ABC):
             raise ValueError(f"this backend holds one sequence, not sequence {seq}")
 
     @property
+    def any_thread(self) -> bool:
+        """Whether calls may come from any thread (one at a time). Why: the batching engine then lets the job
+        thread that waits run the step itself instead of handing every token to one engine thread and back
+        (daemon/batch_engine.py). False where the runtime is thread-affine (mlx keeps its streams per thread)."""
+        return False
+
+    @property
     def batch_capacity(self) -> int:
         """The most tokens one `decode_batch` call takes, all sequences together (llama.cpp: n_batch)."""
         return 512

@@ -598,6 +598,10 @@ class LlamaCppBackend(Backend):
         return self._seqs[self._seq]
 
     @property
+    def any_thread(self) -> bool:
+        return True  # llama.cpp contexts are not bound to a thread; the engine calls them one at a time
+
+    @property
     def batch_capacity(self) -> int:
         return self._n_batch
 
