@@ -6,6 +6,10 @@ One run, side by side, through the daemon's own Scheduler (batching engine, prox
     hand-offs cost);
   * aggregate decode tokens/s of C concurrent clients (C = 1, 2, 4, 8), each decoding --tokens tokens after a
     short prompt of its own, and the ratio to one client (goals on the tiny hybrid model: 4 >= 3x, 8 >= 5x);
+  * the ceiling no scheduler can pass: Backend.decode_batch of C sequences' next tokens called back to back on
+    the backend itself (C x the time of one sequence's step / the time of C's). Batching pays only where a step
+    of C tokens costs little more than one (memory-bound decoding: a real model on a GPU); where it costs C
+    times as much (the tiny model on a CPU core is compute-bound), the aggregate cannot grow with C;
   * a question's time to first token idle, and while a long transcription (a background "meeting-clip" job:
     --clip-words of transcript-like text prefilled, then a short answer, clip after clip) and the screen watcher
     (a background "screen-frame" job, frame after frame) run; the ratio (goal: <= 2x idle).
@@ -19,6 +23,7 @@ few hundred tokens, and what loads the decoder is the same prefill either way.
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import sys
 import tempfile
@@ -75,6 +80,21 @@ def aggregate(scheduler: Scheduler, clients: int, n_tokens: int, seed: int) -> f
     for h in handles:
         h.result(600)
     return sum(len(o) for o in outs) / (time.perf_counter() - t0)
+
+
+def step_seconds(backend: Backend, sequences: int, steps: int) -> float:
+    """Seconds one decode_batch of `sequences` sequences' next tokens takes on the backend alone (greedy tokens
+    fed back, as a generating sequence does; each sequence first holds a short prompt of its own)."""
+    for seq in range(sequences):
+        backend.select(seq)
+        backend.reset()
+        backend.append_tokens(backend.tokenize(TextSegment(f"{seq} {words(12, seq)}")))
+    last = {seq: int(np.argmax(backend.logits())) for seq in range(sequences)}
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        out = backend.decode_batch({seq: [token] for seq, token in last.items()})
+        last = {seq: int(np.argmax(logits)) for seq, logits in out.items()}
+    return (time.perf_counter() - t0) / steps
 
 
 def ttft(scheduler: Scheduler, seed: int) -> float:
@@ -135,6 +155,12 @@ def main() -> None:
             return LlamaCppBackend(model["model"], None, n_ctx=args.ctx, n_threads=args.threads,
                                    n_sequences=args.parallel)
         print(stolen.describe())
+        alone = load()
+        ceiling = {c: step_seconds(alone, c, args.tokens) for c in (1, 2, 4, 8) if c <= alone.n_sequences}
+        alone.close()
+        del alone
+        gc.collect()
+        gc.freeze()  # as the daemon does once it is ready (daemon/server.py)
         direct = Scheduler(lambda: LlamaCppBackend(model["model"], None, n_ctx=args.ctx, n_threads=args.threads),
                            lambda b: PromptCache(b.info.fingerprint, 64 << 20))
         direct.start()
@@ -151,9 +177,11 @@ def main() -> None:
             aggregate(scheduler, 1, 8, 0)  # warm
             rates = {c: aggregate(scheduler, c, args.tokens, 10 * c) for c in (1, 2, 4, 8)
                      if c <= scheduler.n_sequences}
-            print("clients   aggregate decode tokens/s   ratio to 1 client")
+            print("clients   aggregate decode tokens/s   ratio to 1 client   ceiling (decode_batch alone)")
             for c, rate in rates.items():
-                print(f"{c:7d}   {rate:27.1f}   {rate / rates[1]:17.2f}x")
+                most = c * ceiling[1] / ceiling[c]
+                print(f"{c:7d}   {rate:27.1f}   {rate / rates[1]:17.2f}x   {most:5.2f}x "
+                      f"({ceiling[c] * 1e6:.0f} us a step of {c})")
             print(f"(one client on a one-sequence backend, no engine: {one_sequence:.1f} tokens/s; through the engine "
                   f"{rates[1] / one_sequence:.2f}x that)")
             idle = [ttft(scheduler, 100 + i) for i in range(args.questions)]
