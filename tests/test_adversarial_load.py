@@ -322,7 +322,9 @@ def test_memory_long_pcm_is_refused_before_resampling(measured: DaemonProcess) -
     grown = peak.peak() - before
     print(f"120 MB of 8 kHz PCM: refused after {took:.2f} s, the daemon's peak grew by {grown / MB:.0f} MB "
           f"(a 120 MB text refused unread: {transport / MB:.0f} MB)")
-    assert grown < transport + 100 * MB, f"the daemon's peak grew by {grown / MB:.0f} MB ({transport / MB:.0f})"
+    # The bound is against the 4.1 GB of resampling first; what grpc's own copies of 120 MB add on top of the
+    # text's measure varies by up to ~150 MB from run to run (which thread's malloc arena holds them).
+    assert grown < transport + 250 * MB, f"the daemon's peak grew by {grown / MB:.0f} MB ({transport / MB:.0f})"
     assert took < 10, f"refused after {took:.1f} s"
 
 

@@ -395,15 +395,18 @@ def test_cancel_frees_the_decoder_at_once(default_daemon) -> None:
 
 def test_full_queue_is_resource_exhausted(default_daemon) -> None:
     with default_daemon.client() as c:
-        running = c.generate(text("Once upon a time"), max_tokens=3000)
-        next(running)  # the decoder is busy
+        running = []
+        for i in range(max(1, c.status().sequences_total)):  # every sequence busy (one client alone may hold all)
+            running.append(c.generate(text(f"Once upon a time {i}"), max_tokens=3000))
+            next(running[-1])
         waiting = c.generate(text("Twice upon a time"), max_tokens=3000)
         deadline = time.monotonic() + 20
         while c.status().queue_depth < 1 and time.monotonic() < deadline:  # it takes the queue's one place
             time.sleep(0.01)
         error = rpc_error(lambda: c.generate(text("x"), max_tokens=2))
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        running.cancel()
+        for stream in running:
+            stream.cancel()
         waiting.cancel()
 
 
