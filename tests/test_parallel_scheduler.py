@@ -111,8 +111,9 @@ def test_a_long_prefill_is_cut_into_chunks_between_the_other_streams_decode_step
         chunks = [r for r in s.engine.records() if r.prefill is not None and r.prefill[0] == long.sequence]
         assert len(chunks) >= 600 // 32
         assert all(r.tokens <= 32 for r in s.engine.records())
-        # While the long prompt was evaluated, the stream went on decoding in the same steps.
-        assert sum(stream.sequence in r.decoded for r in chunks) >= len(chunks) - 2
+        # While the long prompt was evaluated, the stream went on decoding in the same steps (a stream thread that
+        # comes back after the bounded gather wait decodes in the next step instead: most, not all).
+        assert sum(stream.sequence in r.decoded for r in chunks) >= len(chunks) * 3 // 4
     finally:
         s.stop()
 
