@@ -136,7 +136,7 @@ class BatchEngine:
         self._woken = False
         #: Job threads run the steps themselves (see the module docstring); the owner thread only waits for wakes.
         self._leads = backend.any_thread
-        #: A step is under way (on the owner thread, or on the job thread leading it).
+        #: A job thread leads a step now, or has been handed the next one (only where job threads lead).
         self._stepping = False
         #: The owner thread's wake where job threads lead (its own event: every token's notify would wake it).
         self._owner_woken = threading.Event()
@@ -401,7 +401,6 @@ class BatchEngine:
                 self._answer(chosen)
         with self._cond:
             self._recent = recent
-            self._cond.notify_all()
         return True
 
     def _evaluate(self, work: dict[int, Sequence[int]], requests: list[_Append]) -> dict[int, np.ndarray]:
