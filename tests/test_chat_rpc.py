@@ -59,6 +59,21 @@ def test_a_long_history_reports_its_prefill_progress_before_the_answer(backend_d
         assert "progress" not in kinds(again) and again[-1].done.usage.cached_tokens > 700
 
 
+def test_a_history_that_cannot_fit_is_refused_before_any_prefill(backend_daemon) -> None:
+    with backend_daemon.client() as client:
+        talk = client.conversation(thinking=False, max_tokens=4)
+        first = talk.ask(text("remember this"))
+        n_ctx = client.status().context_length
+        seen: list[str] = []
+        with pytest.raises(grpc.RpcError) as err:
+            for event in talk.send(text(" ".join(f"w{i}" for i in range(n_ctx)))):  # more tokens than words
+                seen.append(event.WhichOneof("event"))
+        assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE and "tokens over" in err.value.details()
+        assert seen == []  # no prefill progress: nothing of it was evaluated
+        again = talk.ask(text("still there?"))  # the refused turn left the history (and its cache) as it was
+        assert again.usage.cached_tokens >= first.usage.prompt_tokens
+
+
 def test_reasoning_streams_apart_from_the_answer(backend_daemon) -> None:
     with backend_daemon.client() as client:
         talk = client.conversation(thinking=True, thinking_budget=4, max_tokens=10)
@@ -143,6 +158,21 @@ def test_omni_ask_with_a_schema_prints_json_that_validates(daemon, tmp_path: Pat
     bad.write_text('{"type": 5}')
     refused = omni(daemon, "ask", "x", "--schema", str(bad))
     assert refused.returncode == 1 and "INVALID_ARGUMENT" in refused.stderr
+
+
+def test_omni_ask_with_a_schema_shows_a_long_prefill_and_keeps_stdout_json(daemon, tmp_path: Path) -> None:
+    schema = tmp_path / "person.json"
+    schema.write_text(json.dumps(PERSON))
+    long_question = " ".join(f"asked{i}" for i in range(150))  # shares no prefix with other tests
+    result = omni(daemon, "ask", long_question, "--schema", str(schema), "--max-tokens", "80")
+    assert result.returncode == 0, result.stderr
+    jsonschema.validate(json.loads(result.stdout), PERSON)  # the progress went to stderr only
+    lines = [line for line in result.stderr.splitlines() if line.startswith("prefilling:")]
+    assert lines and "\r" not in result.stderr, result.stderr
+    done, total = map(int, re.match(r"prefilling: (\d+)/(\d+) tokens", lines[-1]).groups())  # type: ignore[union-attr]
+    assert done == total > 512
+    quiet = omni(daemon, "ask", long_question + " again", "--schema", str(schema), "--max-tokens", "80", "--json")
+    assert quiet.returncode == 0 and "prefilling" not in quiet.stderr, quiet.stderr  # --json: no progress
 
 
 def test_omni_chat_keeps_the_history_and_takes_commands(daemon, tmp_path: Path) -> None:
