@@ -47,7 +47,7 @@ from .base import (
     payload_checksum,
     weights_fingerprint,
 )
-from . import mlx_blas
+from . import mlx_blas, mlx_cpu_attention
 from .registry import looks_like_hub_id
 
 _log = logging.getLogger(__name__)
@@ -147,6 +147,7 @@ class MlxBackend(Backend):
         except Exception as exc:  # mlx-vlm raises FileNotFoundError, ValueError, KeyError... for bad folders
             raise ModelLoadError(f"mlx-vlm could not load {folder}: {exc}") from exc
         self._lm = self._model.language_model
+        self._attention = mlx_cpu_attention.install(self._model)
         self._vocab_size = int(self._model.config.text_config.vocab_size)
         self._tokenizer = getattr(self._processor, "tokenizer", self._processor)
         config = json.loads((folder / "config.json").read_text())
@@ -201,7 +202,7 @@ class MlxBackend(Backend):
             max_clip = (sound.max_position_embeddings * sound.subsampling_factor - 1) * sound.hop_length / sample_rate
             tokens_per_second = sample_rate / frames_per_token
         versions = (f"mlx={self._mx.__version__};mlx_vlm={getattr(mlx_vlm, '__version__', '?')};"
-                    f"blas={mlx_blas.choose()}")
+                    f"blas={mlx_blas.choose()};attention={self._attention}")
         return ModelInfo(
             name=name, path=str(folder), backend="mlx", capabilities=frozenset(capabilities),
             context_length=n_ctx, fingerprint=_fingerprint(folder, versions),

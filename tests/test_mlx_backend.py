@@ -302,3 +302,52 @@ def test_chat_frame_pieces_come_from_the_template(backend: MlxBackend) -> None:
     assert frame.system_open and frame.template_digest
     for piece in (frame.user_open, frame.user_close):
         assert backend.count_tokens(TextSegment(piece)) > 0
+
+
+# -- attention on the CPU (models/mlx_cpu_attention.py) ----------------------------------------------------------
+
+@pytest.mark.parametrize("n, s, hq, hkv, causal", [
+    (1, 300, 4, 2, False),     # a decoding step
+    (37, 300, 4, 2, True),     # a turn's new tokens over a history
+    (64, 64, 4, 4, True),      # a cold prefill (no grouping)
+    (50, 50, 8, 2, False),     # an encoder's full attention
+])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cpu_attention_equals_mlx_fused_attention(monkeypatch, n, s, hq, hkv, causal, dtype) -> None:
+    import mlx.core as mx
+    from omnid.models import mlx_cpu_attention
+    rng = np.random.default_rng(n * s)
+    q, k, v = (mx.array(rng.normal(size=shape).astype(np.float32)).astype(getattr(mx, dtype))
+               for shape in ((1, hq, n, 16), (1, hkv, s, 16), (1, hkv, s, 16)))
+    mask = "causal" if causal else None
+    want = np.array(mx.fast.scaled_dot_product_attention(q, k, v, scale=0.25, mask=mask).astype(mx.float32))
+    for max_scores in (1 << 24, hq * s * 5):  # one block of queries, and blocks of 5 queries
+        monkeypatch.setattr(mlx_cpu_attention, "_MAX_SCORES", max_scores)
+        got = mlx_cpu_attention._attention(mx, q, k, v, 0.25, causal=causal)
+        assert got.dtype == q.dtype and got.shape == (1, hq, n, 16)
+        tolerance = 1e-5 if dtype == "float32" else 2e-2
+        np.testing.assert_allclose(np.array(got.astype(mx.float32)), want, atol=tolerance, rtol=tolerance)
+
+
+def test_the_backend_on_the_cpu_computes_attention_through_numpy_with_the_same_logits(backend) -> None:
+    """The routed function is the one the model calls, and its logits are mlx's own within float rounding."""
+    import mlx_vlm.models.nemotron_h.language as nemotron_h
+    from mlx_vlm.models import base
+    assert backend._attention == "numpy"
+    routed = nemotron_h.scaled_dot_product_attention
+    assert routed is not base.scaled_dot_product_attention
+    tokens = list(range(20, 120))
+
+    def logits_after_a_history_and_a_turn() -> np.ndarray:
+        backend.reset()
+        backend.append_tokens(tokens * 3)
+        backend.append_tokens(tokens[:37])
+        return backend.logits()
+
+    ours = logits_after_a_history_and_a_turn()
+    nemotron_h.scaled_dot_product_attention = base.scaled_dot_product_attention
+    try:
+        theirs = logits_after_a_history_and_a_turn()
+    finally:
+        nemotron_h.scaled_dot_product_attention = routed
+    assert np.abs(ours - theirs).max() < 1e-4 * np.abs(theirs).max()
