@@ -11,6 +11,7 @@ test_llama_backend.py, test_mlx_backend.py).
 from __future__ import annotations
 
 import json
+import time
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -68,6 +69,10 @@ class FakeBackendForSchedulerTests(Backend):
                 raise ContextOverflow(len(self.tokens) + len(tokens), self.info.context_length)
         if self.on_batch is not None:
             self.on_batch(work)
+        # A real backend's decode runs outside the GIL (llama.cpp's ctypes calls release it): without this yield
+        # a job thread that leads its own steps would keep the GIL for the whole 5 ms switch interval, and the
+        # other job threads would only move at that pace.
+        time.sleep(0)
         self.batches.append({seq: len(tokens) for seq, tokens in work.items()})
         out = {}
         for seq, tokens in work.items():

@@ -104,16 +104,17 @@ def test_a_long_prefill_is_cut_into_chunks_between_the_other_streams_decode_step
                 pass
             backend.on_batch = None
         backend.on_batch = on_batch
+        first_step = engine.steps_total  # the warm job's steps (maybe on the same sequence) came before
         long = s.submit(answer("x" * 600, max_tokens=1))
         assert long.result(WAIT) == REPLY[:1].decode()
         assert stream.result(WAIT) == REPLY.decode()
-        assert s.engine is not None
-        chunks = [r for r in s.engine.records() if r.prefill is not None and r.prefill[0] == long.sequence]
+        chunks = [r for r in engine.records()
+                  if r.index >= first_step and r.prefill is not None and r.prefill[0] == long.sequence]
         assert len(chunks) >= 600 // 32
-        assert all(r.tokens <= 32 for r in s.engine.records())
-        # While the long prompt was evaluated, the stream went on decoding in the same steps (a stream thread that
-        # comes back after the bounded gather wait decodes in the next step instead: most, not all).
-        assert sum(stream.sequence in r.decoded for r in chunks) >= len(chunks) * 3 // 4
+        assert all(r.tokens <= 32 for r in engine.records())
+        # While the long prompt was evaluated, the stream went on decoding in the same steps: every chunk but the
+        # first (made up before the stream's first token) carried the stream's next token.
+        assert [stream.sequence in r.decoded for r in chunks[1:]] == [True] * (len(chunks) - 1)
     finally:
         s.stop()
 
