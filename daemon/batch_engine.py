@@ -79,23 +79,31 @@ class StepRecord:
 
 
 @dataclass(eq=False)
-class _Append:
-    """Tokens a job thread waits to have evaluated at the end of its sequence."""
+class _Request:
+    """What a job thread waits on: its sequence, its answer (or error) and its event. The state is keyword-only so
+    that the requests' own fields follow `seq` in their constructors."""
 
     seq: int
+    #: Set when answered, or (where job threads lead) when this request's thread is handed the next step.
+    done: threading.Event = field(default_factory=threading.Event, kw_only=True)
+    answered: bool = field(default=False, kw_only=True)
+    #: This request's thread was handed the next step (and is not answered yet).
+    promoted: bool = field(default=False, kw_only=True)
+    error: BaseException | None = field(default=None, kw_only=True)
+
+
+@dataclass(eq=False)
+class _Append(_Request):
+    """Tokens a job thread waits to have evaluated at the end of its sequence."""
+
     tokens: Sequence[int]
     priority: Priority
     should_stop: Callable[[], bool] | None
-    #: Set when answered, or (where job threads lead) when this request's thread is handed the next step.
-    done: threading.Event = field(default_factory=threading.Event)
-    answered: bool = False
-    promoted: bool = False
     offset: int = 0
     passed_over: int = 0
     #: Arrival number: prefills of one class are served in arrival order.
     order: int = 0
     logits: np.ndarray | None = None
-    error: BaseException | None = None
     stopped: bool = False
 
     @property
@@ -104,17 +112,11 @@ class _Append:
 
 
 @dataclass(eq=False)
-class _Call:
+class _Call(_Request):
     """Any other backend call, run on the selected sequence between steps."""
 
-    seq: int
     fn: Callable[[Backend], Any]
-    #: As _Append's.
-    done: threading.Event = field(default_factory=threading.Event)
-    answered: bool = False
-    promoted: bool = False
     result: Any = None
-    error: BaseException | None = None
 
 
 class BatchEngine:
@@ -174,7 +176,7 @@ class BatchEngine:
             raise request.error
         return None if request.stopped else request.logits
 
-    def _wait_for(self, request: _Call | _Append) -> None:
+    def _wait_for(self, request: _Request) -> None:
         """Until `request` is answered. Where job threads lead: run the step here when none is under way, else
         sleep on the request's own event until it is answered or this thread is handed the next step (by the
         thread that ran the last one, when requests still wait). Why handed, not a free-for-all on the
@@ -240,7 +242,7 @@ class BatchEngine:
         """Answer everything waiting, and every later request, with `error` (the model goes away)."""
         with self._cond:
             self._closed = error
-            waiting: list[_Call | _Append] = [*self._calls, *self._appends.values()]
+            waiting: list[_Request] = [*self._calls, *self._appends.values()]
             self._calls.clear()
             self._appends.clear()
         for request in waiting:
@@ -288,7 +290,7 @@ class BatchEngine:
             self._woken = False
         self._step()
 
-    def _step(self, mine: _Call | _Append | None = None) -> None:
+    def _step(self, mine: _Request | None = None) -> None:
         """Run the waiting calls and one decode step, on whichever thread runs steps: the owner thread, or the
         job thread whose request is `mine` (it returns as soon as its own call is answered: it cannot come back
         with another while it runs the step, and the step's decode is handed to a thread that waits for it).
