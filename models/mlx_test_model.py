@@ -42,10 +42,10 @@ _CHAT_TEMPLATE = reasoning_chat_template(
     "{% endfor %}{% endif %}")
 
 
-def _text_config() -> dict:
+def _text_config(vocab_size: int | None) -> dict:
     return {
         "model_type": "nemotron_h",
-        "vocab_size": len(_SPECIAL_TOKENS) + 256,
+        "vocab_size": vocab_size or len(_SPECIAL_TOKENS) + 256,
         "hidden_size": _HIDDEN,
         "intermediate_size": 128,
         "num_hidden_layers": 4,
@@ -78,11 +78,11 @@ def _text_config() -> dict:
     }
 
 
-def _config(with_audio: bool) -> dict:
+def _config(with_audio: bool, vocab_size: int | None) -> dict:
     ids = {tok: i for i, tok in enumerate(_SPECIAL_TOKENS)}
     config = {
         "model_type": "nemotron_h_nano_omni",
-        "text_config": _text_config(),
+        "text_config": _text_config(vocab_size),
         "vision_config": {
             "model_type": "radio",
             "hidden_size": 32,
@@ -201,19 +201,21 @@ def _random_weights(config: dict, seed: int) -> dict:
     return out
 
 
-def write_mlx_test_model(directory: Path, *, seed: int = 0, with_audio: bool = True) -> Path:
+def write_mlx_test_model(directory: Path, *, seed: int = 0, with_audio: bool = True,
+                         vocab_size: int | None = None) -> Path:
     """Write the tiny model folder into `directory` (created if needed) and return it.
 
     Deterministic for a given seed, so a test session (and a second process restoring a snapshot) sees the
     same weights and the same fingerprint. `with_audio=False` leaves out the sound encoder, for testing how a
-    backend refuses a modality its model lacks.
+    backend refuses a modality its model lacks. `vocab_size`: a larger output layer than the byte tokenizer's
+    268 ids (a benchmark's Nemotron-sized 131072; the tokenizer never produces the extra ids).
     """
     mlx_blas.choose()  # before mlx is loaded, as the backend does
     import mlx.core as mx
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    config = _config(with_audio)
+    config = _config(with_audio, vocab_size)
     (directory / "config.json").write_text(json.dumps(config, indent=1))
     _write_tokenizer(directory)
     _write_processor_configs(directory)

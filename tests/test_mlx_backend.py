@@ -351,3 +351,23 @@ def test_the_backend_on_the_cpu_computes_attention_through_numpy_with_the_same_l
     finally:
         nemotron_h.scaled_dot_product_attention = routed
     assert np.abs(ours - theirs).max() < 1e-4 * np.abs(theirs).max()
+
+
+def test_the_output_layer_computes_the_last_position_only_with_the_same_logits(backend) -> None:
+    import mlx.core as mx
+    head = backend._lm.lm_head
+    hidden = mx.array(np.random.default_rng(0).normal(size=(1, 40, head.weight.shape[1])).astype(np.float32))
+    assert head(hidden).shape == (1, 1, head.weight.shape[0])  # not 40 rows of a vocabulary each
+    every_position = type(head).__bases__[0]
+    tokens = list(range(20, 120)) * 3
+    backend.append_tokens(tokens)
+    ours = backend.logits()
+    head.__class__, last_position = every_position, type(head)
+    try:
+        assert head(hidden).shape == (1, 40, head.weight.shape[0])
+        backend.reset()
+        backend.append_tokens(tokens)
+        theirs = backend.logits()
+    finally:
+        head.__class__ = last_position
+    np.testing.assert_array_equal(ours, theirs)
