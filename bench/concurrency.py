@@ -12,7 +12,10 @@ One run, side by side, through the daemon's own Scheduler (batching engine, prox
     times as much (the tiny model on a CPU core is compute-bound), the aggregate cannot grow with C;
   * a question's time to first token idle, and while a long transcription (a background "meeting-clip" job:
     --clip-words of transcript-like text prefilled, then a short answer, clip after clip) and the screen watcher
-    (a background "screen-frame" job, frame after frame) run; the ratio (goal: <= 2x idle).
+    (a background "screen-frame" job, frame after frame) run; the ratio (goal: <= 2x idle);
+  * a decoding stream's longest gap between two tokens while a background clip is prefilled beside it, with the
+    engine's prefill chunks whole (the batch capacity) and cut to what the measured rate evaluates in
+    --chunk-seconds (the daemon's way: daemon/batch_engine.py CHUNK_SECONDS).
 
 The transcription is text of a clip's size, not audio: the tiny test model's audio encoder turns noise into a
 few hundred tokens, and what loads the decoder is the same prefill either way.
@@ -37,6 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import StolenTime, add_model_flags, test_model_args  # noqa: E402
 
+from omnid.daemon.batch_engine import CHUNK_SECONDS  # noqa: E402
 from omnid.daemon.prompt_cache import PromptCache  # noqa: E402
 from omnid.daemon.sampling import SamplingParams  # noqa: E402
 from omnid.daemon.scheduler import Scheduler  # noqa: E402
@@ -110,6 +114,35 @@ def ttft(scheduler: Scheduler, seed: int) -> float:
     return (first[0] - t0) * 1000
 
 
+def longest_gap(scheduler: Scheduler, clip_words: int, seed: int) -> float:
+    """Milliseconds of the longest wait between a decoding stream's tokens while a background clip of clip_words
+    words is prefilled beside it (the stream goes on until the clip is done)."""
+    stamps: list[float] = []
+    clip_done = threading.Event()
+
+    def stream(session: DecoderSession, emit: Any) -> None:
+        session.prefill(session.build_prompt([TextSegment(f"{seed} {words(12, seed)}")]), save=False)
+        backend = session.backend
+        while not clip_done.is_set():
+            logits = backend.logits()
+            token = int(np.argmax(logits))
+            if backend.is_end_of_generation(token):
+                logits[token] = -np.inf
+                token = int(np.argmax(logits))
+            session.append_generated(token)
+            stamps.append(time.perf_counter())
+
+    def clip(session: DecoderSession, emit: Any) -> None:
+        session.prefill(session.build_prompt([TextSegment(words(clip_words, 5000 + seed))]), save=False)
+    streaming = scheduler.submit(stream, "generate", client="stream")
+    while len(stamps) < 2:
+        time.sleep(0.001)
+    scheduler.submit(clip, "meeting-clip", client="meeting").result(600)
+    clip_done.set()
+    streaming.result(600)
+    return float(np.max(np.diff(stamps))) * 1000
+
+
 class Background:
     """A long transcription and the screen watcher, submitted clip after clip and frame after frame."""
 
@@ -146,6 +179,8 @@ def main() -> None:
     parser.add_argument("--clip-words", type=int, default=900, help="words of transcript text per clip (~3.4k tokens)")
     parser.add_argument("--questions", type=int, default=5, help="questions timed idle and under load")
     parser.add_argument("--ctx", type=int, default=4096)
+    parser.add_argument("--chunk-seconds", type=float, default=CHUNK_SECONDS,
+                        help="the engine's prefill chunk time, against whole batches (default: the daemon's)")
     args = parser.parse_args()
     stolen = StolenTime()
     with tempfile.TemporaryDirectory() as tmp:
@@ -184,16 +219,31 @@ def main() -> None:
                       f"({ceiling[c] * 1e6:.0f} us a step of {c})")
             print(f"(one client on a one-sequence backend, no engine: {one_sequence:.1f} tokens/s; through the engine "
                   f"{rates[1] / one_sequence:.2f}x that)")
+            engine = scheduler.engine
+            assert engine is not None
             idle = [ttft(scheduler, 100 + i) for i in range(args.questions)]
             background = Background(scheduler, args.clip_words)
             time.sleep(0.5)
             loaded = [ttft(scheduler, 200 + i) for i in range(args.questions)]
             background.stop()
-            steps = scheduler.engine.records() if scheduler.engine is not None else []
+            steps = engine.records()
             print(f"question TTFT idle        {statistics.median(idle):8.1f} ms (median of {len(idle)})")
             print(f"question TTFT under load  {statistics.median(loaded):8.1f} ms "
                   f"({background.clips} clips of {args.clip_words} words, {background.frames} screen frames)")
             print(f"ratio                     {statistics.median(loaded) / statistics.median(idle):8.2f}x")
+            gaps: dict[str, list[float]] = {"whole batches": [], "rate-cut chunks": []}
+            for i in range(3):  # the two chunk policies take turns
+                for j, (name, seconds) in enumerate((("whole batches", float("inf")),
+                                                     ("rate-cut chunks", args.chunk_seconds))):
+                    engine.chunk_seconds = seconds
+                    gaps[name].append(longest_gap(scheduler, args.clip_words, 300 + 2 * i + j))
+            engine.chunk_seconds = args.chunk_seconds
+            print(f"a stream's longest gap between tokens while a clip of {args.clip_words} words is prefilled "
+                  f"beside it (median of 3; the measured rate {engine.prefill_rate:.0f} tokens/s):")
+            for name, times in gaps.items():
+                print(f"  {name:15} {statistics.median(times):8.1f} ms")
+            whole, cut = (statistics.median(gaps[name]) for name in ("whole batches", "rate-cut chunks"))
+            print(f"  ratio           {whole / cut:8.2f}x")
             if steps:
                 biggest = max(r.tokens for r in steps)
                 print(f"engine: {len(steps)} recent steps, {statistics.mean(r.tokens for r in steps):.1f} tokens and "

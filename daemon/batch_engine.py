@@ -8,9 +8,10 @@ gathers the token appends that wait and evaluates them together:
   * every waiting one-token append (a generating sequence's next token) goes into the step;
   * plus at most ONE prefill chunk: the highest-priority waiting prefill (interactive before background; a
     background prefill passed over STARVATION_STEPS steps gets one chunk first), cut to what is left of
-    `batch_capacity`. A 16k-token prefill thus never freezes the other streams for its whole length, and an
-    interactive question's prefill waits for at most the one background chunk already in flight (a starting
-    interactive job holds new background chunks back while it lays its prompt out: see `expect`).
+    `batch_capacity` (and on a slow machine, while others decode, to what it evaluates in CHUNK_SECONDS). A
+    16k-token prefill thus never freezes the other streams for its whole length, and an interactive question's
+    prefill waits for at most the one background chunk already in flight (a starting interactive job holds new
+    background chunks back while it lays its prompt out: see `expect`).
 
 Every other call (media, snapshot, restore, reset, tokenize) runs between steps, in arrival order. Before a
 step, the engine waits up to GATHER_SECONDS for the sequences it decoded in the step before (their job threads
@@ -60,6 +61,17 @@ CALL_ROUNDS = 16
 STARVATION_STEPS = 32
 #: Step records kept (Status and the tests read the recent ones).
 HISTORY = 4096
+#: How long a step with a prefill chunk may take while other sequences decode in it, by the machine's measured
+#: rate: the chunk is cut to what that rate evaluates in this time (never under MIN_CHUNK_TOKENS). Why: every
+#: decoding stream waits for the step. A GPU evaluates a whole batch in far less (nothing changes there); a 30B
+#: model on a CPU prefills 50-100 tokens/s, where a 512-token chunk froze every stream for 5-10 s. A prefill that
+#: no stream waits for keeps whole batches (a MoE model's prefill is much slower per token in small ones).
+CHUNK_SECONDS = 0.5
+#: The smallest chunk the rate may cut to (a CPU's prefill is still efficient at this batch size).
+MIN_CHUNK_TOKENS = 32
+#: How much of the tokens and seconds measured so far the rate keeps at each new chunk step (decaying sums, so
+#: it follows the machine, and a step weighs by its tokens: a few-token step's fixed cost hardly moves it).
+RATE_MEMORY = 0.7
 
 
 @dataclass(frozen=True)
@@ -146,6 +158,10 @@ class BatchEngine:
         self.steps: deque[StepRecord] = deque(maxlen=HISTORY)
         self.steps_total = 0
         self.tokens_total = 0
+        #: See CHUNK_SECONDS; the decaying tokens and seconds of the steps that carried a prefill chunk.
+        self.chunk_seconds = CHUNK_SECONDS
+        self._rate_tokens = 0.0
+        self._rate_seconds = 0.0
 
     # -- the job threads' side -------------------------------------------------------------------------------
 
@@ -377,12 +393,15 @@ class BatchEngine:
             if other is not chosen and other.priority == Priority.BACKGROUND:
                 other.passed_over += 1
         if chosen is not None:
-            chunk = min(room, len(chosen.tokens) - chosen.offset)
+            chunk = min(room, len(chosen.tokens) - chosen.offset, self._chunk_cap(chosen) if decodes else room)
             work[chosen.seq] = list(chosen.tokens[chosen.offset:chosen.offset + chunk])
             chosen.passed_over = 0
         if not work:
             return False
+        started = time.perf_counter()
         logits = self._evaluate(work, decodes + ([chosen] if chosen is not None else []))
+        if chosen is not None:
+            self._measure(len(decodes) + chunk, time.perf_counter() - started)
         record = StepRecord(self.steps_total, tuple(r.seq for r in decodes),
                             (chosen.seq, chunk, chosen.priority) if chosen is not None else None,
                             tuple(r.seq for r in prefills))
@@ -404,6 +423,22 @@ class BatchEngine:
         with self._cond:
             self._recent = recent
         return True
+
+    def _chunk_cap(self, chosen: _Append) -> int:
+        """The most tokens of `chosen` a step that decodes other sequences may carry (see CHUNK_SECONDS); no bound
+        until a chunk step has been timed."""
+        if not self._rate_seconds:
+            return len(chosen.tokens)
+        return max(MIN_CHUNK_TOKENS, int(min(len(chosen.tokens), self.prefill_rate * self.chunk_seconds)))
+
+    @property
+    def prefill_rate(self) -> float:
+        """Tokens per second of the recent steps that carried a prefill chunk (0.0 before the first)."""
+        return self._rate_tokens / self._rate_seconds if self._rate_seconds else 0.0
+
+    def _measure(self, tokens: int, seconds: float) -> None:
+        self._rate_tokens = RATE_MEMORY * self._rate_tokens + tokens
+        self._rate_seconds = RATE_MEMORY * self._rate_seconds + max(seconds, 1e-9)
 
     def _evaluate(self, work: dict[int, Sequence[int]], requests: list[_Append]) -> dict[int, np.ndarray]:
         """decode_batch; when it fails, each sequence alone, so only the one at fault gets the error (a failed

@@ -7,6 +7,7 @@ The same on the real hybrid test model: tests/test_concurrency.py.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any, Iterator, Mapping, Sequence
 
 import pytest
@@ -155,6 +156,32 @@ def test_an_interactive_prefill_waits_for_at_most_one_background_chunk_and_backg
         assert mine == list(range(mine[0], mine[-1] + 1))  # and none in between its chunks
         after = [r for r in steps[mine[-1] + 1:] if r.prefill and r.prefill[0] == clip.sequence]
         assert after and after[0].prefill is not None and after[0].prefill[2] == Priority.BACKGROUND
+    finally:
+        s.stop()
+
+
+def test_on_a_slow_machine_a_chunk_beside_decoding_streams_is_what_the_measured_rate_evaluates_in_time() -> None:
+    s, backend = make(3, batch_capacity=512)  # 3: background work leaves the last free sequence to interactive
+    try:
+        s.submit(answer("warm")).result(WAIT)
+        engine = s.engine
+        assert engine is not None
+        engine.chunk_seconds = 0.01  # at 0.2 ms a token (below): chunks of about 50 tokens beside a stream
+        backend.on_batch = lambda work: time.sleep(0.0002 * sum(len(t) for t in work.values()))
+        first_step = engine.steps_total
+        clip = s.submit(answer("y" * 1500, max_tokens=1), "meeting-clip")
+        assert clip.result(WAIT) == REPLY[:1].decode()  # alone: whole batches, and the pace is measured
+        assert 1500 < engine.prefill_rate <= 5000
+        alone = [r.prefill[1] for r in engine.records() if r.index >= first_step and r.prefill is not None]
+        assert max(alone) == 512
+        first_step = engine.steps_total
+        stream = s.submit(answer("go on"))
+        clip = s.submit(answer("z" * 1500, max_tokens=1), "meeting-clip")
+        assert clip.result(WAIT) == REPLY[:1].decode()
+        beside = [r.prefill[1] for r in engine.records()
+                  if r.index >= first_step and r.prefill is not None and r.prefill[0] == clip.sequence and r.decoded]
+        assert len(beside) > 1500 // 100 and max(beside) <= 100, beside  # about 50 (sleep only overshoots)
+        assert stream.result(WAIT) == REPLY.decode()
     finally:
         s.stop()
 
