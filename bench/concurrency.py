@@ -57,21 +57,25 @@ def words(n: int, seed: int) -> str:
     return " ".join(WORDS[i] for i in rng.integers(0, len(WORDS), n))
 
 
+def greedy_step(session: DecoderSession) -> int:
+    """Decode the next greedy token (end of generation skipped: random weights may end early, and this measures
+    decode steps); returns it."""
+    session.check_cancelled()
+    logits = session.backend.logits()
+    token = int(np.argmax(logits))
+    if session.backend.is_end_of_generation(token):
+        logits[token] = -np.inf
+        token = int(np.argmax(logits))
+    session.append_generated(token)
+    return token
+
+
 def decode_job(prompt: str, n_tokens: int, out: list[int]) -> Callable[[DecoderSession, Any], None]:
-    """Prefill a prompt, then decode exactly n_tokens greedy tokens (end of generation skipped: random weights
-    may end early, and this measures decode steps)."""
+    """Prefill a prompt, then decode exactly n_tokens greedy tokens."""
     def job(session: DecoderSession, emit: Any) -> None:
         session.prefill(session.build_prompt([TextSegment(prompt)]), save=False)
-        backend = session.backend
         for _ in range(n_tokens):
-            session.check_cancelled()
-            logits = backend.logits()
-            token = int(np.argmax(logits))
-            if backend.is_end_of_generation(token):
-                logits[token] = -np.inf
-                token = int(np.argmax(logits))
-            session.append_generated(token)
-            out.append(token)
+            out.append(greedy_step(session))
     return job
 
 
@@ -122,14 +126,8 @@ def longest_gap(scheduler: Scheduler, clip_words: int, seed: int) -> float:
 
     def stream(session: DecoderSession, emit: Any) -> None:
         session.prefill(session.build_prompt([TextSegment(f"{seed} {words(12, seed)}")]), save=False)
-        backend = session.backend
         while not clip_done.is_set():
-            logits = backend.logits()
-            token = int(np.argmax(logits))
-            if backend.is_end_of_generation(token):
-                logits[token] = -np.inf
-                token = int(np.argmax(logits))
-            session.append_generated(token)
+            greedy_step(session)
             stamps.append(time.perf_counter())
 
     def clip(session: DecoderSession, emit: Any) -> None:
