@@ -13,7 +13,7 @@ message is evaluated (usage.cached_tokens says how much was reused).
 from __future__ import annotations
 
 import json
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from omnid.proto import omnid_pb2 as pb
 
@@ -70,12 +70,15 @@ class Conversation:
         """Answer one of several calls without asking for a turn yet (send the last one with tool_result)."""
         self.messages.append(pb.ChatMessage(role="tool", parts=[pb.Part(text=result)], tool_call_id=call_id))
 
-    def ask(self, *parts: pb.Part, **kwargs: Any) -> pb.ChatFinal:
-        """send(), drained: the final message."""
+    def ask(self, *parts: pb.Part, on_event: Callable[[pb.ChatEvent], None] | None = None,
+            **kwargs: Any) -> pb.ChatFinal:
+        """send(), drained: the final message (`on_event` sees every other event on the way, e.g. progress)."""
         done = None
         for event in self.send(*parts, **kwargs):
             if event.WhichOneof("event") == "done":
                 done = event.done
+            elif on_event is not None:
+                on_event(event)
         if done is None:
             raise RuntimeError("the stream ended without a final message")
         return done

@@ -18,7 +18,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Callable, Iterator, TextIO
+from typing import Callable, TextIO
 
 from omnid.clients.chat import Conversation
 from omnid.clients.cli_common import (EXIT_OK, ClientFactory, Progress, add_sampling_flags, print_json, print_usage,
@@ -208,7 +208,15 @@ def ask_with_schema(args: argparse.Namespace, client_factory: ClientFactory) -> 
     with client_factory() as client:
         talk = client.conversation(read_prompt(args.system), max_tokens=args.max_tokens, thinking=False,
                                    sampling=sampling_from_args(args))
-        final = _answer_showing_progress(talk.send(*parts, schema=schema), enabled=not args.json)
+        progress = Progress("tokens", enabled=not args.json)  # a long prefill on stderr, as `omni ask` shows it
+
+        def on_event(event: pb.ChatEvent) -> None:
+            if event.WhichOneof("event") == "progress":
+                show_progress(progress, event.progress)
+        try:
+            final = talk.ask(*parts, schema=schema, on_event=on_event)  # the JSON is printed whole, once valid
+        finally:
+            progress.close()
     if args.json:
         print_json(to_dict(final))
     else:
@@ -217,21 +225,3 @@ def ask_with_schema(args: argparse.Namespace, client_factory: ClientFactory) -> 
         print_usage(final.usage)
     return EXIT_OK
 
-
-def _answer_showing_progress(events: Iterator[pb.ChatEvent], *, enabled: bool) -> pb.ChatFinal:
-    """Drain a turn's events to its final message, showing a long prefill (or the wait for the decoder) on
-    stderr meanwhile, as `omni ask` and `omni chat` do; the JSON answer itself is printed whole, once valid."""
-    progress = Progress("tokens", enabled=enabled)
-    final = None
-    try:
-        for event in events:
-            kind = event.WhichOneof("event")
-            if kind == "progress":
-                show_progress(progress, event.progress)
-            elif kind == "done":
-                final = event.done
-    finally:
-        progress.close()
-    if final is None:
-        raise RuntimeError("the stream ended without a final message")
-    return final

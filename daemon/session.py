@@ -27,8 +27,8 @@ from omnid.daemon.prompt_cache import EntryKind, PromptCache
 from omnid.daemon.token_chain import ChainHasher, LiveSequence, TokenChain, TokenizerCache, media_code
 from omnid.daemon.sampling import DEFAULT_SEED, Sampler, SamplingParams
 from omnid.modalities.decoder import Prompt
-from omnid.models.base import (Backend, ChatFrame, ContextOverflow, InputError, ModelInfo, RemoteGeneration, Segment,
-                               TextSegment)
+from omnid.models.base import (Backend, ChatFrame, InputError, ModelInfo, RemoteGeneration, Segment, TextSegment,
+                               check_room)
 
 
 #: Tokens between checkpoints inside long text on decoders that cannot be cut back (the scheduler sizes it to the
@@ -173,11 +173,10 @@ class DecoderSession:
         t0 = time.perf_counter()
         self.check_cancelled()
         layout = self._layout(prompt)
-        if len(layout.codes) > self.info.context_length:
-            # Each media segment is one unit here and at least one token in the sequence: this prompt cannot
-            # fit, so it is refused before any of it is evaluated (a 4k-token history took minutes of a 30B
-            # model's prefill on a CPU only to overflow at the end), and the live sequence stays as it is.
-            raise ContextOverflow(len(layout.codes), self.info.context_length)
+        # Each media segment is one unit here and at least one token in the sequence: a prompt of more units than
+        # the context is refused before any of it is evaluated (a 4k-token history took minutes of a 30B model's
+        # prefill on a CPU only to overflow at the end), and the live sequence stays as it is.
+        check_room(0, len(layout.codes), self.info.context_length)
         target = TokenChain(layout.codes)
         if self._choose_sequence is not None:  # the first prefill only: later ones continue this sequence
             self._live = self._choose_sequence(target)
