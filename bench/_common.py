@@ -9,10 +9,25 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
+import numpy as np
 
 from omnid.models.registry import backend_names
+
+
+def greedy_step(session: Any) -> int:
+    """Decode a DecoderSession's next greedy token and return it, end of generation skipped: random weights may
+    end early, and a benchmark (or a test) that streams wants decode steps."""
+    session.check_cancelled()
+    logits = session.backend.logits()
+    token = int(np.argmax(logits))
+    if session.backend.is_end_of_generation(token):
+        logits[token] = -np.inf
+        token = int(np.argmax(logits))
+    session.append_generated(token)
+    return token
 
 
 def add_model_flags(parser: argparse.ArgumentParser, threads: int = 1) -> None:

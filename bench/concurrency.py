@@ -38,7 +38,7 @@ from typing import Any, Callable
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import StolenTime, add_model_flags, test_model_args  # noqa: E402
+from _common import StolenTime, add_model_flags, greedy_step, test_model_args  # noqa: E402
 
 from omnid.daemon.batch_engine import CHUNK_SECONDS  # noqa: E402
 from omnid.daemon.prompt_cache import PromptCache  # noqa: E402
@@ -55,19 +55,6 @@ WORDS = ("the meeting went on about the budget and the plan for the next quarter
 def words(n: int, seed: int) -> str:
     rng = np.random.default_rng(seed)
     return " ".join(WORDS[i] for i in rng.integers(0, len(WORDS), n))
-
-
-def greedy_step(session: DecoderSession) -> int:
-    """Decode the next greedy token (end of generation skipped: random weights may end early, and this measures
-    decode steps); returns it."""
-    session.check_cancelled()
-    logits = session.backend.logits()
-    token = int(np.argmax(logits))
-    if session.backend.is_end_of_generation(token):
-        logits[token] = -np.inf
-        token = int(np.argmax(logits))
-    session.append_generated(token)
-    return token
 
 
 def decode_job(prompt: str, n_tokens: int, out: list[int]) -> Callable[[DecoderSession, Any], None]:

@@ -13,6 +13,8 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
+from _common import greedy_step
+
 from omnid.daemon.priorities import Priority
 from omnid.daemon.prompt_cache import PromptCache
 from omnid.daemon.scheduler import Scheduler
@@ -116,15 +118,9 @@ def test_a_cancelled_stream_frees_its_sequence_within_one_step(parallel: Schedul
         session.prefill(session.build_prompt([TextSegment("Count forever.")]), save=False)
         going.set()
         while True:
-            session.check_cancelled()
             if session.free_tokens < 2:
                 session.prefill(session.build_prompt([TextSegment("Again.")]), save=False)
-            logits = session.backend.logits()
-            token = int(np.argmax(logits))
-            if session.backend.is_end_of_generation(token):
-                logits[token] = -np.inf
-                token = int(np.argmax(logits))
-            session.append_generated(token)
+            greedy_step(session)
     stream = parallel.submit(endless)
     assert going.wait(WAIT)
     engine = parallel.engine
