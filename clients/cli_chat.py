@@ -201,7 +201,12 @@ def _path(rest: list[str], usage: str) -> Path:
 
 def ask_with_schema(args: argparse.Namespace, client_factory: ClientFactory) -> int:
     """`omni ask --schema FILE.json`: the answer constrained to the schema, printed as its JSON."""
-    schema = json.loads(Path(args.schema).expanduser().read_text())
+    try:
+        schema = json.loads(Path(args.schema).expanduser().read_text())
+    except RecursionError:  # json's parser recurses once per level: a hostile file must not end in a traceback
+        raise ValueError(f"{args.schema} is nested too deeply to be a JSON Schema") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{args.schema} is not JSON: {exc}") from None
     if not isinstance(schema, dict):
         raise ValueError(f"{args.schema} does not hold a JSON object (a JSON Schema)")
     parts = parts_for(read_prompt(args.question), args.image, args.audio)

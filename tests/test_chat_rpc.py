@@ -158,6 +158,11 @@ def test_omni_ask_with_a_schema_prints_json_that_validates(daemon, tmp_path: Pat
     bad.write_text('{"type": 5}')
     refused = omni(daemon, "ask", "x", "--schema", str(bad))
     assert refused.returncode == 1 and "INVALID_ARGUMENT" in refused.stderr
+    for content, says in (('{"type": "object", "properties": {"a": ', "is not JSON"),
+                          ("[" * 100_000 + "]" * 100_000, "nested too deeply")):
+        bad.write_text(content)
+        refused = omni(daemon, "ask", "x", "--schema", str(bad))
+        assert refused.returncode != 0 and says in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
 
 
 def test_omni_ask_with_a_schema_shows_a_long_prefill_and_keeps_stdout_json(daemon, tmp_path: Path) -> None:
