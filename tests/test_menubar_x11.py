@@ -232,7 +232,10 @@ def test_start_the_daemon_from_the_menu(tray, test_model, tmp_path) -> None:
                   env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
     pid = 0
     try:
-        wait_for("the tooltip to say it is not running", lambda: tray.title() == "omnid: not running", 30)
+        try:
+            wait_for("the tooltip to say it is not running", lambda: tray.title() == "omnid: not running", 30)
+        except AssertionError as exc:  # say what the tray and the menubar show
+            raise AssertionError(f"{exc}; the tray's icon: {tray.title()!r}; the menubar's log:\n{bar.log()}") from None
         labels = bar.choose("Start the daemon")
         assert labels == ["omnid is not running", "Start the daemon", "Quit"]
         started = wait_for("the daemon's pid in the log", lambda: re.search(r"started omnid serve \(pid (\d+)\)",
